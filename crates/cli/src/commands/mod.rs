@@ -1,0 +1,37 @@
+//! One module per top-level command.
+
+pub(crate) mod mappings;
+pub(crate) mod plan;
+
+use std::io::Write;
+
+use ferry_core::{Catalog, Problem};
+
+use crate::MappingsDir;
+
+/// Loads the catalog, or prints every problem (one per line) and says so.
+pub(crate) fn load_catalog(
+    dir: &MappingsDir,
+    err: &mut dyn Write,
+) -> std::io::Result<Option<Catalog>> {
+    match Catalog::load_dir(&dir.dir) {
+        Ok(catalog) => Ok(Some(catalog)),
+        Err(problems) => {
+            print_problems(&problems, err)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Prints problems one per line, then a count.
+pub(crate) fn print_problems(problems: &[Problem], err: &mut dyn Write) -> std::io::Result<()> {
+    for p in problems {
+        writeln!(err, "{p}")?;
+    }
+    let n = problems.len();
+    writeln!(
+        err,
+        "{n} problem{} in the mapping files",
+        if n == 1 { "" } else { "s" }
+    )
+}

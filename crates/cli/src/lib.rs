@@ -1,0 +1,85 @@
+//! The `ferry` command line. Every command is a function over the same library code the Lambda
+//! uses, writing to the streams it is given, so tests run them in-process.
+//!
+//! # Layout
+//! - `commands::mappings`: `ferry mappings check|schema`.
+//! - `commands::plan`: `ferry plan`.
+
+mod commands;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the command ran and found problems (invalid mappings, stale files).
+pub const EXIT_PROBLEMS: u8 = 1;
+/// Exit code: the command could not run (bad arguments, unreadable files).
+pub const EXIT_USAGE: u8 = 2;
+
+/// ferry carries MySQL/Aurora changes captured by AWS DMS from S3 into BigQuery.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check or describe the mapping files.
+    #[command(subcommand)]
+    Mappings(commands::mappings::MappingsCommand),
+    /// Show what ferry would do with S3 objects: source, table, target, job id, or why skipped.
+    Plan(commands::plan::PlanArgs),
+}
+
+/// The mappings folder: `--mappings`, else `$FERRY_MAPPINGS`, else `mappings`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct MappingsDir {
+    /// Folder holding the mapping files.
+    #[arg(
+        long = "mappings",
+        env = "FERRY_MAPPINGS",
+        default_value = "mappings",
+        value_name = "DIR"
+    )]
+    pub(crate) dir: PathBuf,
+}
+
+/// Runs ferry with `args` (the first is the program name), writing to `out` and `err`, and
+/// returns the process exit code.
+pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let text = if e.use_stderr() {
+                e.render().to_string()
+            } else {
+                e.to_string()
+            };
+            let stream: &mut dyn Write = if e.use_stderr() { err } else { out };
+            let _ = stream.write_all(text.as_bytes());
+            return code;
+        }
+    };
+    let result = match cli.command {
+        Command::Mappings(cmd) => commands::mappings::run(cmd, out, err),
+        Command::Plan(args) => commands::plan::run(args, out, err),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e:#}");
+            EXIT_USAGE
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! ferry's pure core: what an S3 object written by AWS DMS is, where its rows go, and the name
+//! of the BigQuery load job that puts them there.
+//!
+//! Nothing here does I/O beyond reading the mappings folder, and nothing depends on an async
+//! runtime or a cloud SDK: the Lambda, the CLI and the tests share this logic as plain functions.
+//!
+//! # Layout
+//! - [`key`]: decoding S3 event keys, parsing DMS object keys, the apply order of a table's files.
+//! - [`partition`]: DMS date partition folders, every sequence and delimiter.
+//! - [`mapping`]: the `mappings/*.json` files analysts edit, validated into a [`mapping::Catalog`].
+//! - [`jobid`]: deterministic BigQuery load job ids with attempt numbers.
+//! - [`plan`]: the decision for one object: load (where, under which job id) or skip (why).
+//! - [`names`]: BigQuery, S3 and ferry naming rules.
+//! - [`bqtype`]: BigQuery column types.
+
+pub mod bqtype;
+pub mod jobid;
+pub mod key;
+pub mod mapping;
+pub mod names;
+pub mod partition;
+pub mod plan;
+
+pub use jobid::JobId;
+pub use key::{DmsFile, DmsObject, FileKind, SkipReason, decode_event_key};
+pub use mapping::{Catalog, Problem, Source, TableMapping, TableRef};
+pub use plan::{Plan, PlanSkip, plan_object};
