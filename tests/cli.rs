@@ -1,1 +1,271 @@
+//! `ferry mappings` and `ferry plan`, run in-process over the committed mappings.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use ferry_core::{Catalog, plan_object};
+use ferry_tests::{TempDir, ferry, mappings_dir};
+use serde_json::Value;
+
+fn mappings() -> String {
+    mappings_dir().display().to_string()
+}
+
+/// Runs `ferry plan --json` on `keys` and returns one JSON object per key.
+fn plan_json(extra: &[&str], keys: &[&str]) -> Vec<Value> {
+    let dir = mappings();
+    let mut args = vec!["plan", "--mappings", &dir, "--json"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(keys);
+    let (code, out, err) = ferry(&args);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(rows.len(), keys.len(), "{out}");
+    rows
+}
+
+#[test]
+fn mappings_check_passes_on_the_committed_files() {
+    let (code, out, err) = ferry(&["mappings", "check", &mappings()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok: 6 sources, 68 tables"), "{out}");
+}
+
+#[test]
+fn mappings_check_lists_every_problem_one_per_line_and_exits_1() {
+    let dir = TempDir::new("cli-check");
+    dir.write(
+        "one.json",
+        r#"{"source": {"name": "one", "bucket": "acme-dms", "folder": "one"},
+            "bigquery": {"project": "acme-analytics", "dataset": "bad-ds"},
+            "tables": {"db.t": {}, "db.u": {"mode": "changelog", "cluster_by": ["a","b","c","d","e"]}}}"#,
+    );
+    dir.write("two.json", r#"{"source": {"name": "two", "bucket": "acme-dms"}, "bigquery": {"project": "acme-analytics", "dataset": "x"}, "tables": {"db.t": {"primry_key": ["id"]}}}"#);
+    let (code, out, err) = ferry(&["mappings", "check", dir.path().to_str().expect("utf-8")]);
+    assert_eq!(code, 1);
+    assert_eq!(out, "");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 5, "{err}");
+    assert!(
+        lines[..4]
+            .iter()
+            .all(|l| l.contains(".json: $") && l.contains("; fix: ")),
+        "{err}"
+    );
+    assert!(lines[..3].iter().all(|l| l.contains("one.json")), "{err}");
+    assert!(
+        lines[3].contains("two.json: $.tables[\"db.t\"].primry_key"),
+        "{err}"
+    );
+    assert_eq!(lines[4], "4 problems in the mapping files");
+
+    let (code, out, _) = ferry(&[
+        "mappings",
+        "check",
+        "--github",
+        dir.path().to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("::error file="))
+            .count(),
+        4,
+        "{out}"
+    );
+}
+
+#[test]
+fn plan_parses_routes_and_names_the_job() {
+    let rows = plan_json(
+        &[],
+        &[
+            "slots/account/slots_account/players/LOAD00000001.parquet",
+            "s3://acme-casino-dms-cdc/slots/game/slots_game/spins/2026/11/26/20261126-101500123.parquet",
+        ],
+    );
+    let load = &rows[0];
+    assert_eq!(load["source"], "slots-account");
+    assert_eq!(
+        (
+            load["schema"].as_str(),
+            load["table"].as_str(),
+            load["kind"].as_str()
+        ),
+        (Some("slots_account"), Some("players"), Some("full_load"))
+    );
+    assert_eq!(
+        load["target"],
+        "acme-casino-analytics.slots_account.players"
+    );
+    assert_eq!(
+        load["changelog"],
+        "acme-casino-analytics.slots_account.players_changelog"
+    );
+    assert_eq!(load["mode"], "replica");
+    assert_eq!(load["skip_reason"], Value::Null);
+    let job = load["job_id"].as_str().expect("job id");
+    assert!(
+        job.starts_with("ferry_slots_account_players_load00000001_") && job.ends_with("_a0"),
+        "{job}"
+    );
+
+    let cdc = &rows[1];
+    assert_eq!(cdc["bucket"], "acme-casino-dms-cdc");
+    assert_eq!(cdc["kind"], "cdc");
+    assert_eq!(cdc["partition_date"], "2026-11-26");
+    assert_eq!(cdc["cdc_timestamp"], "2026-11-26T10:15:00.123000000Z");
+    assert_eq!(cdc["mode"], "changelog");
+    assert_eq!(cdc["target"], "acme-casino-analytics.slots_game.spins");
+    assert!(
+        cdc["job_id"]
+            .as_str()
+            .expect("job id")
+            .starts_with("ferry_slots_game_spins_20261126T101500123_")
+    );
+}
+
+#[test]
+fn plan_job_id_is_the_one_the_loader_computes() {
+    let key = "poker/game/poker_game/hands/20261126-101500123.parquet";
+    let catalog = Catalog::load_dir(&mappings_dir()).expect("valid mappings");
+    for etag in [None, Some("\"0cc175b9c0f1b6a831c399e269772661\"")] {
+        let expected = plan_object(&catalog, None, key, etag)
+            .job_id
+            .expect("loads")
+            .to_string();
+        let extra: Vec<&str> = etag.map(|e| vec!["--etag", e]).unwrap_or_default();
+        let rows = plan_json(&extra, &[key]);
+        assert_eq!(rows[0]["job_id"], expected.as_str(), "etag {etag:?}");
+    }
+    let with = plan_json(&["--etag", "a"], &[key]);
+    let without = plan_json(&[], &[key]);
+    assert_ne!(with[0]["job_id"], without[0]["job_id"]);
+}
+
+#[test]
+fn plan_explains_every_skip_and_still_fills_parsed_fields() {
+    let rows = plan_json(
+        &[],
+        &[
+            // URL-encoded as in an S3 event: "vip room 😊" is not mapped.
+            "baccarat/game/baccarat_game/vip+room+%F0%9F%98%8A/LOAD00000001.parquet",
+            "poker/game/poker_game/chat_messages/20261126-101500123.parquet",
+            "slots/account/cdc/CDC_TXN-20261126-101500123.csv",
+            "other/db/t/LOAD00000001.parquet",
+            "s3://other-bucket/slots/account/slots_account/players/LOAD00000001.parquet",
+            "slots/account/slots_account/players/",
+        ],
+    );
+    let codes: Vec<&str> = rows
+        .iter()
+        .map(|r| r["skip_code"].as_str().expect("skipped"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "unmapped_table",
+            "disabled_table",
+            "transaction_file",
+            "no_source",
+            "no_source",
+            "folder"
+        ]
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r["job_id"].is_null()
+                && r["skip_reason"].as_str().is_some_and(|s| !s.is_empty()))
+    );
+
+    let unmapped = &rows[0];
+    assert_eq!(
+        unmapped["key"],
+        "baccarat/game/baccarat_game/vip room 😊/LOAD00000001.parquet"
+    );
+    assert_eq!(
+        (unmapped["schema"].as_str(), unmapped["table"].as_str()),
+        (Some("baccarat_game"), Some("vip room 😊"))
+    );
+    assert_eq!(unmapped["kind"], "full_load");
+    assert_eq!(unmapped["source"], "baccarat-game");
+    assert!(
+        unmapped["skip_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("not mapped")
+    );
+    assert_eq!(rows[1]["table"], "chat_messages");
+    assert_eq!(
+        rows[3]["schema"], "db",
+        "parsed from the right without a source"
+    );
+    assert_eq!(rows[3]["folder"], "other");
+
+    // A key that claims to be encoded but is not decodable.
+    let bad = plan_json(&["--encoded"], &["slots/account/%zz/LOAD00000001.parquet"]);
+    assert_eq!(bad[0]["skip_code"], "bad_key");
+    assert!(
+        bad[0]["skip_reason"]
+            .as_str()
+            .expect("reason")
+            .contains("bad percent escape at byte 14"),
+        "{}",
+        bad[0]
+    );
+    // Without --encoded the same text is a raw key (S3 allows '%'), parsed as such.
+    let raw = plan_json(
+        &[],
+        &["slots/account/slots_account/100%zz/LOAD00000001.parquet"],
+    );
+    assert_eq!(raw[0]["table"], "100%zz");
+}
+
+#[test]
+fn plan_prints_a_readable_block_per_key() {
+    let (code, out, err) = ferry(&[
+        "plan",
+        "--mappings",
+        &mappings(),
+        "slots/game/slots_game/bets/2026/11/26/20261126-101500123.parquet",
+        "slots/game/slots_game/rtp_audit/20261126-101500123.parquet",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let blocks: Vec<&str> = out.split("\n\n").filter(|b| !b.trim().is_empty()).collect();
+    assert_eq!(blocks.len(), 2, "{out}");
+    assert!(blocks[0].contains("source   slots-game"), "{out}");
+    assert!(blocks[0].contains("target   acme-casino-analytics.slots_game.bets (replica), change log acme-casino-analytics.slots_game.bets_changelog"), "{out}");
+    assert!(
+        blocks[0].contains("job id   ferry_slots_game_bets_20261126T101500123_"),
+        "{out}"
+    );
+    assert!(blocks[0].contains("action   load"), "{out}");
+    assert!(blocks[1].contains("skip     table is disabled"), "{out}");
+}
+
+#[test]
+fn plan_refuses_an_etag_for_several_keys_and_bad_mappings() {
+    let (code, _, err) = ferry(&[
+        "plan",
+        "--mappings",
+        &mappings(),
+        "--etag",
+        "x",
+        "a/b/c",
+        "d/e/f",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("single KEY"), "{err}");
+    let dir = TempDir::new("cli-plan-bad");
+    dir.write("x.json", "{");
+    let (code, _, err) = ferry(&[
+        "plan",
+        "--mappings",
+        dir.path().to_str().expect("utf-8"),
+        "a/b/LOAD00000001.parquet",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("x.json"), "{err}");
+}

@@ -46,18 +46,16 @@ fn check(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    if github {
-        if let Err(problems) = Catalog::load_dir(&dir) {
-            for p in &problems {
-                // https://docs.github.com/actions/reference/workflow-commands-for-github-actions
-                let text = format!("{}: {}; fix: {}", p.path, p.message, p.fix)
-                    .replace('%', "%25")
-                    .replace('\n', "%0A");
-                writeln!(out, "::error file={}::{text}", p.file)?;
-            }
-            print_problems(&problems, err)?;
-            return Ok(EXIT_PROBLEMS);
+    if github && let Err(problems) = Catalog::load_dir(&dir) {
+        for p in &problems {
+            // https://docs.github.com/actions/reference/workflow-commands-for-github-actions
+            let text = format!("{}: {}; fix: {}", p.path, p.message, p.fix)
+                .replace('%', "%25")
+                .replace('\n', "%0A");
+            writeln!(out, "::error file={}::{text}", p.file)?;
         }
+        print_problems(&problems, err)?;
+        return Ok(EXIT_PROBLEMS);
     }
     let Some(catalog) = load_catalog(&MappingsDir { dir: dir.clone() }, err)? else {
         return Ok(EXIT_PROBLEMS);
