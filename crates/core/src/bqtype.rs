@@ -50,6 +50,26 @@ impl BqType {
         }
     }
 
+    /// Reads a type name as the REST API or DDL writes it (also the legacy names `INTEGER`,
+    /// `FLOAT`, `BOOLEAN`, `BIGDECIMAL`, `DECIMAL`).
+    pub fn parse(name: &str) -> Option<BqType> {
+        Some(match name.to_ascii_uppercase().as_str() {
+            "BOOL" | "BOOLEAN" => BqType::Bool,
+            "INT64" | "INTEGER" => BqType::Int64,
+            "FLOAT64" | "FLOAT" => BqType::Float64,
+            "NUMERIC" | "DECIMAL" => BqType::Numeric,
+            "BIGNUMERIC" | "BIGDECIMAL" => BqType::BigNumeric,
+            "STRING" => BqType::String,
+            "BYTES" => BqType::Bytes,
+            "DATE" => BqType::Date,
+            "DATETIME" => BqType::Datetime,
+            "TIME" => BqType::Time,
+            "TIMESTAMP" => BqType::Timestamp,
+            "JSON" => BqType::Json,
+            _ => return None,
+        })
+    }
+
     /// Whether a table can be time-partitioned by a column of this type.
     pub fn can_partition(self) -> bool {
         matches!(self, BqType::Date | BqType::Datetime | BqType::Timestamp)

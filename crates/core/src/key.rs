@@ -287,37 +287,30 @@ impl DmsObject {
         self.file.kind()
     }
 
-    /// Compares two files of the same table in the order their rows must be applied: every
-    /// full-load file before any CDC file, full-load files by (partition, segment, counter), CDC
-    /// files by timestamp; the key breaks any remaining tie, so the order is total.
-    pub fn apply_order(&self, other: &Self) -> Ordering {
-        fn rank(
-            f: &DmsFile,
-        ) -> (
-            FileKind,
-            Option<&str>,
-            Option<u32>,
-            u32,
-            Option<CdcTimestamp>,
-        ) {
-            match f {
-                DmsFile::FullLoad {
-                    partition,
-                    segment,
-                    counter,
-                } => (
-                    FileKind::FullLoad,
-                    partition.as_deref(),
-                    *segment,
-                    *counter,
-                    None,
-                ),
-                DmsFile::Cdc { timestamp, .. } => (FileKind::Cdc, None, None, 0, Some(*timestamp)),
+    /// A string that sorts a table's files in the order their rows must be applied: every
+    /// full-load file before any CDC file, full-load files by (parallel-load partition, segment,
+    /// counter), CDC files by timestamp (not by name length), then by name. Loaded next to every
+    /// row (with the row's position) so that BigQuery can order changes the same way.
+    pub fn file_seq(&self) -> String {
+        let name = self.key.rsplit('/').next().unwrap_or_default();
+        match &self.file {
+            DmsFile::FullLoad { partition, segment, counter } => {
+                // No partition sorts before every named one; no segment before SEGMENT0.
+                let partition = partition.as_ref().map(|p| format!("1{p}")).unwrap_or_default();
+                let segment = segment.map_or(0, |s| u64::from(s) + 1);
+                format!("0.{partition}.{segment:010}.{counter:08X}.{name}")
             }
+            DmsFile::Cdc { timestamp: t, .. } => format!(
+                "1.{:04}{:02}{:02}{:02}{:02}{:02}{:09}.{name}",
+                t.year, t.month, t.day, t.hour, t.minute, t.second, t.nanos
+            ),
         }
-        rank(&self.file)
-            .cmp(&rank(&other.file))
-            .then_with(|| self.key.cmp(&other.key))
+    }
+
+    /// Compares two files of the same table in apply order ([`DmsObject::file_seq`]); the key
+    /// breaks any remaining tie, so the order is total.
+    pub fn apply_order(&self, other: &Self) -> Ordering {
+        self.file_seq().cmp(&other.file_seq()).then_with(|| self.key.cmp(&other.key))
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`plan`]: the decision for one object: load (where, under which job id) or skip (why).
 //! - [`names`]: BigQuery, S3 and ferry naming rules.
 //! - [`bqtype`]: BigQuery column types.
+//! - [`schema`]: BigQuery table schemas and ferry's change metadata columns.
 
 pub mod bqtype;
 pub mod jobid;
@@ -20,6 +21,7 @@ pub mod mapping;
 pub mod names;
 pub mod partition;
 pub mod plan;
+pub mod schema;
 
 pub use jobid::JobId;
 pub use key::{DmsFile, DmsObject, FileKind, SkipReason, decode_event_key};

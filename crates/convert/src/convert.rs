@@ -1,0 +1,566 @@
+//! The streaming converter: one DMS parquet object in, one BigQuery-ready parquet file out, one
+//! row group at a time.
+//!
+//! Per input row group, columns BigQuery reads correctly are spliced into the output without
+//! decoding ([`Action::Copy`], [`Action::Relabel`]); only `Op`, the DMS timestamp column and the
+//! columns that need a value conversion are decoded, in batches. Memory is bounded by one batch
+//! plus one encoded output row group, whatever the file's size.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array};
+use arrow_schema::{DataType, Field, Schema, TimeUnit as ArrowTimeUnit};
+use ferry_core::bqtype::BqType;
+use ferry_core::key::{DmsFile, DmsObject};
+use ferry_core::mapping::{Source, TableMapping};
+use ferry_core::names;
+use ferry_core::schema::{BqField, FieldMode, TableSchema, meta};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::arrow::{ArrowSchemaConverter, ProjectionMask, parquet_to_arrow_schema};
+use parquet::basic::Compression;
+use parquet::column::writer::ColumnCloseResult;
+use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::{Type, TypePtr};
+
+use crate::derive::{Action, PlanProblem, Transform, arrow_type_for, plan_column};
+use crate::error::{ConvertError, Result, classify_arrow, classify_read};
+use crate::source::RangeReader;
+use crate::timefmt;
+use crate::transform;
+
+/// Rows decoded at a time, bounding memory when DMS writes large row groups.
+const BATCH_ROWS: usize = 65_536;
+
+/// The DMS change-operation column.
+const DMS_OP: &str = "Op";
+
+/// What the converter needs to know about the object besides its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvertRequest<'a> {
+    /// The source the object belongs to (its name and DMS timestamp column).
+    pub source: &'a Source,
+    /// The table mapping (type hints).
+    pub table: &'a TableMapping,
+    /// The parsed object key.
+    pub object: &'a DmsObject,
+    /// When S3 says the object was written (µs since the epoch): the commit time of full-load
+    /// rows when the task writes no timestamp column.
+    pub object_time_micros: Option<i64>,
+    /// The table's schema as BigQuery has it, when the table exists; `None` for a new table.
+    pub known: Option<&'a TableSchema>,
+}
+
+/// Counts of rows by operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OpCounts {
+    /// Full-load rows.
+    pub load: u64,
+    /// Inserts.
+    pub insert: u64,
+    /// Updates.
+    pub update: u64,
+    /// Deletes.
+    pub delete: u64,
+}
+
+/// What a conversion did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ConvertOutcome {
+    /// The table's schema after this file: the known columns, then the added ones.
+    pub schema: TableSchema,
+    /// Columns this file has that the table did not (the writer adds them).
+    pub added: Vec<BqField>,
+    /// Rows written.
+    pub rows: u64,
+    /// Row groups written (one per input row group).
+    pub row_groups: usize,
+    /// Rows by operation.
+    pub ops: OpCounts,
+    /// Earliest commit time, µs since the epoch.
+    pub commit_ts_min: Option<i64>,
+    /// Latest commit time, µs since the epoch.
+    pub commit_ts_max: Option<i64>,
+    /// Rows whose DMS timestamp was NULL or unreadable and took the file's time instead.
+    pub commit_ts_fallbacks: u64,
+    /// Bytes read from the input.
+    pub bytes_read: u64,
+    /// Bytes written to the output.
+    pub bytes_written: u64,
+    /// Source columns copied without decoding (with or without a new annotation).
+    pub columns_copied: usize,
+    /// Source columns decoded and converted.
+    pub columns_converted: usize,
+}
+
+/// Where an output column's values come from.
+#[derive(Debug, Clone)]
+enum Out {
+    /// A ferry metadata column.
+    Meta(&'static str),
+    /// A source column chunk spliced as is, by leaf index.
+    Copy(usize),
+    /// A source column chunk spliced under a new annotation.
+    Relabel(usize, TypePtr),
+    /// A source column decoded and converted.
+    Transform(usize, Transform),
+    /// A column the table has and this file lacks: NULLs.
+    Null(DataType),
+}
+
+/// A conversion planned from the object's footer, ready to stream.
+pub struct Conversion {
+    metadata: Arc<ParquetMetaData>,
+    arrow: ArrowReaderMetadata,
+    columns: Vec<(String, Out)>,
+    schema: TableSchema,
+    added: Vec<BqField>,
+    op_leaf: Option<usize>,
+    ts_leaf: Option<usize>,
+}
+
+impl Conversion {
+    /// Reads the footer and plans every column. Nothing but the footer is read.
+    pub fn plan(input: &RangeReader, req: &ConvertRequest<'_>) -> Result<Conversion> {
+        let metadata =
+            Arc::new(ParquetMetaDataReader::new().with_prefetch_hint(Some(64 * 1024)).parse_and_finish(input).map_err(classify_read)?);
+        let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+        let arrow = ArrowReaderMetadata::try_new(Arc::clone(&metadata), options).map_err(classify_read)?;
+        let descr = metadata.file_metadata().schema_descr();
+        let arrow_schema = parquet_to_arrow_schema(descr, None).map_err(classify_read)?;
+        if arrow_schema.fields().len() != descr.num_columns() {
+            return Err(ConvertError::UnsupportedType {
+                column: descr.root_schema().name().to_owned(),
+                parquet: "nested group".into(),
+            });
+        }
+
+        let ts_name = req.source.timestamp_column.as_deref();
+        let mut op_leaf = None;
+        let mut ts_leaf = None;
+        let mut file_columns: Vec<(String, BqType, Out)> = Vec::new();
+        for (leaf, field) in arrow_schema.fields().iter().enumerate() {
+            let col = descr.column(leaf);
+            let name = field.name().as_str();
+            if leaf == 0 && name == DMS_OP {
+                op_leaf = Some(leaf);
+                continue;
+            }
+            if Some(name) == ts_name {
+                ts_leaf = Some(leaf);
+                continue;
+            }
+            if col.max_rep_level() > 0 || col.path().parts().len() != 1 {
+                return Err(ConvertError::UnsupportedType { column: name.to_owned(), parquet: "repeated or nested".into() });
+            }
+            names::check_column(name)
+                .map_err(|reason| ConvertError::InvalidColumnName { column: name.to_owned(), reason })?;
+            let hint = req.table.hint(name);
+            let parquet = describe(&col);
+            let (bq, action) = plan_column(&col, field.data_type(), hint).map_err(|p| match (p, hint) {
+                (PlanProblem::HintMismatch, Some(hint)) => {
+                    ConvertError::HintMismatch { column: name.to_owned(), hint: hint.to_string(), parquet: parquet.clone() }
+                }
+                _ => ConvertError::UnsupportedType { column: name.to_owned(), parquet: parquet.clone() },
+            })?;
+            let out = match action {
+                Action::Copy => Out::Copy(leaf),
+                Action::Relabel(t) => Out::Relabel(leaf, t),
+                Action::Transform(t) => Out::Transform(leaf, t),
+            };
+            file_columns.push((name.to_owned(), bq, out));
+        }
+
+        // Table order: ferry's metadata, the columns the table knows, then new ones.
+        let mut columns: Vec<(String, Out)> = Vec::new();
+        let mut fields = meta::fields();
+        for f in &fields {
+            columns.push((f.name.clone(), Out::Meta(meta_name(&f.name))));
+        }
+        let known: Vec<&BqField> =
+            req.known.map(|k| k.fields.iter().filter(|f| !f.name.starts_with(names::METADATA_PREFIX)).collect()).unwrap_or_default();
+        for k in &known {
+            match file_columns.iter().position(|(n, _, _)| n.eq_ignore_ascii_case(&k.name)) {
+                Some(i) => {
+                    let (name, bq, out) = file_columns.remove(i);
+                    if bq != k.bq_type {
+                        return Err(ConvertError::SchemaConflict { column: name, table_type: k.bq_type, file_type: bq });
+                    }
+                    columns.push((name, out));
+                }
+                None => columns.push((k.name.clone(), Out::Null(arrow_type_for(k.bq_type)))),
+            }
+            fields.push((*k).clone());
+        }
+        let mut added = Vec::new();
+        for (name, bq, out) in file_columns {
+            let field = BqField { name: name.clone(), bq_type: bq, mode: FieldMode::Nullable, description: None };
+            if req.known.is_some() {
+                added.push(field.clone());
+            }
+            fields.push(field);
+            columns.push((name, out));
+        }
+        Ok(Conversion { metadata, arrow, columns, schema: TableSchema { fields }, added, op_leaf, ts_leaf })
+    }
+
+    /// The table's schema after this file.
+    pub fn schema(&self) -> &TableSchema {
+        &self.schema
+    }
+
+    /// Columns this file adds to a known table.
+    pub fn added(&self) -> &[BqField] {
+        &self.added
+    }
+
+    /// Streams the converted file into `out`.
+    pub fn write<W: Write + Send>(self, input: &RangeReader, req: &ConvertRequest<'_>, out: W) -> Result<ConvertOutcome> {
+        let props: WriterPropertiesPtr = Arc::new(
+            WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_created_by(format!("ferry {}", env!("CARGO_PKG_VERSION")))
+                .build(),
+        );
+
+        // The columns ferry encodes itself, as an Arrow schema and its parquet form.
+        let mut encode_fields = Vec::new();
+        for (name, out) in &self.columns {
+            if let Some(dt) = self.encoded_type(out) {
+                let nullable = !matches!(out, Out::Meta(_));
+                encode_fields.push(Field::new(name, dt, nullable));
+            }
+        }
+        let encode_schema = Arc::new(Schema::new(encode_fields));
+        let encode_descr = ArrowSchemaConverter::new().convert(&encode_schema).map_err(ConvertError::write)?;
+        let mut encoded_types = encode_descr.root_schema().get_fields().iter();
+        let in_descr = self.metadata.file_metadata().schema_descr();
+        let mut out_types: Vec<TypePtr> = Vec::with_capacity(self.columns.len());
+        for (_, out) in &self.columns {
+            out_types.push(match out {
+                Out::Copy(leaf) => in_descr.column(*leaf).self_type_ptr(),
+                Out::Relabel(_, t) => Arc::clone(t),
+                _ => Arc::clone(encoded_types.next().ok_or_else(|| ConvertError::write("encoded column count"))?),
+            });
+        }
+        let root = Arc::new(Type::group_type_builder("schema").with_fields(out_types).build().map_err(ConvertError::write)?);
+        let counting = CountingWrite { inner: out, written: 0 };
+        let mut writer = SerializedFileWriter::new(counting, root, Arc::clone(&props)).map_err(ConvertError::write)?;
+        let factory = {
+            let encode_root = encode_descr.root_schema_ptr();
+            let scratch = SerializedFileWriter::new(std::io::sink(), encode_root, Arc::clone(&props)).map_err(ConvertError::write)?;
+            ArrowRowGroupWriterFactory::new(&scratch, Arc::clone(&encode_schema))
+        };
+        let out_descr = writer.schema_descr().clone();
+
+        let mut stats = Stats::default();
+        let file_seq = req.object.file_seq();
+        let file_time = file_time_micros(req);
+        let mut decode_leaves: Vec<usize> = self.op_leaf.into_iter().chain(self.ts_leaf).collect();
+        decode_leaves.extend(self.columns.iter().filter_map(|(_, o)| match o {
+            Out::Transform(leaf, _) => Some(*leaf),
+            _ => None,
+        }));
+        let mut row_base: u64 = 0;
+
+        for rg in 0..self.metadata.num_row_groups() {
+            let rg_meta = self.metadata.row_group(rg);
+            let rg_rows = usize::try_from(rg_meta.num_rows()).unwrap_or(0);
+            let mut col_writers = factory.create_column_writers(rg).map_err(ConvertError::write)?;
+
+            let mut done = 0usize;
+            let mut batches = self.batches(input, rg, &decode_leaves)?;
+            while done < rg_rows {
+                let n = BATCH_ROWS.min(rg_rows - done);
+                let batch = match batches.as_mut() {
+                    Some(reader) => Some(reader.next().ok_or_else(|| ConvertError::corrupt("row group ended early"))?.map_err(classify_arrow)?),
+                    None => None,
+                };
+                let n = batch.as_ref().map_or(n, RecordBatch::num_rows);
+                let arrays = self.batch_columns(req, batch.as_ref(), n, row_base, &file_seq, file_time, &mut stats)?;
+                let mut writers = col_writers.iter_mut();
+                for (field, array) in encode_schema.fields().iter().zip(&arrays) {
+                    for leaf in compute_leaves(field, array).map_err(ConvertError::write)? {
+                        writers.next().ok_or_else(|| ConvertError::write("column writer count"))?.write(&leaf).map_err(ConvertError::write)?;
+                    }
+                }
+                done += n;
+                row_base += n as u64;
+            }
+
+            let mut chunks = col_writers.into_iter().map(|w| w.close());
+            let mut rg_writer = writer.next_row_group().map_err(ConvertError::write)?;
+            for (i, (_, out)) in self.columns.iter().enumerate() {
+                match out {
+                    Out::Copy(leaf) => {
+                        let close = close_result(rg_meta.column(*leaf).clone(), rg_meta.num_rows());
+                        rg_writer.append_column(input, close).map_err(classify_read)?;
+                    }
+                    Out::Relabel(leaf, _) => {
+                        let relabelled = relabel_chunk(rg_meta.column(*leaf), out_descr.column(i)).map_err(ConvertError::write)?;
+                        let close = close_result(relabelled, rg_meta.num_rows());
+                        rg_writer.append_column(input, close).map_err(classify_read)?;
+                    }
+                    _ => {
+                        let chunk = chunks.next().ok_or_else(|| ConvertError::write("encoded chunk count"))?.map_err(ConvertError::write)?;
+                        chunk.append_to_row_group(&mut rg_writer).map_err(ConvertError::write)?;
+                    }
+                }
+            }
+            rg_writer.close().map_err(ConvertError::write)?;
+        }
+        writer.finish().map_err(ConvertError::write)?;
+        let bytes_written = writer.inner().written;
+        let (copied, converted) = self.columns.iter().fold((0, 0), |(c, t), (_, o)| match o {
+            Out::Copy(_) | Out::Relabel(..) => (c + 1, t),
+            Out::Transform(..) => (c, t + 1),
+            _ => (c, t),
+        });
+        Ok(ConvertOutcome {
+            schema: self.schema,
+            added: self.added,
+            rows: row_base,
+            row_groups: self.metadata.num_row_groups(),
+            ops: stats.ops,
+            commit_ts_min: stats.ts_min,
+            commit_ts_max: stats.ts_max,
+            commit_ts_fallbacks: stats.fallbacks,
+            bytes_read: input.bytes_fetched(),
+            bytes_written,
+            columns_copied: copied,
+            columns_converted: converted,
+        })
+    }
+
+    fn encoded_type(&self, out: &Out) -> Option<DataType> {
+        match out {
+            Out::Meta(name) => Some(meta_arrow_type(name)),
+            Out::Transform(_, t) => Some(t.output_type()),
+            Out::Null(dt) => Some(dt.clone()),
+            Out::Copy(_) | Out::Relabel(..) => None,
+        }
+    }
+
+    /// A reader of the decoded columns of row group `rg`, or `None` when nothing is decoded.
+    fn batches(
+        &self,
+        input: &RangeReader,
+        rg: usize,
+        leaves: &[usize],
+    ) -> Result<Option<parquet::arrow::arrow_reader::ParquetRecordBatchReader>> {
+        if leaves.is_empty() {
+            return Ok(None);
+        }
+        let mask = ProjectionMask::leaves(self.metadata.file_metadata().schema_descr(), leaves.iter().copied());
+        ParquetRecordBatchReaderBuilder::new_with_metadata(input.clone(), self.arrow.clone())
+            .with_row_groups(vec![rg])
+            .with_projection(mask)
+            .with_batch_size(BATCH_ROWS)
+            .build()
+            .map(Some)
+            .map_err(classify_read)
+    }
+
+    /// The encoded columns' arrays for `n` rows starting at file row `row_base`.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_columns(
+        &self,
+        req: &ConvertRequest<'_>,
+        batch: Option<&RecordBatch>,
+        n: usize,
+        row_base: u64,
+        file_seq: &str,
+        file_time: i64,
+        stats: &mut Stats,
+    ) -> Result<Vec<ArrayRef>> {
+        let leaf_array = |leaf: usize| -> Option<&ArrayRef> {
+            let name = self.arrow.schema().field(leaf).name();
+            batch.and_then(|b| b.column_by_name(name))
+        };
+        let ops = self.ops(req, self.op_leaf.and_then(leaf_array), n, row_base, stats)?;
+        let commit = commit_times(self.ts_leaf.and_then(leaf_array), n, file_time, stats);
+        let mut arrays = Vec::new();
+        for (name, out) in &self.columns {
+            let array: ArrayRef = match out {
+                Out::Meta(meta::OP) => Arc::clone(&ops),
+                Out::Meta(meta::COMMIT_TS) => Arc::clone(&commit),
+                Out::Meta(meta::FILE_SEQ) => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(file_seq, n))),
+                Out::Meta(meta::ROW) => {
+                    Arc::new(Int64Array::from_iter_values((row_base..row_base + n as u64).map(|r| r as i64)))
+                }
+                Out::Meta(meta::FILE) => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(&req.object.key, n))),
+                Out::Meta(_) => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(&req.source.name, n))),
+                Out::Transform(leaf, t) => {
+                    let input = leaf_array(*leaf).ok_or_else(|| ConvertError::corrupt("decoded column missing"))?;
+                    transform::apply(*t, input.as_ref()).map_err(|bad| ConvertError::BadValue {
+                        column: name.clone(),
+                        row: row_base + bad.row as u64,
+                        value: bad.value,
+                        reason: bad.reason.to_owned(),
+                    })?
+                }
+                Out::Null(dt) => new_null_array(dt, n),
+                Out::Copy(_) | Out::Relabel(..) => continue,
+            };
+            arrays.push(array);
+        }
+        Ok(arrays)
+    }
+
+    /// `_ferry_op` for a batch: LOAD for full-load files, else from DMS's `Op`.
+    fn ops(&self, req: &ConvertRequest<'_>, op: Option<&ArrayRef>, n: usize, row_base: u64, stats: &mut Stats) -> Result<ArrayRef> {
+        if matches!(req.object.file, DmsFile::FullLoad { .. }) {
+            stats.ops.load += n as u64;
+            return Ok(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(meta::op::LOAD, n))));
+        }
+        let Some(op) = op else {
+            // CdcInsertsOnly tasks write no Op column: every row is an insert.
+            stats.ops.insert += n as u64;
+            return Ok(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(meta::op::INSERT, n))));
+        };
+        let op = op
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| ConvertError::UnsupportedType { column: DMS_OP.into(), parquet: format!("{:?}", op.data_type()) })?;
+        let mut out = Vec::with_capacity(n);
+        for (i, v) in op.iter().enumerate() {
+            out.push(match v {
+                Some("I") => {
+                    stats.ops.insert += 1;
+                    meta::op::INSERT
+                }
+                Some("U") => {
+                    stats.ops.update += 1;
+                    meta::op::UPDATE
+                }
+                Some("D") => {
+                    stats.ops.delete += 1;
+                    meta::op::DELETE
+                }
+                other => {
+                    return Err(ConvertError::BadOp { row: row_base + i as u64, value: other.unwrap_or("NULL").to_owned() });
+                }
+            });
+        }
+        Ok(Arc::new(StringArray::from_iter_values(out)))
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    ops: OpCounts,
+    ts_min: Option<i64>,
+    ts_max: Option<i64>,
+    fallbacks: u64,
+}
+
+/// `_ferry_commit_ts` for a batch: the DMS timestamp column where readable, else the file time.
+fn commit_times(ts: Option<&ArrayRef>, n: usize, file_time: i64, stats: &mut Stats) -> ArrayRef {
+    let strings = ts.and_then(|a| a.as_any().downcast_ref::<StringArray>());
+    let values: Vec<i64> = match strings {
+        Some(s) => s
+            .iter()
+            .map(|v| {
+                v.and_then(timefmt::parse_datetime).unwrap_or_else(|| {
+                    stats.fallbacks += 1;
+                    file_time
+                })
+            })
+            .collect(),
+        None => vec![file_time; n],
+    };
+    if let (Some(lo), Some(hi)) = (values.iter().min(), values.iter().max()) {
+        stats.ts_min = Some(stats.ts_min.map_or(*lo, |m| m.min(*lo)));
+        stats.ts_max = Some(stats.ts_max.map_or(*hi, |m| m.max(*hi)));
+    }
+    Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+/// The time a file stands for: its name's timestamp (CDC), else when S3 says it was written,
+/// else the epoch.
+fn file_time_micros(req: &ConvertRequest<'_>) -> i64 {
+    match &req.object.file {
+        DmsFile::Cdc { timestamp, .. } => timefmt::cdc_micros(timestamp),
+        DmsFile::FullLoad { .. } => req.object_time_micros.unwrap_or(0),
+    }
+}
+
+fn meta_name(name: &str) -> &'static str {
+    [meta::OP, meta::COMMIT_TS, meta::FILE_SEQ, meta::ROW, meta::FILE, meta::SOURCE]
+        .into_iter()
+        .find(|m| *m == name)
+        .unwrap_or(meta::SOURCE)
+}
+
+fn meta_arrow_type(name: &str) -> DataType {
+    match name {
+        meta::COMMIT_TS => DataType::Timestamp(ArrowTimeUnit::Microsecond, Some("UTC".into())),
+        meta::ROW => DataType::Int64,
+        _ => DataType::Utf8,
+    }
+}
+
+fn describe(col: &parquet::schema::types::ColumnDescriptor) -> String {
+    let mut s = col.physical_type().to_string();
+    if let Some(l) = col.logical_type_ref() {
+        s.push_str(&format!(" ({l:?})"));
+    } else if col.converted_type() != parquet::basic::ConvertedType::NONE {
+        s.push_str(&format!(" ({})", col.converted_type()));
+    }
+    s
+}
+
+fn close_result(metadata: ColumnChunkMetaData, rows: i64) -> ColumnCloseResult {
+    ColumnCloseResult {
+        bytes_written: u64::try_from(metadata.compressed_size()).unwrap_or(0),
+        rows_written: u64::try_from(rows).unwrap_or(0),
+        metadata,
+        bloom_filter: None,
+        column_index: None,
+        offset_index: None,
+    }
+}
+
+/// The same column chunk described under the output's (re-annotated) column descriptor.
+fn relabel_chunk(
+    chunk: &ColumnChunkMetaData,
+    descr: parquet::schema::types::ColumnDescPtr,
+) -> parquet::errors::Result<ColumnChunkMetaData> {
+    let mut b = ColumnChunkMetaData::builder(descr)
+        .set_compression_codec(chunk.compression_codec())
+        .set_encodings_mask(*chunk.encodings_mask())
+        .set_total_compressed_size(chunk.compressed_size())
+        .set_total_uncompressed_size(chunk.uncompressed_size())
+        .set_num_values(chunk.num_values())
+        .set_data_page_offset(chunk.data_page_offset())
+        .set_dictionary_page_offset(chunk.dictionary_page_offset());
+    if let Some(stats) = chunk.page_encoding_stats() {
+        b = b.set_page_encoding_stats(stats.clone());
+    }
+    b.build()
+}
+
+struct CountingWrite<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for CountingWrite<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Converts one object: plans from the footer, then streams every row group into `out`.
+pub fn convert<W: Write + Send>(input: &RangeReader, req: &ConvertRequest<'_>, out: W) -> Result<ConvertOutcome> {
+    Conversion::plan(input, req)?.write(input, req, out)
+}

@@ -1,0 +1,26 @@
+//! DMS parquet to BigQuery-ready parquet.
+//!
+//! One DMS object becomes one file BigQuery can load as-is into the table's change log: source
+//! columns in table order with the types the mapping's hints and the data decide, plus ferry's
+//! change metadata (`_ferry_op`, `_ferry_commit_ts`, `_ferry_file_seq`, `_ferry_row`,
+//! `_ferry_file`, `_ferry_source`). It streams row group by row group from any byte source with
+//! range reads, and copies column chunks that need no change without decoding them.
+//!
+//! # Layout
+//! - [`source`]: range-read byte sources and the parquet reader over them.
+//! - `derive`: per-column type planning (copy, relabel or convert).
+//! - `transform`: value conversions (BIT, unsigned, TINYINT(1), TIME, text dates).
+//! - [`convert`]: the streaming converter.
+//! - [`error`]: errors, retryable or permanent.
+//! - `timefmt`: date and time text.
+
+pub mod convert;
+mod derive;
+pub mod error;
+pub mod source;
+mod timefmt;
+mod transform;
+
+pub use convert::{ConvertOutcome, ConvertRequest, Conversion, OpCounts, convert};
+pub use error::ConvertError;
+pub use source::{RangeReader, RangeSource};

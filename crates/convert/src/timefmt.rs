@@ -1,0 +1,116 @@
+//! Date and time text as DMS writes it, to microseconds since the Unix epoch.
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
+pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+fn digits(s: &[u8]) -> Option<u32> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
+}
+
+/// Reads `.ffffff…` (any number of digits, truncated to microseconds) at the start of `s`.
+fn fraction_micros(s: &[u8]) -> Option<i64> {
+    match s {
+        [] => Some(0),
+        [b'.', rest @ ..] if !rest.is_empty() && rest.iter().all(u8::is_ascii_digit) => {
+            let mut micros = 0i64;
+            for i in 0..6 {
+                micros = micros * 10 + rest.get(i).map_or(0, |d| i64::from(d - b'0'));
+            }
+            Some(micros)
+        }
+        _ => None,
+    }
+}
+
+/// Parses `HH:MM:SS[.f…]` within one day (00:00:00 to 23:59:59.999999) to microseconds.
+pub(crate) fn parse_time_of_day(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 8 || b[2] != b':' || b[5] != b':' {
+        return None;
+    }
+    let (h, m, sec) = (digits(&b[0..2])?, digits(&b[3..5])?, digits(&b[6..8])?);
+    if h > 23 || m > 59 || sec > 59 {
+        return None;
+    }
+    let whole = (i64::from(h) * 3600 + i64::from(m) * 60 + i64::from(sec)) * 1_000_000;
+    Some(whole + fraction_micros(&b[8..])?)
+}
+
+/// Parses `YYYY-MM-DD HH:MM:SS[.f…]` (or with `T`) to microseconds since the epoch, read as
+/// UTC (or as a wall clock, for DATETIME).
+pub(crate) fn parse_datetime(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b' ' || b[10] == b'T') {
+        return None;
+    }
+    let (y, mo, d) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) {
+        return None;
+    }
+    let time = parse_time_of_day(std::str::from_utf8(&b[11..]).ok()?)?;
+    Some(days_from_civil(i64::from(y), mo, d) * MICROS_PER_DAY + time)
+}
+
+fn days_in_month(year: u32, month: u32) -> u32 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// Microseconds since the epoch of a CDC file name's timestamp (UTC).
+pub(crate) fn cdc_micros(t: &ferry_core::key::CdcTimestamp) -> i64 {
+    let days = days_from_civil(i64::from(t.year), u32::from(t.month), u32::from(t.day));
+    let secs = i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second);
+    days * MICROS_PER_DAY + secs * 1_000_000 + i64::from(t.nanos / 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(1969, 12, 31), -1);
+        assert_eq!(days_from_civil(2026, 11, 26), 20_418);
+    }
+
+    #[test]
+    fn datetimes() {
+        assert_eq!(parse_datetime("1970-01-01 00:00:00"), Some(0));
+        assert_eq!(parse_datetime("2026-11-26 10:15:00.123456"), Some(20_418 * MICROS_PER_DAY + 36_900_123_456));
+        assert_eq!(parse_datetime("2026-11-26T10:15:00.1"), Some(20_418 * MICROS_PER_DAY + 36_900_100_000));
+        assert_eq!(parse_datetime("2026-11-26 10:15:00.123456789"), Some(20_418 * MICROS_PER_DAY + 36_900_123_456));
+        assert_eq!(parse_datetime("1969-12-31 23:59:59.999999"), Some(-1));
+        for bad in ["", "2026-11-26", "2026-13-01 00:00:00", "2026-02-29 00:00:00", "2026-11-26 24:00:00", "2026-11-26 10:15:00.", "2026/11/26 10:15:00"] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
+        assert!(parse_datetime("2024-02-29 00:00:00").is_some());
+    }
+
+    #[test]
+    fn times_of_day() {
+        assert_eq!(parse_time_of_day("00:00:00"), Some(0));
+        assert_eq!(parse_time_of_day("23:59:59.999999"), Some(86_399_999_999));
+        for bad in ["24:00:00", "-01:00:00", "838:59:59", "12:60:00", "1:00:00"] {
+            assert_eq!(parse_time_of_day(bad), None, "{bad}");
+        }
+    }
+}
