@@ -4,6 +4,8 @@
 //! # Layout
 //! - `commands::mappings`: `ferry mappings check|schema`.
 //! - `commands::plan`: `ferry plan`.
+//! - `commands::convert`: `ferry convert`.
+//! - `commands::sim`: `ferry sim`.
 
 mod commands;
 
@@ -35,6 +37,10 @@ enum Command {
     Mappings(commands::mappings::MappingsCommand),
     /// Show what ferry would do with S3 objects: source, table, target, job id, or why skipped.
     Plan(commands::plan::PlanArgs),
+    /// Convert one local DMS parquet file as the loader would, into a BigQuery-ready file.
+    Convert(commands::convert::ConvertArgs),
+    /// Write a DMS-style S3 tree for the mapped tables, and the state BigQuery must reach.
+    Sim(commands::sim::SimArgs),
 }
 
 /// The mappings folder: `--mappings`, else `$FERRY_MAPPINGS`, else `mappings`.
@@ -74,6 +80,8 @@ where
     let result = match cli.command {
         Command::Mappings(cmd) => commands::mappings::run(cmd, out, err),
         Command::Plan(args) => commands::plan::run(args, out, err),
+        Command::Convert(args) => commands::convert::run(args, out, err),
+        Command::Sim(args) => commands::sim::run(args, out, err),
     };
     match result {
         Ok(code) => code,

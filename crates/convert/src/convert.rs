@@ -9,14 +9,19 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array};
+use arrow_array::{
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    new_null_array,
+};
 use arrow_schema::{DataType, Field, Schema, TimeUnit as ArrowTimeUnit};
 use ferry_core::bqtype::BqType;
 use ferry_core::key::{DmsFile, DmsObject};
 use ferry_core::mapping::{Source, TableMapping};
 use ferry_core::names;
 use ferry_core::schema::{BqField, FieldMode, TableSchema, meta};
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::arrow::{ArrowSchemaConverter, ProjectionMask, parquet_to_arrow_schema};
 use parquet::basic::Compression;
@@ -34,6 +39,10 @@ use crate::transform;
 
 /// Rows decoded at a time, bounding memory when DMS writes large row groups.
 const BATCH_ROWS: usize = 65_536;
+
+/// Row groups up to this many bytes are fetched in one request and served from memory; larger
+/// ones stream in growing blocks.
+const PREFETCH_MAX: u64 = 32 << 20;
 
 /// The DMS change-operation column.
 const DMS_OP: &str = "Op";
@@ -125,10 +134,15 @@ pub struct Conversion {
 impl Conversion {
     /// Reads the footer and plans every column. Nothing but the footer is read.
     pub fn plan(input: &RangeReader, req: &ConvertRequest<'_>) -> Result<Conversion> {
-        let metadata =
-            Arc::new(ParquetMetaDataReader::new().with_prefetch_hint(Some(64 * 1024)).parse_and_finish(input).map_err(classify_read)?);
+        let metadata = Arc::new(
+            ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(64 * 1024))
+                .parse_and_finish(input)
+                .map_err(classify_read)?,
+        );
         let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
-        let arrow = ArrowReaderMetadata::try_new(Arc::clone(&metadata), options).map_err(classify_read)?;
+        let arrow =
+            ArrowReaderMetadata::try_new(Arc::clone(&metadata), options).map_err(classify_read)?;
         let descr = metadata.file_metadata().schema_descr();
         let arrow_schema = parquet_to_arrow_schema(descr, None).map_err(classify_read)?;
         if arrow_schema.fields().len() != descr.num_columns() {
@@ -154,18 +168,29 @@ impl Conversion {
                 continue;
             }
             if col.max_rep_level() > 0 || col.path().parts().len() != 1 {
-                return Err(ConvertError::UnsupportedType { column: name.to_owned(), parquet: "repeated or nested".into() });
+                return Err(ConvertError::UnsupportedType {
+                    column: name.to_owned(),
+                    parquet: "repeated or nested".into(),
+                });
             }
-            names::check_column(name)
-                .map_err(|reason| ConvertError::InvalidColumnName { column: name.to_owned(), reason })?;
+            names::check_column(name).map_err(|reason| ConvertError::InvalidColumnName {
+                column: name.to_owned(),
+                reason,
+            })?;
             let hint = req.table.hint(name);
             let parquet = describe(&col);
-            let (bq, action) = plan_column(&col, field.data_type(), hint).map_err(|p| match (p, hint) {
-                (PlanProblem::HintMismatch, Some(hint)) => {
-                    ConvertError::HintMismatch { column: name.to_owned(), hint: hint.to_string(), parquet: parquet.clone() }
-                }
-                _ => ConvertError::UnsupportedType { column: name.to_owned(), parquet: parquet.clone() },
-            })?;
+            let (bq, action) =
+                plan_column(&col, field.data_type(), hint).map_err(|p| match (p, hint) {
+                    (PlanProblem::HintMismatch, Some(hint)) => ConvertError::HintMismatch {
+                        column: name.to_owned(),
+                        hint: hint.to_string(),
+                        parquet: parquet.clone(),
+                    },
+                    _ => ConvertError::UnsupportedType {
+                        column: name.to_owned(),
+                        parquet: parquet.clone(),
+                    },
+                })?;
             let out = match action {
                 Action::Copy => Out::Copy(leaf),
                 Action::Relabel(t) => Out::Relabel(leaf, t),
@@ -180,14 +205,28 @@ impl Conversion {
         for f in &fields {
             columns.push((f.name.clone(), Out::Meta(meta_name(&f.name))));
         }
-        let known: Vec<&BqField> =
-            req.known.map(|k| k.fields.iter().filter(|f| !f.name.starts_with(names::METADATA_PREFIX)).collect()).unwrap_or_default();
+        let known: Vec<&BqField> = req
+            .known
+            .map(|k| {
+                k.fields
+                    .iter()
+                    .filter(|f| !f.name.starts_with(names::METADATA_PREFIX))
+                    .collect()
+            })
+            .unwrap_or_default();
         for k in &known {
-            match file_columns.iter().position(|(n, _, _)| n.eq_ignore_ascii_case(&k.name)) {
+            match file_columns
+                .iter()
+                .position(|(n, _, _)| n.eq_ignore_ascii_case(&k.name))
+            {
                 Some(i) => {
                     let (name, bq, out) = file_columns.remove(i);
                     if bq != k.bq_type {
-                        return Err(ConvertError::SchemaConflict { column: name, table_type: k.bq_type, file_type: bq });
+                        return Err(ConvertError::SchemaConflict {
+                            column: name,
+                            table_type: k.bq_type,
+                            file_type: bq,
+                        });
                     }
                     columns.push((name, out));
                 }
@@ -197,14 +236,27 @@ impl Conversion {
         }
         let mut added = Vec::new();
         for (name, bq, out) in file_columns {
-            let field = BqField { name: name.clone(), bq_type: bq, mode: FieldMode::Nullable, description: None };
+            let field = BqField {
+                name: name.clone(),
+                bq_type: bq,
+                mode: FieldMode::Nullable,
+                description: None,
+            };
             if req.known.is_some() {
                 added.push(field.clone());
             }
             fields.push(field);
             columns.push((name, out));
         }
-        Ok(Conversion { metadata, arrow, columns, schema: TableSchema { fields }, added, op_leaf, ts_leaf })
+        Ok(Conversion {
+            metadata,
+            arrow,
+            columns,
+            schema: TableSchema { fields },
+            added,
+            op_leaf,
+            ts_leaf,
+        })
     }
 
     /// The table's schema after this file.
@@ -218,7 +270,12 @@ impl Conversion {
     }
 
     /// Streams the converted file into `out`.
-    pub fn write<W: Write + Send>(self, input: &RangeReader, req: &ConvertRequest<'_>, out: W) -> Result<ConvertOutcome> {
+    pub fn write<W: Write + Send>(
+        self,
+        input: &RangeReader,
+        req: &ConvertRequest<'_>,
+        out: W,
+    ) -> Result<ConvertOutcome> {
         let props: WriterPropertiesPtr = Arc::new(
             WriterProperties::builder()
                 .set_compression(Compression::SNAPPY)
@@ -235,7 +292,9 @@ impl Conversion {
             }
         }
         let encode_schema = Arc::new(Schema::new(encode_fields));
-        let encode_descr = ArrowSchemaConverter::new().convert(&encode_schema).map_err(ConvertError::write)?;
+        let encode_descr = ArrowSchemaConverter::new()
+            .convert(&encode_schema)
+            .map_err(ConvertError::write)?;
         let mut encoded_types = encode_descr.root_schema().get_fields().iter();
         let in_descr = self.metadata.file_metadata().schema_descr();
         let mut out_types: Vec<TypePtr> = Vec::with_capacity(self.columns.len());
@@ -243,15 +302,30 @@ impl Conversion {
             out_types.push(match out {
                 Out::Copy(leaf) => in_descr.column(*leaf).self_type_ptr(),
                 Out::Relabel(_, t) => Arc::clone(t),
-                _ => Arc::clone(encoded_types.next().ok_or_else(|| ConvertError::write("encoded column count"))?),
+                _ => Arc::clone(
+                    encoded_types
+                        .next()
+                        .ok_or_else(|| ConvertError::write("encoded column count"))?,
+                ),
             });
         }
-        let root = Arc::new(Type::group_type_builder("schema").with_fields(out_types).build().map_err(ConvertError::write)?);
-        let counting = CountingWrite { inner: out, written: 0 };
-        let mut writer = SerializedFileWriter::new(counting, root, Arc::clone(&props)).map_err(ConvertError::write)?;
+        let root = Arc::new(
+            Type::group_type_builder("schema")
+                .with_fields(out_types)
+                .build()
+                .map_err(ConvertError::write)?,
+        );
+        let counting = CountingWrite {
+            inner: out,
+            written: 0,
+        };
+        let mut writer = SerializedFileWriter::new(counting, root, Arc::clone(&props))
+            .map_err(ConvertError::write)?;
         let factory = {
             let encode_root = encode_descr.root_schema_ptr();
-            let scratch = SerializedFileWriter::new(std::io::sink(), encode_root, Arc::clone(&props)).map_err(ConvertError::write)?;
+            let scratch =
+                SerializedFileWriter::new(std::io::sink(), encode_root, Arc::clone(&props))
+                    .map_err(ConvertError::write)?;
             ArrowRowGroupWriterFactory::new(&scratch, Arc::clone(&encode_schema))
         };
         let out_descr = writer.schema_descr().clone();
@@ -269,22 +343,51 @@ impl Conversion {
         for rg in 0..self.metadata.num_row_groups() {
             let rg_meta = self.metadata.row_group(rg);
             let rg_rows = usize::try_from(rg_meta.num_rows()).unwrap_or(0);
-            let mut col_writers = factory.create_column_writers(rg).map_err(ConvertError::write)?;
+            let windowed;
+            let input = match row_group_span(rg_meta) {
+                Some((start, len)) if len <= PREFETCH_MAX => {
+                    windowed = input
+                        .with_window(start, len as usize)
+                        .map_err(|e| classify_read(e.into()))?;
+                    &windowed
+                }
+                _ => input,
+            };
+            let mut col_writers = factory
+                .create_column_writers(rg)
+                .map_err(ConvertError::write)?;
 
             let mut done = 0usize;
             let mut batches = self.batches(input, rg, &decode_leaves)?;
             while done < rg_rows {
                 let n = BATCH_ROWS.min(rg_rows - done);
                 let batch = match batches.as_mut() {
-                    Some(reader) => Some(reader.next().ok_or_else(|| ConvertError::corrupt("row group ended early"))?.map_err(classify_arrow)?),
+                    Some(reader) => Some(
+                        reader
+                            .next()
+                            .ok_or_else(|| ConvertError::corrupt("row group ended early"))?
+                            .map_err(classify_arrow)?,
+                    ),
                     None => None,
                 };
                 let n = batch.as_ref().map_or(n, RecordBatch::num_rows);
-                let arrays = self.batch_columns(req, batch.as_ref(), n, row_base, &file_seq, file_time, &mut stats)?;
+                let arrays = self.batch_columns(
+                    req,
+                    batch.as_ref(),
+                    n,
+                    row_base,
+                    &file_seq,
+                    file_time,
+                    &mut stats,
+                )?;
                 let mut writers = col_writers.iter_mut();
                 for (field, array) in encode_schema.fields().iter().zip(&arrays) {
                     for leaf in compute_leaves(field, array).map_err(ConvertError::write)? {
-                        writers.next().ok_or_else(|| ConvertError::write("column writer count"))?.write(&leaf).map_err(ConvertError::write)?;
+                        writers
+                            .next()
+                            .ok_or_else(|| ConvertError::write("column writer count"))?
+                            .write(&leaf)
+                            .map_err(ConvertError::write)?;
                     }
                 }
                 done += n;
@@ -297,16 +400,26 @@ impl Conversion {
                 match out {
                     Out::Copy(leaf) => {
                         let close = close_result(rg_meta.column(*leaf).clone(), rg_meta.num_rows());
-                        rg_writer.append_column(input, close).map_err(classify_read)?;
+                        rg_writer
+                            .append_column(input, close)
+                            .map_err(classify_read)?;
                     }
                     Out::Relabel(leaf, _) => {
-                        let relabelled = relabel_chunk(rg_meta.column(*leaf), out_descr.column(i)).map_err(ConvertError::write)?;
+                        let relabelled = relabel_chunk(rg_meta.column(*leaf), out_descr.column(i))
+                            .map_err(ConvertError::write)?;
                         let close = close_result(relabelled, rg_meta.num_rows());
-                        rg_writer.append_column(input, close).map_err(classify_read)?;
+                        rg_writer
+                            .append_column(input, close)
+                            .map_err(classify_read)?;
                     }
                     _ => {
-                        let chunk = chunks.next().ok_or_else(|| ConvertError::write("encoded chunk count"))?.map_err(ConvertError::write)?;
-                        chunk.append_to_row_group(&mut rg_writer).map_err(ConvertError::write)?;
+                        let chunk = chunks
+                            .next()
+                            .ok_or_else(|| ConvertError::write("encoded chunk count"))?
+                            .map_err(ConvertError::write)?;
+                        chunk
+                            .append_to_row_group(&mut rg_writer)
+                            .map_err(ConvertError::write)?;
                     }
                 }
             }
@@ -354,7 +467,10 @@ impl Conversion {
         if leaves.is_empty() {
             return Ok(None);
         }
-        let mask = ProjectionMask::leaves(self.metadata.file_metadata().schema_descr(), leaves.iter().copied());
+        let mask = ProjectionMask::leaves(
+            self.metadata.file_metadata().schema_descr(),
+            leaves.iter().copied(),
+        );
         ParquetRecordBatchReaderBuilder::new_with_metadata(input.clone(), self.arrow.clone())
             .with_row_groups(vec![rg])
             .with_projection(mask)
@@ -387,14 +503,22 @@ impl Conversion {
             let array: ArrayRef = match out {
                 Out::Meta(meta::OP) => Arc::clone(&ops),
                 Out::Meta(meta::COMMIT_TS) => Arc::clone(&commit),
-                Out::Meta(meta::FILE_SEQ) => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(file_seq, n))),
-                Out::Meta(meta::ROW) => {
-                    Arc::new(Int64Array::from_iter_values((row_base..row_base + n as u64).map(|r| r as i64)))
-                }
-                Out::Meta(meta::FILE) => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(&req.object.key, n))),
-                Out::Meta(_) => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(&req.source.name, n))),
+                Out::Meta(meta::FILE_SEQ) => Arc::new(StringArray::from_iter_values(
+                    std::iter::repeat_n(file_seq, n),
+                )),
+                Out::Meta(meta::ROW) => Arc::new(Int64Array::from_iter_values(
+                    (row_base..row_base + n as u64).map(|r| r as i64),
+                )),
+                Out::Meta(meta::FILE) => Arc::new(StringArray::from_iter_values(
+                    std::iter::repeat_n(&req.object.key, n),
+                )),
+                Out::Meta(_) => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+                    &req.source.name,
+                    n,
+                ))),
                 Out::Transform(leaf, t) => {
-                    let input = leaf_array(*leaf).ok_or_else(|| ConvertError::corrupt("decoded column missing"))?;
+                    let input = leaf_array(*leaf)
+                        .ok_or_else(|| ConvertError::corrupt("decoded column missing"))?;
                     transform::apply(*t, input.as_ref()).map_err(|bad| ConvertError::BadValue {
                         column: name.clone(),
                         row: row_base + bad.row as u64,
@@ -411,20 +535,33 @@ impl Conversion {
     }
 
     /// `_ferry_op` for a batch: LOAD for full-load files, else from DMS's `Op`.
-    fn ops(&self, req: &ConvertRequest<'_>, op: Option<&ArrayRef>, n: usize, row_base: u64, stats: &mut Stats) -> Result<ArrayRef> {
+    fn ops(
+        &self,
+        req: &ConvertRequest<'_>,
+        op: Option<&ArrayRef>,
+        n: usize,
+        row_base: u64,
+        stats: &mut Stats,
+    ) -> Result<ArrayRef> {
         if matches!(req.object.file, DmsFile::FullLoad { .. }) {
             stats.ops.load += n as u64;
-            return Ok(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(meta::op::LOAD, n))));
+            return Ok(Arc::new(StringArray::from_iter_values(
+                std::iter::repeat_n(meta::op::LOAD, n),
+            )));
         }
         let Some(op) = op else {
             // CdcInsertsOnly tasks write no Op column: every row is an insert.
             stats.ops.insert += n as u64;
-            return Ok(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(meta::op::INSERT, n))));
+            return Ok(Arc::new(StringArray::from_iter_values(
+                std::iter::repeat_n(meta::op::INSERT, n),
+            )));
         };
-        let op = op
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| ConvertError::UnsupportedType { column: DMS_OP.into(), parquet: format!("{:?}", op.data_type()) })?;
+        let op = op.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+            ConvertError::UnsupportedType {
+                column: DMS_OP.into(),
+                parquet: format!("{:?}", op.data_type()),
+            }
+        })?;
         let mut out = Vec::with_capacity(n);
         for (i, v) in op.iter().enumerate() {
             out.push(match v {
@@ -441,7 +578,10 @@ impl Conversion {
                     meta::op::DELETE
                 }
                 other => {
-                    return Err(ConvertError::BadOp { row: row_base + i as u64, value: other.unwrap_or("NULL").to_owned() });
+                    return Err(ConvertError::BadOp {
+                        row: row_base + i as u64,
+                        value: other.unwrap_or("NULL").to_owned(),
+                    });
                 }
             });
         }
@@ -489,10 +629,17 @@ fn file_time_micros(req: &ConvertRequest<'_>) -> i64 {
 }
 
 fn meta_name(name: &str) -> &'static str {
-    [meta::OP, meta::COMMIT_TS, meta::FILE_SEQ, meta::ROW, meta::FILE, meta::SOURCE]
-        .into_iter()
-        .find(|m| *m == name)
-        .unwrap_or(meta::SOURCE)
+    [
+        meta::OP,
+        meta::COMMIT_TS,
+        meta::FILE_SEQ,
+        meta::ROW,
+        meta::FILE,
+        meta::SOURCE,
+    ]
+    .into_iter()
+    .find(|m| *m == name)
+    .unwrap_or(meta::SOURCE)
 }
 
 fn meta_arrow_type(name: &str) -> DataType {
@@ -511,6 +658,14 @@ fn describe(col: &parquet::schema::types::ColumnDescriptor) -> String {
         s.push_str(&format!(" ({})", col.converted_type()));
     }
     s
+}
+
+/// The byte range holding a row group's column chunks.
+fn row_group_span(rg: &parquet::file::metadata::RowGroupMetaData) -> Option<(u64, u64)> {
+    let ranges = rg.columns().iter().map(|c| c.byte_range());
+    let start = ranges.clone().map(|(s, _)| s).min()?;
+    let end = ranges.map(|(s, l)| s + l).max()?;
+    Some((start, end - start))
 }
 
 fn close_result(metadata: ColumnChunkMetaData, rows: i64) -> ColumnCloseResult {
@@ -561,6 +716,10 @@ impl<W: Write> Write for CountingWrite<W> {
 }
 
 /// Converts one object: plans from the footer, then streams every row group into `out`.
-pub fn convert<W: Write + Send>(input: &RangeReader, req: &ConvertRequest<'_>, out: W) -> Result<ConvertOutcome> {
+pub fn convert<W: Write + Send>(
+    input: &RangeReader,
+    req: &ConvertRequest<'_>,
+    out: W,
+) -> Result<ConvertOutcome> {
     Conversion::plan(input, req)?.write(input, req, out)
 }

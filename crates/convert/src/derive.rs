@@ -105,39 +105,65 @@ fn bigquery_reads_as(descr: &ColumnDescriptor) -> Option<BqType> {
     let converted = descr.converted_type();
     match (descr.physical_type(), logical, converted) {
         (PhysicalType::BOOLEAN, None, ConvertedType::NONE) => Some(BqType::Bool),
-        (PhysicalType::INT32, None, ConvertedType::NONE | ConvertedType::INT_32) => Some(BqType::Int64),
-        (PhysicalType::INT32, Some(LogicalType::Integer(i)), _) if i.bit_width == 32 && i.is_signed => {
+        (PhysicalType::INT32, None, ConvertedType::NONE | ConvertedType::INT_32) => {
             Some(BqType::Int64)
         }
-        (PhysicalType::INT64, None, ConvertedType::NONE | ConvertedType::INT_64) => Some(BqType::Int64),
-        (PhysicalType::INT64, Some(LogicalType::Integer(i)), _) if i.bit_width == 64 && i.is_signed => {
+        (PhysicalType::INT32, Some(LogicalType::Integer(i)), _)
+            if i.bit_width == 32 && i.is_signed =>
+        {
             Some(BqType::Int64)
         }
-        (PhysicalType::INT32, Some(LogicalType::Date), _) | (PhysicalType::INT32, None, ConvertedType::DATE) => {
-            Some(BqType::Date)
+        (PhysicalType::INT64, None, ConvertedType::NONE | ConvertedType::INT_64) => {
+            Some(BqType::Int64)
         }
+        (PhysicalType::INT64, Some(LogicalType::Integer(i)), _)
+            if i.bit_width == 64 && i.is_signed =>
+        {
+            Some(BqType::Int64)
+        }
+        (PhysicalType::INT32, Some(LogicalType::Date), _)
+        | (PhysicalType::INT32, None, ConvertedType::DATE) => Some(BqType::Date),
         (PhysicalType::INT64, Some(LogicalType::Timestamp(t)), _) if t.unit != TimeUnit::NANOS => {
-            Some(if t.is_adjusted_to_u_t_c { BqType::Timestamp } else { BqType::Datetime })
-        }
-        (PhysicalType::INT64, None, ConvertedType::TIMESTAMP_MICROS | ConvertedType::TIMESTAMP_MILLIS) => {
-            Some(BqType::Timestamp)
-        }
-        (PhysicalType::INT64, Some(LogicalType::Time(t)), _) if t.unit == TimeUnit::MICROS => Some(BqType::Time),
-        (PhysicalType::FLOAT | PhysicalType::DOUBLE, None, ConvertedType::NONE) => Some(BqType::Float64),
-        (PhysicalType::BYTE_ARRAY, Some(LogicalType::String | LogicalType::Enum), _)
-        | (PhysicalType::BYTE_ARRAY, None, ConvertedType::UTF8 | ConvertedType::ENUM) => Some(BqType::String),
-        (PhysicalType::BYTE_ARRAY, Some(LogicalType::Json), _) | (PhysicalType::BYTE_ARRAY, None, ConvertedType::JSON) => {
-            Some(BqType::Json)
-        }
-        (PhysicalType::BYTE_ARRAY | PhysicalType::FIXED_LEN_BYTE_ARRAY, None, ConvertedType::NONE) => {
-            Some(BqType::Bytes)
+            Some(if t.is_adjusted_to_u_t_c {
+                BqType::Timestamp
+            } else {
+                BqType::Datetime
+            })
         }
         (
-            PhysicalType::INT32 | PhysicalType::INT64 | PhysicalType::BYTE_ARRAY | PhysicalType::FIXED_LEN_BYTE_ARRAY,
+            PhysicalType::INT64,
+            None,
+            ConvertedType::TIMESTAMP_MICROS | ConvertedType::TIMESTAMP_MILLIS,
+        ) => Some(BqType::Timestamp),
+        (PhysicalType::INT64, Some(LogicalType::Time(t)), _) if t.unit == TimeUnit::MICROS => {
+            Some(BqType::Time)
+        }
+        (PhysicalType::FLOAT | PhysicalType::DOUBLE, None, ConvertedType::NONE) => {
+            Some(BqType::Float64)
+        }
+        (PhysicalType::BYTE_ARRAY, Some(LogicalType::String | LogicalType::Enum), _)
+        | (PhysicalType::BYTE_ARRAY, None, ConvertedType::UTF8 | ConvertedType::ENUM) => {
+            Some(BqType::String)
+        }
+        (PhysicalType::BYTE_ARRAY, Some(LogicalType::Json), _)
+        | (PhysicalType::BYTE_ARRAY, None, ConvertedType::JSON) => Some(BqType::Json),
+        (
+            PhysicalType::BYTE_ARRAY | PhysicalType::FIXED_LEN_BYTE_ARRAY,
+            None,
+            ConvertedType::NONE,
+        ) => Some(BqType::Bytes),
+        (
+            PhysicalType::INT32
+            | PhysicalType::INT64
+            | PhysicalType::BYTE_ARRAY
+            | PhysicalType::FIXED_LEN_BYTE_ARRAY,
             _,
             ConvertedType::DECIMAL,
         ) => {
-            let (p, s) = (u8::try_from(descr.type_precision()).ok()?, i8::try_from(descr.type_scale()).ok()?);
+            let (p, s) = (
+                u8::try_from(descr.type_precision()).ok()?,
+                i8::try_from(descr.type_scale()).ok()?,
+            );
             decimal_type(p, s)
         }
         _ => None,
@@ -155,7 +181,10 @@ fn relabel(descr: &ColumnDescriptor, logical: Option<LogicalType>) -> Result<Typ
     if info.has_id() {
         builder = builder.with_id(Some(info.id()));
     }
-    builder.build().map(Arc::new).map_err(|_| PlanProblem::Unsupported)
+    builder
+        .build()
+        .map(Arc::new)
+        .map_err(|_| PlanProblem::Unsupported)
 }
 
 /// Plans one source column: its BigQuery type and how it gets there.
@@ -168,49 +197,77 @@ pub(crate) fn plan_column(
     use DataType as D;
     let reads_as = bigquery_reads_as(descr);
     // Copy when BigQuery already reads the column as `want`, else relabel with `label`.
-    let copy_or = |want: BqType, label: Option<LogicalType>| -> Result<(BqType, Action), PlanProblem> {
-        if reads_as == Some(want) {
-            Ok((want, Action::Copy))
-        } else {
-            Ok((want, Action::Relabel(relabel(descr, label)?)))
-        }
-    };
+    let copy_or =
+        |want: BqType, label: Option<LogicalType>| -> Result<(BqType, Action), PlanProblem> {
+            if reads_as == Some(want) {
+                Ok((want, Action::Copy))
+            } else {
+                Ok((want, Action::Relabel(relabel(descr, label)?)))
+            }
+        };
     let transform = |bq: BqType, t: Transform| Ok((bq, Action::Transform(t)));
     let is_int96 = descr.physical_type() == PhysicalType::INT96;
     match (arrow, hint) {
         (D::Boolean, None | Some(H::Bool | H::Bit(1))) => copy_or(BqType::Bool, None),
 
-        (D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32 | D::UInt64, Some(H::Bool)) => {
-            transform(BqType::Bool, Transform::IntToBool)
+        (
+            D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32 | D::UInt64,
+            Some(H::Bool),
+        ) => transform(BqType::Bool, Transform::IntToBool),
+        (D::Int8 | D::Int16 | D::Int32 | D::UInt8 | D::UInt16, None) => {
+            copy_or(BqType::Int64, None)
         }
-        (D::Int8 | D::Int16 | D::Int32 | D::UInt8 | D::UInt16, None) => copy_or(BqType::Int64, None),
         (D::UInt32, None) => transform(BqType::Int64, Transform::ToInt64),
         (D::Int64, None) => copy_or(BqType::Int64, None),
-        (D::Int64, Some(H::UnsignedBigint)) => transform(BqType::Numeric, Transform::Int64AsUnsigned),
-        (D::UInt64, None | Some(H::UnsignedBigint)) => transform(BqType::Numeric, Transform::Uint64ToNumeric),
+        (D::Int64, Some(H::UnsignedBigint)) => {
+            transform(BqType::Numeric, Transform::Int64AsUnsigned)
+        }
+        (D::UInt64, None | Some(H::UnsignedBigint)) => {
+            transform(BqType::Numeric, Transform::Uint64ToNumeric)
+        }
 
         (D::Float32 | D::Float64, None) => copy_or(BqType::Float64, None),
 
-        (D::Decimal32(p, s) | D::Decimal64(p, s) | D::Decimal128(p, s) | D::Decimal256(p, s), None | Some(H::UnsignedBigint)) => {
+        (
+            D::Decimal32(p, s) | D::Decimal64(p, s) | D::Decimal128(p, s) | D::Decimal256(p, s),
+            None | Some(H::UnsignedBigint),
+        ) => {
             let bq = decimal_type(*p, *s).ok_or(PlanProblem::Unsupported)?;
-            if reads_as == Some(bq) { Ok((bq, Action::Copy)) } else { Err(PlanProblem::Unsupported) }
+            if reads_as == Some(bq) {
+                Ok((bq, Action::Copy))
+            } else {
+                Err(PlanProblem::Unsupported)
+            }
         }
 
         (D::Date32, None) => copy_or(BqType::Date, Some(LogicalType::Date)),
 
-        (D::Timestamp(_, _), None | Some(H::Timestamp)) if is_int96 => {
-            transform(BqType::Timestamp, Transform::TimestampToMicros { utc: true })
-        }
-        (D::Timestamp(_, _), Some(H::Datetime)) if is_int96 => {
-            transform(BqType::Datetime, Transform::TimestampToMicros { utc: false })
-        }
-        (D::Timestamp(ArrowTimeUnit::Nanosecond, tz), hint @ (None | Some(H::Timestamp | H::Datetime))) => {
+        (D::Timestamp(_, _), None | Some(H::Timestamp)) if is_int96 => transform(
+            BqType::Timestamp,
+            Transform::TimestampToMicros { utc: true },
+        ),
+        (D::Timestamp(_, _), Some(H::Datetime)) if is_int96 => transform(
+            BqType::Datetime,
+            Transform::TimestampToMicros { utc: false },
+        ),
+        (
+            D::Timestamp(ArrowTimeUnit::Nanosecond, tz),
+            hint @ (None | Some(H::Timestamp | H::Datetime)),
+        ) => {
             let utc = hint != Some(H::Datetime) && (tz.is_some() || hint == Some(H::Timestamp));
-            let bq = if utc { BqType::Timestamp } else { BqType::Datetime };
+            let bq = if utc {
+                BqType::Timestamp
+            } else {
+                BqType::Datetime
+            };
             transform(bq, Transform::TimestampToMicros { utc })
         }
         (D::Timestamp(unit, tz), hint @ (None | Some(H::Timestamp | H::Datetime))) => {
-            let unit = if *unit == ArrowTimeUnit::Millisecond { TimeUnit::MILLIS } else { TimeUnit::MICROS };
+            let unit = if *unit == ArrowTimeUnit::Millisecond {
+                TimeUnit::MILLIS
+            } else {
+                TimeUnit::MICROS
+            };
             // Without a hint the file decides (DMS marks every timestamp UTC, DATETIME included:
             // that is what the hint is for).
             let utc = match hint {
@@ -218,15 +275,23 @@ pub(crate) fn plan_column(
                 Some(_) => true,
                 None => tz.is_some(),
             };
-            let bq = if utc { BqType::Timestamp } else { BqType::Datetime };
+            let bq = if utc {
+                BqType::Timestamp
+            } else {
+                BqType::Datetime
+            };
             copy_or(bq, Some(LogicalType::timestamp(utc, unit)))
         }
 
         (D::Utf8 | D::LargeUtf8, None) => copy_or(BqType::String, Some(LogicalType::String)),
         (D::Utf8 | D::LargeUtf8, Some(H::Json)) => copy_or(BqType::Json, Some(LogicalType::Json)),
         (D::Utf8 | D::LargeUtf8, Some(H::Time)) => transform(BqType::Time, Transform::StringToTime),
-        (D::Utf8 | D::LargeUtf8, Some(H::Datetime)) => transform(BqType::Datetime, Transform::StringToDatetime),
-        (D::Utf8 | D::LargeUtf8, Some(H::Timestamp)) => transform(BqType::Timestamp, Transform::StringToTimestamp),
+        (D::Utf8 | D::LargeUtf8, Some(H::Datetime)) => {
+            transform(BqType::Datetime, Transform::StringToDatetime)
+        }
+        (D::Utf8 | D::LargeUtf8, Some(H::Timestamp)) => {
+            transform(BqType::Timestamp, Transform::StringToTimestamp)
+        }
 
         (D::Binary | D::LargeBinary | D::FixedSizeBinary(_), None) => copy_or(BqType::Bytes, None),
         (D::Binary | D::LargeBinary | D::FixedSizeBinary(_), Some(H::Bit(1))) => {
@@ -239,7 +304,9 @@ pub(crate) fn plan_column(
             transform(BqType::Numeric, Transform::BitsToNumeric)
         }
 
-        (D::Time64(ArrowTimeUnit::Microsecond), None | Some(H::Time)) if reads_as == Some(BqType::Time) => {
+        (D::Time64(ArrowTimeUnit::Microsecond), None | Some(H::Time))
+            if reads_as == Some(BqType::Time) =>
+        {
             Ok((BqType::Time, Action::Copy))
         }
 

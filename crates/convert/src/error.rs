@@ -28,7 +28,9 @@ pub enum ConvertError {
         parquet: String,
     },
     /// The mapping hints a MySQL type the column's parquet type cannot be.
-    #[error("column {column:?}: the mapping's hint {hint:?} does not fit its parquet type {parquet}; correct or remove the hint")]
+    #[error(
+        "column {column:?}: the mapping's hint {hint:?} does not fit its parquet type {parquet}; correct or remove the hint"
+    )]
     HintMismatch {
         /// The column.
         column: String,
@@ -38,7 +40,9 @@ pub enum ConvertError {
         parquet: String,
     },
     /// A column this file has with another type than the table.
-    #[error("column {column:?}: the table has it as {table_type}, this file as {file_type}; BigQuery cannot change a column's type on load")]
+    #[error(
+        "column {column:?}: the table has it as {table_type}, this file as {file_type}; BigQuery cannot change a column's type on load"
+    )]
     SchemaConflict {
         /// The column.
         column: String,
@@ -93,11 +97,15 @@ impl ConvertError {
     }
 
     pub(crate) fn write(e: impl std::fmt::Display) -> ConvertError {
-        ConvertError::Write { message: e.to_string() }
+        ConvertError::Write {
+            message: e.to_string(),
+        }
     }
 
     pub(crate) fn corrupt(message: impl Into<String>) -> ConvertError {
-        ConvertError::Corrupt { message: message.into() }
+        ConvertError::Corrupt {
+            message: message.into(),
+        }
     }
 }
 
@@ -108,9 +116,13 @@ pub(crate) fn classify_read(e: ParquetError) -> ConvertError {
         && let Some(io) = inner.downcast_ref::<std::io::Error>()
         && io.kind() != std::io::ErrorKind::UnexpectedEof
     {
-        return ConvertError::Read { message: io.to_string() };
+        return ConvertError::Read {
+            message: io.to_string(),
+        };
     }
-    ConvertError::Corrupt { message: e.to_string() }
+    ConvertError::Corrupt {
+        message: e.to_string(),
+    }
 }
 
 /// [`classify_read`] for errors the Arrow reader wraps.
@@ -121,6 +133,8 @@ pub(crate) fn classify_arrow(e: arrow_schema::ArrowError) -> ConvertError {
             Err(other) => classify_read(ParquetError::External(other)),
         },
         arrow_schema::ArrowError::ParquetError(message) => ConvertError::Corrupt { message },
-        other => ConvertError::Corrupt { message: other.to_string() },
+        other => ConvertError::Corrupt {
+            message: other.to_string(),
+        },
     }
 }

@@ -7,6 +7,7 @@
 //! range reads, and copies column chunks that need no change without decoding them.
 //!
 //! # Layout
+//! - [`canonical`]: how converted values read in BigQuery, for exact comparisons.
 //! - [`source`]: range-read byte sources and the parquet reader over them.
 //! - `derive`: per-column type planning (copy, relabel or convert).
 //! - `transform`: value conversions (BIT, unsigned, TINYINT(1), TIME, text dates).
@@ -14,6 +15,7 @@
 //! - [`error`]: errors, retryable or permanent.
 //! - `timefmt`: date and time text.
 
+pub mod canonical;
 pub mod convert;
 mod derive;
 pub mod error;
@@ -21,6 +23,6 @@ pub mod source;
 mod timefmt;
 mod transform;
 
-pub use convert::{ConvertOutcome, ConvertRequest, Conversion, OpCounts, convert};
+pub use convert::{Conversion, ConvertOutcome, ConvertRequest, OpCounts, convert};
 pub use error::ConvertError;
 pub use source::{RangeReader, RangeSource};

@@ -67,7 +67,9 @@ pub(crate) fn parse_datetime(s: &str) -> Option<i64> {
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
         4 | 6 | 9 | 11 => 30,
-        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => 29,
+        2 if (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400) => {
+            29
+        }
         2 => 28,
         _ => 31,
     }
@@ -89,17 +91,34 @@ mod tests {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
         assert_eq!(days_from_civil(1969, 12, 31), -1);
-        assert_eq!(days_from_civil(2026, 11, 26), 20_418);
+        assert_eq!(days_from_civil(2026, 11, 26), 20_783);
     }
 
     #[test]
     fn datetimes() {
         assert_eq!(parse_datetime("1970-01-01 00:00:00"), Some(0));
-        assert_eq!(parse_datetime("2026-11-26 10:15:00.123456"), Some(20_418 * MICROS_PER_DAY + 36_900_123_456));
-        assert_eq!(parse_datetime("2026-11-26T10:15:00.1"), Some(20_418 * MICROS_PER_DAY + 36_900_100_000));
-        assert_eq!(parse_datetime("2026-11-26 10:15:00.123456789"), Some(20_418 * MICROS_PER_DAY + 36_900_123_456));
+        assert_eq!(
+            parse_datetime("2026-11-26 10:15:00.123456"),
+            Some(20_783 * MICROS_PER_DAY + 36_900_123_456)
+        );
+        assert_eq!(
+            parse_datetime("2026-11-26T10:15:00.1"),
+            Some(20_783 * MICROS_PER_DAY + 36_900_100_000)
+        );
+        assert_eq!(
+            parse_datetime("2026-11-26 10:15:00.123456789"),
+            Some(20_783 * MICROS_PER_DAY + 36_900_123_456)
+        );
         assert_eq!(parse_datetime("1969-12-31 23:59:59.999999"), Some(-1));
-        for bad in ["", "2026-11-26", "2026-13-01 00:00:00", "2026-02-29 00:00:00", "2026-11-26 24:00:00", "2026-11-26 10:15:00.", "2026/11/26 10:15:00"] {
+        for bad in [
+            "",
+            "2026-11-26",
+            "2026-13-01 00:00:00",
+            "2026-02-29 00:00:00",
+            "2026-11-26 24:00:00",
+            "2026-11-26 10:15:00.",
+            "2026/11/26 10:15:00",
+        ] {
             assert_eq!(parse_datetime(bad), None, "{bad}");
         }
         assert!(parse_datetime("2024-02-29 00:00:00").is_some());

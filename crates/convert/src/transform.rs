@@ -8,7 +8,8 @@ use arrow_array::types::{
     TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Decimal128Array, Int64Array, Time64MicrosecondArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Decimal128Array, Int64Array, Time64MicrosecondArray,
+    TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, TimeUnit};
 
@@ -83,11 +84,18 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Applies `t` to `array`. The result has the same length and the same NULLs.
 pub(crate) fn apply(t: Transform, array: &dyn Array) -> Result<ArrayRef, BadValue> {
-    let unsupported = || BadValue { row: 0, value: format!("{:?}", array.data_type()), reason: "unexpected input type" };
+    let unsupported = || BadValue {
+        row: 0,
+        value: format!("{:?}", array.data_type()),
+        reason: "unexpected input type",
+    };
     let out: ArrayRef = match t {
-        Transform::IntToBool => {
-            Arc::new(integers(array).ok_or_else(unsupported)?.map(|v| v.map(|v| v != 0)).collect::<BooleanArray>())
-        }
+        Transform::IntToBool => Arc::new(
+            integers(array)
+                .ok_or_else(unsupported)?
+                .map(|v| v.map(|v| v != 0))
+                .collect::<BooleanArray>(),
+        ),
         Transform::ToInt64 => Arc::new(
             integers(array)
                 .ok_or_else(unsupported)?
@@ -96,8 +104,12 @@ pub(crate) fn apply(t: Transform, array: &dyn Array) -> Result<ArrayRef, BadValu
         ),
         Transform::Uint64ToNumeric => decimal20(integers(array).ok_or_else(unsupported)?),
         Transform::Int64AsUnsigned => {
-            let values = array.as_primitive_opt::<Int64Type>().ok_or_else(unsupported)?;
-            decimal20(Box::new(values.iter().map(|v| v.map(|v| i128::from(v as u64)))))
+            let values = array
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(unsupported)?;
+            decimal20(Box::new(
+                values.iter().map(|v| v.map(|v| i128::from(v as u64))),
+            ))
         }
         Transform::BitsToBool | Transform::BitsToInt64 | Transform::BitsToNumeric => {
             let mut out = Vec::with_capacity(array.len());
@@ -114,13 +126,25 @@ pub(crate) fn apply(t: Transform, array: &dyn Array) -> Result<ArrayRef, BadValu
                     && let (Some(v), Some(bytes)) = (parsed, v)
                     && v > i64::MAX as u64
                 {
-                    return Err(BadValue { row, value: hex(bytes), reason: "above INT64 range; hint bit(64) for NUMERIC" });
+                    return Err(BadValue {
+                        row,
+                        value: hex(bytes),
+                        reason: "above INT64 range; hint bit(64) for NUMERIC",
+                    });
                 }
                 out.push(parsed);
             }
             match t {
-                Transform::BitsToBool => Arc::new(out.into_iter().map(|v| v.map(|v| v != 0)).collect::<BooleanArray>()),
-                Transform::BitsToInt64 => Arc::new(out.into_iter().map(|v| v.map(|v| v as i64)).collect::<Int64Array>()),
+                Transform::BitsToBool => Arc::new(
+                    out.into_iter()
+                        .map(|v| v.map(|v| v != 0))
+                        .collect::<BooleanArray>(),
+                ),
+                Transform::BitsToInt64 => Arc::new(
+                    out.into_iter()
+                        .map(|v| v.map(|v| v as i64))
+                        .collect::<Int64Array>(),
+                ),
                 _ => decimal20(Box::new(out.into_iter().map(|v| v.map(i128::from)))),
             }
         }
@@ -130,14 +154,20 @@ pub(crate) fn apply(t: Transform, array: &dyn Array) -> Result<ArrayRef, BadValu
                 _ => timefmt::parse_datetime,
             };
             let reason = match t {
-                Transform::StringToTime => "not a time of day 00:00:00-23:59:59.999999 (BigQuery TIME); remove the hint to keep it as STRING",
+                Transform::StringToTime => {
+                    "not a time of day 00:00:00-23:59:59.999999 (BigQuery TIME); remove the hint to keep it as STRING"
+                }
                 _ => "not a YYYY-MM-DD HH:MM:SS[.ffffff] date and time",
             };
             let mut out = Vec::with_capacity(array.len());
             for (row, v) in strings(array).ok_or_else(unsupported)?.enumerate() {
                 out.push(match v {
                     None => None,
-                    Some(s) => Some(parse(s).ok_or_else(|| BadValue { row, value: s.to_owned(), reason })?),
+                    Some(s) => Some(parse(s).ok_or_else(|| BadValue {
+                        row,
+                        value: s.to_owned(),
+                        reason,
+                    })?),
                 });
             }
             match t {
@@ -148,22 +178,32 @@ pub(crate) fn apply(t: Transform, array: &dyn Array) -> Result<ArrayRef, BadValu
         }
         Transform::TimestampToMicros { utc } => {
             let micros: TimestampMicrosecondArray = match array.data_type() {
-                DataType::Timestamp(TimeUnit::Second, _) => {
-                    array.as_primitive::<TimestampSecondType>().unary_opt(|v| v.checked_mul(1_000_000))
-                }
-                DataType::Timestamp(TimeUnit::Millisecond, _) => {
-                    array.as_primitive::<TimestampMillisecondType>().unary_opt(|v| v.checked_mul(1_000))
-                }
-                DataType::Timestamp(TimeUnit::Microsecond, _) => array.as_primitive::<TimestampMicrosecondType>().unary(|v| v),
-                DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-                    array.as_primitive::<TimestampNanosecondType>().unary(|v| v.div_euclid(1_000))
-                }
+                DataType::Timestamp(TimeUnit::Second, _) => array
+                    .as_primitive::<TimestampSecondType>()
+                    .unary_opt(|v| v.checked_mul(1_000_000)),
+                DataType::Timestamp(TimeUnit::Millisecond, _) => array
+                    .as_primitive::<TimestampMillisecondType>()
+                    .unary_opt(|v| v.checked_mul(1_000)),
+                DataType::Timestamp(TimeUnit::Microsecond, _) => array
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .unary(|v| v),
+                DataType::Timestamp(TimeUnit::Nanosecond, _) => array
+                    .as_primitive::<TimestampNanosecondType>()
+                    .unary(|v| v.div_euclid(1_000)),
                 _ => return Err(unsupported()),
             };
             if micros.null_count() != array.null_count() {
-                return Err(BadValue { row: 0, value: "timestamp".into(), reason: "out of range" });
+                return Err(BadValue {
+                    row: 0,
+                    value: "timestamp".into(),
+                    reason: "out of range",
+                });
             }
-            Arc::new(if utc { micros.with_timezone("UTC") } else { micros })
+            Arc::new(if utc {
+                micros.with_timezone("UTC")
+            } else {
+                micros
+            })
         }
     };
     Ok(out)
@@ -172,7 +212,11 @@ pub(crate) fn apply(t: Transform, array: &dyn Array) -> Result<ArrayRef, BadValu
 fn decimal20(values: Box<dyn Iterator<Item = Option<i128>> + '_>) -> ArrayRef {
     let array: Decimal128Array = values.collect();
     // 2^64 - 1 has 20 digits: every unsigned 64-bit value fits DECIMAL(20, 0).
-    Arc::new(array.with_precision_and_scale(20, 0).unwrap_or_else(|_| Decimal128Array::new_null(0)))
+    Arc::new(
+        array
+            .with_precision_and_scale(20, 0)
+            .unwrap_or_else(|_| Decimal128Array::new_null(0)),
+    )
 }
 
 #[cfg(test)]
@@ -188,15 +232,31 @@ mod tests {
         let d = out.as_primitive::<arrow_array::types::Decimal128Type>();
         assert_eq!(d.value(0), i128::from(u64::MAX));
         assert!(d.is_null(1));
-        let bits = BinaryArray::from(vec![Some(&[0x80u8, 0, 0, 0, 0, 0, 0, 1][..]), Some(&[0x01, 0x02][..])]);
+        let bits = BinaryArray::from(vec![
+            Some(&[0x80u8, 0, 0, 0, 0, 0, 0, 1][..]),
+            Some(&[0x01, 0x02][..]),
+        ]);
         let out = apply(Transform::BitsToNumeric, &bits).unwrap();
-        assert_eq!(out.as_primitive::<arrow_array::types::Decimal128Type>().value(0), (1i128 << 63) + 1);
+        assert_eq!(
+            out.as_primitive::<arrow_array::types::Decimal128Type>()
+                .value(0),
+            (1i128 << 63) + 1
+        );
         let err = apply(Transform::BitsToInt64, &bits).unwrap_err();
         assert_eq!((err.row, err.value.as_str()), (0, "0x8000000000000001"));
         let small = BinaryArray::from(vec![Some(&[0x01u8, 0x02][..]), None]);
-        assert_eq!(apply(Transform::BitsToInt64, &small).unwrap().as_primitive::<Int64Type>().value(0), 258);
+        assert_eq!(
+            apply(Transform::BitsToInt64, &small)
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .value(0),
+            258
+        );
         let wide = BinaryArray::from(vec![Some(&[1u8, 0, 0, 0, 0, 0, 0, 0, 0][..])]);
-        assert_eq!(apply(Transform::BitsToNumeric, &wide).unwrap_err().reason, "more than 64 bits");
+        assert_eq!(
+            apply(Transform::BitsToNumeric, &wide).unwrap_err().reason,
+            "more than 64 bits"
+        );
     }
 
     #[test]
@@ -216,6 +276,9 @@ mod tests {
         let i = arrow_array::Int8Array::from(vec![Some(0), Some(1), Some(5), None]);
         let b = apply(Transform::IntToBool, &i).unwrap();
         let b = b.as_boolean();
-        assert_eq!((b.value(0), b.value(1), b.value(2), b.is_null(3)), (false, true, true, true));
+        assert_eq!(
+            (b.value(0), b.value(1), b.value(2), b.is_null(3)),
+            (false, true, true, true)
+        );
     }
 }

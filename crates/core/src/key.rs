@@ -294,9 +294,16 @@ impl DmsObject {
     pub fn file_seq(&self) -> String {
         let name = self.key.rsplit('/').next().unwrap_or_default();
         match &self.file {
-            DmsFile::FullLoad { partition, segment, counter } => {
+            DmsFile::FullLoad {
+                partition,
+                segment,
+                counter,
+            } => {
                 // No partition sorts before every named one; no segment before SEGMENT0.
-                let partition = partition.as_ref().map(|p| format!("1{p}")).unwrap_or_default();
+                let partition = partition
+                    .as_ref()
+                    .map(|p| format!("1{p}"))
+                    .unwrap_or_default();
                 let segment = segment.map_or(0, |s| u64::from(s) + 1);
                 format!("0.{partition}.{segment:010}.{counter:08X}.{name}")
             }
@@ -310,7 +317,9 @@ impl DmsObject {
     /// Compares two files of the same table in apply order ([`DmsObject::file_seq`]); the key
     /// breaks any remaining tie, so the order is total.
     pub fn apply_order(&self, other: &Self) -> Ordering {
-        self.file_seq().cmp(&other.file_seq()).then_with(|| self.key.cmp(&other.key))
+        self.file_seq()
+            .cmp(&other.file_seq())
+            .then_with(|| self.key.cmp(&other.key))
     }
 }
 

@@ -81,12 +81,32 @@ pub mod meta {
             description: Some(description.to_owned()),
         };
         vec![
-            f(OP, BqType::String, "ferry: LOAD (full load), INSERT, UPDATE or DELETE"),
-            f(COMMIT_TS, BqType::Timestamp, "ferry: source commit time of the change (full load: read time)"),
-            f(FILE_SEQ, BqType::String, "ferry: the file's place in the table's apply order"),
-            f(ROW, BqType::Int64, "ferry: the row's position in its file; apply order is (_ferry_file_seq, _ferry_row)"),
+            f(
+                OP,
+                BqType::String,
+                "ferry: LOAD (full load), INSERT, UPDATE or DELETE",
+            ),
+            f(
+                COMMIT_TS,
+                BqType::Timestamp,
+                "ferry: source commit time of the change (full load: read time)",
+            ),
+            f(
+                FILE_SEQ,
+                BqType::String,
+                "ferry: the file's place in the table's apply order",
+            ),
+            f(
+                ROW,
+                BqType::Int64,
+                "ferry: the row's position in its file; apply order is (_ferry_file_seq, _ferry_row)",
+            ),
             f(FILE, BqType::String, "ferry: S3 key of the source file"),
-            f(SOURCE, BqType::String, "ferry: the source (DMS task / cluster)"),
+            f(
+                SOURCE,
+                BqType::String,
+                "ferry: the source (DMS task / cluster)",
+            ),
         ]
     }
 }
@@ -102,6 +122,7 @@ mod bq_type_serde {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BqType, D::Error> {
         let name = String::deserialize(d)?;
-        BqType::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown BigQuery type {name:?}")))
+        BqType::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown BigQuery type {name:?}")))
     }
 }

@@ -1,7 +1,9 @@
 //! One module per top-level command.
 
+pub(crate) mod convert;
 pub(crate) mod mappings;
 pub(crate) mod plan;
+pub(crate) mod sim;
 
 use std::io::Write;
 

@@ -1,0 +1,622 @@
+//! The conversion, end to end on simulated DMS files: every value of the simulator's nasty
+//! cases survives exactly, LOAD and CDC files give one schema, the derived schemas match the
+//! golden files, and bad input fails with a clear, classified error.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Int64Array, ListArray, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use bytes::Bytes;
+use ferry_convert::{
+    ConvertError, ConvertOutcome, ConvertRequest, RangeReader, RangeSource, canonical, convert,
+};
+use ferry_core::key::DmsObject;
+use ferry_core::mapping::{Catalog, MappingFile};
+use ferry_core::schema::{TableSchema, meta};
+use ferry_core::{Source, TableMapping, plan_object};
+use ferry_sim::{Manifest, SimOptions, TableManifest, simulate};
+use ferry_tests::{TempDir, repo_root};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::{Map, Value as Json};
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures/convert").join(name)
+}
+
+fn lab_catalog(edit: impl FnOnce(&mut Json)) -> Catalog {
+    let mut doc: Json =
+        serde_json::from_str(&std::fs::read_to_string(fixture("types-lab.json")).unwrap()).unwrap();
+    edit(&mut doc);
+    Catalog::from_files(&[MappingFile {
+        path: "types-lab.json".into(),
+        text: doc.to_string(),
+    }])
+    .unwrap()
+}
+
+fn sim(catalog: &Catalog, opts: SimOptions) -> (TempDir, Manifest) {
+    let dir = TempDir::new("convert");
+    let manifest = simulate(catalog, &opts, dir.path()).unwrap();
+    (dir, manifest)
+}
+
+fn small() -> SimOptions {
+    SimOptions {
+        rows: 250,
+        minutes: 6,
+        changes_per_minute: 30,
+        row_group_rows: 64,
+        manifest_rows: 100_000,
+        ..SimOptions::default()
+    }
+}
+
+struct Converted {
+    object: DmsObject,
+    outcome: ConvertOutcome,
+    rows: Vec<Map<String, Json>>,
+}
+
+fn read_rows(bytes: Bytes) -> Vec<Map<String, Json>> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .unwrap()
+        .build()
+        .unwrap();
+    reader.flat_map(|b| canonical::rows(&b.unwrap())).collect()
+}
+
+fn lookup<'c>(catalog: &'c Catalog, key: &str) -> (&'c Source, DmsObject, &'c TableMapping) {
+    let plan = plan_object(catalog, None, key, None);
+    assert!(plan.skip.is_none(), "{key}: {:?}", plan.skip);
+    (
+        plan.source.unwrap(),
+        plan.object.unwrap(),
+        plan.table.unwrap(),
+    )
+}
+
+/// Converts every file of a table in apply order, carrying the table's schema from file to file.
+fn convert_table(catalog: &Catalog, bucket: &Path, table: &TableManifest) -> Vec<Converted> {
+    let mut objects: Vec<DmsObject> = table.files.iter().map(|k| lookup(catalog, k).1).collect();
+    objects.sort_by(DmsObject::apply_order);
+    let mut known: Option<TableSchema> = None;
+    let mut out = Vec::new();
+    for object in objects {
+        let (source, _, mapping) = lookup(catalog, &object.key);
+        let input = RangeReader::new(Arc::new(
+            std::fs::File::open(bucket.join(&object.key)).unwrap(),
+        ));
+        let request = ConvertRequest {
+            source,
+            table: mapping,
+            object: &object,
+            object_time_micros: None,
+            known: known.as_ref(),
+        };
+        let mut buf = Vec::new();
+        let outcome =
+            convert(&input, &request, &mut buf).unwrap_or_else(|e| panic!("{}: {e}", object.key));
+        assert_eq!(outcome.bytes_written, buf.len() as u64);
+        let size = std::fs::metadata(bucket.join(&object.key)).unwrap().len();
+        assert!(
+            outcome.bytes_read <= size,
+            "{}: read {} of {size} bytes: nothing is read twice",
+            object.key,
+            outcome.bytes_read
+        );
+        let rows = read_rows(buf.into());
+        known = Some(outcome.schema.clone());
+        out.push(Converted {
+            object,
+            outcome,
+            rows,
+        });
+    }
+    out
+}
+
+fn data_columns(row: &Map<String, Json>) -> Map<String, Json> {
+    row.iter()
+        .filter(|(k, _)| !k.starts_with("_ferry_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Expected and actual rows agree column by column; a column the row's file did not have yet
+/// reads as NULL.
+fn same_row(expected: &Map<String, Json>, actual: &Map<String, Json>) -> bool {
+    expected
+        .iter()
+        .all(|(k, v)| actual.get(k).unwrap_or(&Json::Null) == v)
+        && actual
+            .keys()
+            .all(|k| k.starts_with("_ferry_") || expected.contains_key(k))
+}
+
+#[test]
+fn every_value_survives_and_the_replica_matches_the_simulator() {
+    let catalog = lab_catalog(|_| {});
+    let (dir, manifest) = sim(&catalog, small());
+    assert_eq!(manifest.tables.len(), 3);
+    for table in &manifest.tables {
+        let mapping = catalog.sources()[0]
+            .tables
+            .iter()
+            .find(|t| t.source_table() == table.table)
+            .unwrap();
+        let converted = convert_table(&catalog, dir.path(), table);
+        let expected = table.rows.as_ref().expect("small tables list their rows");
+
+        if table.mode == "replica" {
+            let key = |row: &Map<String, Json>| -> String {
+                Json::Array(
+                    mapping
+                        .primary_key
+                        .iter()
+                        .map(|k| row.get(k).cloned().unwrap_or(Json::Null))
+                        .collect(),
+                )
+                .to_string()
+            };
+            let mut state: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
+            for c in &converted {
+                for row in &c.rows {
+                    match row[meta::OP].as_str().unwrap() {
+                        "DELETE" => assert!(
+                            state.remove(&key(row)).is_some(),
+                            "{}: delete of a missing row",
+                            c.object.key
+                        ),
+                        _ => {
+                            state.insert(key(row), data_columns(row));
+                        }
+                    }
+                }
+            }
+            assert_eq!(state.len() as u64, table.expected_rows, "{}", table.table);
+            for want in expected {
+                let got = state
+                    .get(&key(want))
+                    .unwrap_or_else(|| panic!("{}: row {} missing", table.table, key(want)));
+                assert!(
+                    same_row(want, got),
+                    "{}: row {}\n want {want:?}\n  got {got:?}",
+                    table.table,
+                    key(want)
+                );
+            }
+        } else {
+            let mut got: Vec<Map<String, Json>> = converted
+                .iter()
+                .flat_map(|c| c.rows.iter())
+                .map(|r| {
+                    let mut d = data_columns(r);
+                    d.insert(meta::OP.into(), r[meta::OP].clone());
+                    d
+                })
+                .collect();
+            assert_eq!(got.len(), expected.len(), "{}", table.table);
+            // The change log keeps the simulator's order exactly.
+            for (i, (want, got)) in expected.iter().zip(&mut got).enumerate() {
+                assert!(
+                    same_row(want, got),
+                    "{} change {i}\n want {want:?}\n  got {got:?}",
+                    table.table
+                );
+            }
+        }
+
+        let ops = converted.iter().fold([0u64; 4], |acc, c| {
+            let o = c.outcome.ops;
+            [
+                acc[0] + o.load,
+                acc[1] + o.insert,
+                acc[2] + o.update,
+                acc[3] + o.delete,
+            ]
+        });
+        let ch = table.changes;
+        assert_eq!(
+            ops,
+            [ch.load, ch.insert, ch.update, ch.delete],
+            "{}",
+            table.table
+        );
+    }
+}
+
+#[test]
+fn metadata_columns_identify_and_order_every_row() {
+    let catalog = lab_catalog(|_| {});
+    let (dir, manifest) = sim(&catalog, small());
+    let table = manifest
+        .tables
+        .iter()
+        .find(|t| t.table == "lab.accounts")
+        .unwrap();
+    let converted = convert_table(&catalog, dir.path(), table);
+    let start = "2026-11-26T00:00:00.000000Z";
+    let mut last_seq = String::new();
+    for c in &converted {
+        let seq = c.object.file_seq();
+        assert!(seq > last_seq, "files in apply order");
+        last_seq = seq.clone();
+        let mut last_ts = String::new();
+        for (i, row) in c.rows.iter().enumerate() {
+            assert_eq!(row[meta::ROW], Json::String(i.to_string()));
+            assert_eq!(row[meta::FILE], Json::String(c.object.key.clone()));
+            assert_eq!(row[meta::FILE_SEQ], Json::String(seq.clone()));
+            assert_eq!(row[meta::SOURCE], Json::String("types-lab".into()));
+            let ts = row[meta::COMMIT_TS].as_str().unwrap().to_owned();
+            if c.object.kind() == ferry_core::FileKind::FullLoad {
+                assert_eq!(
+                    ts, start,
+                    "full load: the DMS timestamp column's transfer time"
+                );
+            } else {
+                assert!(
+                    ts.as_str() > start && ts >= last_ts,
+                    "{}: commit times grow: {ts}",
+                    c.object.key
+                );
+            }
+            last_ts = ts;
+        }
+        assert_eq!(c.outcome.commit_ts_fallbacks, 0);
+    }
+    // Date partition folders in the declared DDMMYYYY/DASH layout were read.
+    assert!(
+        converted
+            .iter()
+            .any(|c| c.object.key.contains("/26-11-2026/")),
+        "{:?}",
+        table.files
+    );
+}
+
+#[test]
+fn load_and_cdc_files_yield_one_schema_and_the_added_column_is_reported_once() {
+    let catalog = lab_catalog(|_| {});
+    let (dir, manifest) = sim(&catalog, small());
+    for table in &manifest.tables {
+        let converted = convert_table(&catalog, dir.path(), table);
+        let last = &converted.last().unwrap().outcome.schema;
+        let mut added = Vec::new();
+        for c in &converted {
+            let fields = &c.outcome.schema.fields;
+            assert_eq!(
+                fields[..],
+                last.fields[..fields.len()],
+                "{}: a prefix of the final schema",
+                c.object.key
+            );
+            added.extend(c.outcome.added.iter().map(|f| f.name.clone()));
+        }
+        assert_eq!(added, ["promo_code"], "{}", table.table);
+        assert!(
+            converted[0].outcome.columns_copied > 10,
+            "unchanged columns are copied, not decoded"
+        );
+    }
+}
+
+#[test]
+fn derived_schemas_match_the_golden_files() {
+    let catalog = lab_catalog(|_| {});
+    let (dir, manifest) = sim(&catalog, small());
+    let update = std::env::var_os("FERRY_UPDATE_GOLDEN").is_some();
+    for table in &manifest.tables {
+        let converted = convert_table(&catalog, dir.path(), table);
+        let schema = &converted.last().unwrap().outcome.schema;
+        let text = serde_json::to_string_pretty(&schema.fields).unwrap() + "\n";
+        let path = fixture(&format!("golden/{}.schema.json", table.table));
+        if update {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            text,
+            golden,
+            "{} differs; rerun with FERRY_UPDATE_GOLDEN=1 and review the diff",
+            path.display()
+        );
+    }
+    // The traps, spelled out.
+    let golden: Json = serde_json::from_str(
+        &std::fs::read_to_string(fixture("golden/lab.accounts.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let types: BTreeMap<&str, &str> = golden
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["name"].as_str().unwrap(), f["type"].as_str().unwrap()))
+        .collect();
+    for (column, bq) in [
+        ("account_id", "NUMERIC"), // bigint unsigned: above 2^63
+        ("is_active", "BOOL"),     // tinyint(1)
+        ("verified", "BOOL"),      // bit(1)
+        ("flags", "INT64"),        // bit(8)
+        ("mask", "NUMERIC"),       // bit(64)
+        ("opened_at", "DATETIME"), // wall clock
+        ("seen_at", "TIMESTAMP"),  // UTC
+        ("profile", "JSON"),
+        ("daily_cutoff", "TIME"),
+        ("amount", "NUMERIC"),           // DECIMAL(20,4)
+        ("jackpot_share", "BIGNUMERIC"), // DECIMAL(65,30)
+        ("external_ref", "NUMERIC"),     // unhinted BIGINT UNSIGNED
+        ("points", "INT64"),             // INT UNSIGNED
+        ("updated_at", "TIMESTAMP"),
+        ("birth_date", "DATE"),
+        ("avatar", "BYTES"),
+        ("stars", "INT64"),
+        ("score", "FLOAT64"),
+        (meta::OP, "STRING"),
+        (meta::COMMIT_TS, "TIMESTAMP"),
+    ] {
+        assert_eq!(types.get(column), Some(&bq), "{column}");
+    }
+}
+
+/// Writes a parquet file of the given columns to bytes.
+fn parquet_bytes(columns: Vec<(&str, ArrayRef)>) -> Bytes {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    buf.into()
+}
+
+fn convert_bytes(
+    catalog: &Catalog,
+    key: &str,
+    bytes: Bytes,
+    known: Option<&TableSchema>,
+) -> Result<ConvertOutcome, ConvertError> {
+    convert_source(catalog, key, Arc::new(bytes), known)
+}
+
+fn convert_source(
+    catalog: &Catalog,
+    key: &str,
+    source: Arc<dyn RangeSource>,
+    known: Option<&TableSchema>,
+) -> Result<ConvertOutcome, ConvertError> {
+    let (src, object, table) = lookup(catalog, key);
+    let request = ConvertRequest {
+        source: src,
+        table,
+        object: &object,
+        object_time_micros: None,
+        known,
+    };
+    convert(&RangeReader::new(source), &request, Vec::new())
+}
+
+const CDC_KEY: &str = "lab/dms/lab/accounts/20261126-101500123.parquet";
+
+fn cdc_columns(op: &str, cutoff: &str) -> Vec<(&'static str, ArrayRef)> {
+    vec![
+        ("Op", Arc::new(StringArray::from(vec!["I", op])) as ArrayRef),
+        (
+            "dms_ts",
+            Arc::new(StringArray::from(vec![
+                "2026-11-26 10:14:00.000001",
+                "2026-11-26 10:14:00.000002",
+            ])),
+        ),
+        (
+            "account_id",
+            Arc::new(arrow_array::UInt64Array::from(vec![1, u64::MAX])),
+        ),
+        (
+            "daily_cutoff",
+            Arc::new(StringArray::from(vec!["12:00:00", cutoff])),
+        ),
+    ]
+}
+
+#[test]
+fn corrupt_and_truncated_objects_are_permanent_errors() {
+    let catalog = lab_catalog(|_| {});
+    let good = parquet_bytes(cdc_columns("U", "13:00:00"));
+    let ok = convert_bytes(&catalog, CDC_KEY, good.clone(), None).unwrap();
+    assert_eq!((ok.rows, ok.ops.insert, ok.ops.update), (2, 1, 1));
+    for (what, bytes) in [
+        ("truncated", good.slice(..good.len() / 2)),
+        ("footer only", good.slice(good.len() - 8..)),
+        ("empty", Bytes::new()),
+        ("not parquet", Bytes::from_static(b"Op,account_id\nI,1\n")),
+        ("corrupt pages", {
+            let mut b = good.to_vec();
+            for x in &mut b[4..good.len() / 2] {
+                *x ^= 0x5A;
+            }
+            b.into()
+        }),
+    ] {
+        let err = convert_bytes(&catalog, CDC_KEY, bytes, None).expect_err(what);
+        assert!(
+            matches!(err, ConvertError::Corrupt { .. }),
+            "{what}: {err:?}"
+        );
+        assert!(!err.is_retryable(), "{what}");
+        assert!(
+            err.to_string().starts_with("not a readable parquet file"),
+            "{what}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_failing_read_is_retryable() {
+    struct Flaky(Bytes);
+    impl RangeSource for Flaky {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            if offset == 4 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset by peer",
+                ));
+            }
+            RangeSource::read_at(&self.0, offset, buf)
+        }
+    }
+    let catalog = lab_catalog(|_| {});
+    let good = parquet_bytes(cdc_columns("U", "13:00:00"));
+    let err = convert_source(&catalog, CDC_KEY, Arc::new(Flaky(good)), None).unwrap_err();
+    assert!(matches!(err, ConvertError::Read { .. }), "{err:?}");
+    assert!(err.is_retryable());
+}
+
+#[test]
+fn bad_values_name_the_column_row_and_value() {
+    let catalog = lab_catalog(|_| {});
+    let err = convert_bytes(
+        &catalog,
+        CDC_KEY,
+        parquet_bytes(cdc_columns("X", "13:00:00")),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "row 1: DMS Op is \"X\", expected I, U or D"
+    );
+    let err = convert_bytes(
+        &catalog,
+        CDC_KEY,
+        parquet_bytes(cdc_columns("U", "838:59:59")),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::BadValue { column, row: 1, value, .. } if column == "daily_cutoff" && value == "838:59:59"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("remove the hint"), "{err}");
+    assert!(!err.is_retryable());
+}
+
+#[test]
+fn hints_that_do_not_fit_and_schema_conflicts() {
+    let catalog = lab_catalog(|d| d["tables"]["lab.accounts"]["columns"]["amount"] = "json".into());
+    let mut cols = cdc_columns("U", "13:00:00");
+    cols.push(("amount", Arc::new(Int64Array::from(vec![1, 2]))));
+    let err = convert_bytes(&catalog, CDC_KEY, parquet_bytes(cols.clone()), None).unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::HintMismatch { column, hint, .. } if column == "amount" && hint == "json"),
+        "{err}"
+    );
+
+    let catalog = lab_catalog(|_| {});
+    let known = TableSchema {
+        fields: vec![ferry_core::schema::BqField {
+            name: "amount".into(),
+            bq_type: ferry_core::bqtype::BqType::String,
+            mode: ferry_core::schema::FieldMode::Nullable,
+            description: None,
+        }],
+    };
+    let err = convert_bytes(&catalog, CDC_KEY, parquet_bytes(cols), Some(&known)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "column \"amount\": the table has it as STRING, this file as INT64; BigQuery cannot change a column's type on load"
+    );
+}
+
+#[test]
+fn unloadable_columns_are_named() {
+    let catalog = lab_catalog(|_| {});
+    let mut cols = cdc_columns("U", "13:00:00");
+    cols.push(("my col", Arc::new(Int64Array::from(vec![1, 2]))));
+    let err = convert_bytes(&catalog, CDC_KEY, parquet_bytes(cols), None).unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::InvalidColumnName { column, .. } if column == "my col"),
+        "{err}"
+    );
+
+    let mut cols = cdc_columns("U", "13:00:00");
+    let list = ListArray::from_iter_primitive::<arrow_array::types::Int32Type, _, _>(vec![
+        Some(vec![Some(1)]),
+        None,
+    ]);
+    cols.push(("scores", Arc::new(list)));
+    let err = convert_bytes(&catalog, CDC_KEY, parquet_bytes(cols), None).unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::UnsupportedType { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("scores"), "{err}");
+}
+
+#[test]
+fn a_file_without_rows_converts_to_a_loadable_empty_file() {
+    let catalog = lab_catalog(|_| {});
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("Op", DataType::Utf8, true),
+        Field::new("account_id", DataType::UInt64, true),
+    ]));
+    let mut buf = Vec::new();
+    ArrowWriter::try_new(&mut buf, schema, None)
+        .unwrap()
+        .close()
+        .unwrap();
+    let (src, object, table) = lookup(&catalog, CDC_KEY);
+    let request = ConvertRequest {
+        source: src,
+        table,
+        object: &object,
+        object_time_micros: None,
+        known: None,
+    };
+    let mut out = Vec::new();
+    let outcome = convert(
+        &RangeReader::new(Arc::new(Bytes::from(buf))),
+        &request,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!((outcome.rows, outcome.row_groups), (0, 0));
+    assert!(read_rows(out.into()).is_empty());
+}
+
+#[test]
+fn gzip_files_convert_too() {
+    let catalog = lab_catalog(|_| {});
+    let (dir, manifest) = sim(
+        &catalog,
+        SimOptions {
+            gzip: true,
+            ..small()
+        },
+    );
+    let table = manifest
+        .tables
+        .iter()
+        .find(|t| t.table == "lab.events")
+        .unwrap();
+    let converted = convert_table(&catalog, dir.path(), table);
+    let rows: usize = converted.iter().map(|c| c.rows.len()).sum();
+    assert_eq!(rows as u64, table.expected_rows);
+}
