@@ -6,6 +6,7 @@
 //! columns that need a value conversion are decoded, in batches. Memory is bounded by one batch
 //! plus one encoded output row group, whatever the file's size.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -22,14 +23,15 @@ use ferry_core::schema::{BqField, FieldMode, TableSchema, meta};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
-use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
-use parquet::arrow::{ArrowSchemaConverter, ProjectionMask, parquet_to_arrow_schema};
+use bytes::Bytes;
+use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, ArrowWriterOptions, compute_leaves};
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter, ProjectionMask, parquet_to_arrow_schema};
 use parquet::basic::Compression;
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData, ParquetMetaDataReader};
-use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesPtr};
 use parquet::file::writer::SerializedFileWriter;
-use parquet::schema::types::{Type, TypePtr};
+use parquet::schema::types::{ColumnPath, Type, TypePtr};
 
 use crate::derive::{Action, PlanProblem, Transform, arrow_type_for, plan_column};
 use crate::error::{ConvertError, Result, classify_arrow, classify_read};
@@ -276,16 +278,15 @@ impl Conversion {
         req: &ConvertRequest<'_>,
         out: W,
     ) -> Result<ConvertOutcome> {
-        let props: WriterPropertiesPtr = Arc::new(
-            WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .set_created_by(format!("ferry {}", env!("CARGO_PKG_VERSION")))
-                .build(),
-        );
+        let props = writer_properties(self.compressed(), &self.converted_columns());
+        let constants = self.constants(req);
 
         // The columns ferry encodes itself, as an Arrow schema and its parquet form.
         let mut encode_fields = Vec::new();
         for (name, out) in &self.columns {
+            if constants.contains_key(name.as_str()) {
+                continue;
+            }
             if let Some(dt) = self.encoded_type(out) {
                 let nullable = !matches!(out, Out::Meta(_));
                 encode_fields.push(Field::new(name, dt, nullable));
@@ -298,8 +299,9 @@ impl Conversion {
         let mut encoded_types = encode_descr.root_schema().get_fields().iter();
         let in_descr = self.metadata.file_metadata().schema_descr();
         let mut out_types: Vec<TypePtr> = Vec::with_capacity(self.columns.len());
-        for (_, out) in &self.columns {
+        for (name, out) in &self.columns {
             out_types.push(match out {
+                _ if constants.contains_key(name.as_str()) => constant_type(name)?,
                 Out::Copy(leaf) => in_descr.column(*leaf).self_type_ptr(),
                 Out::Relabel(_, t) => Arc::clone(t),
                 _ => Arc::clone(
@@ -330,8 +332,8 @@ impl Conversion {
         };
         let out_descr = writer.schema_descr().clone();
 
+        let mut constant_chunks = ConstantChunks::default();
         let mut stats = Stats::default();
-        let file_seq = req.object.file_seq();
         let file_time = file_time_micros(req);
         let mut decode_leaves: Vec<usize> = self.op_leaf.into_iter().chain(self.ts_leaf).collect();
         decode_leaves.extend(self.columns.iter().filter_map(|(_, o)| match o {
@@ -376,8 +378,8 @@ impl Conversion {
                     batch.as_ref(),
                     n,
                     row_base,
-                    &file_seq,
                     file_time,
+                    &constants,
                     &mut stats,
                 )?;
                 let mut writers = col_writers.iter_mut();
@@ -396,8 +398,13 @@ impl Conversion {
 
             let mut chunks = col_writers.into_iter().map(|w| w.close());
             let mut rg_writer = writer.next_row_group().map_err(ConvertError::write)?;
-            for (i, (_, out)) in self.columns.iter().enumerate() {
+            for (i, (name, out)) in self.columns.iter().enumerate() {
                 match out {
+                    _ if constants.contains_key(name.as_str()) => {
+                        let value = &constants[name.as_str()];
+                        let (bytes, close) = constant_chunks.get(name, value, rg_meta.num_rows(), &props)?;
+                        rg_writer.append_column(&bytes, close).map_err(ConvertError::write)?;
+                    }
                     Out::Copy(leaf) => {
                         let close = close_result(rg_meta.column(*leaf).clone(), rg_meta.num_rows());
                         rg_writer
@@ -448,6 +455,37 @@ impl Conversion {
         })
     }
 
+    /// The metadata columns that hold one value for the whole file, with that value. They are
+    /// encoded once per row-group size and spliced in, not encoded row by row.
+    fn constants(&self, req: &ConvertRequest<'_>) -> BTreeMap<&'static str, String> {
+        let mut constants = BTreeMap::from([
+            (meta::FILE_SEQ, req.object.file_seq()),
+            (meta::FILE, req.object.key.clone()),
+            (meta::SOURCE, req.source.name.clone()),
+        ]);
+        if matches!(req.object.file, DmsFile::FullLoad { .. }) {
+            constants.insert(meta::OP, meta::op::LOAD.to_owned());
+        } else if self.op_leaf.is_none() {
+            constants.insert(meta::OP, meta::op::INSERT.to_owned());
+        }
+        constants
+    }
+
+    /// Whether the task compresses its files (DMS `CompressionType`): ferry's own columns
+    /// then get snappy; otherwise they stay uncompressed like the columns copied from DMS.
+    fn compressed(&self) -> bool {
+        let first = (0..self.metadata.num_row_groups()).flat_map(|i| self.metadata.row_group(i).columns().first()).next();
+        first.is_some_and(|c| c.compression() != Compression::UNCOMPRESSED)
+    }
+
+    /// The source columns ferry converts (and so encodes itself).
+    fn converted_columns(&self) -> Vec<&str> {
+        self.columns
+            .iter()
+            .filter_map(|(name, out)| matches!(out, Out::Transform(..)).then_some(name.as_str()))
+            .collect()
+    }
+
     fn encoded_type(&self, out: &Out) -> Option<DataType> {
         match out {
             Out::Meta(name) => Some(meta_arrow_type(name)),
@@ -488,8 +526,8 @@ impl Conversion {
         batch: Option<&RecordBatch>,
         n: usize,
         row_base: u64,
-        file_seq: &str,
         file_time: i64,
+        constants: &BTreeMap<&'static str, String>,
         stats: &mut Stats,
     ) -> Result<Vec<ArrayRef>> {
         let leaf_array = |leaf: usize| -> Option<&ArrayRef> {
@@ -500,22 +538,16 @@ impl Conversion {
         let commit = commit_times(self.ts_leaf.and_then(leaf_array), n, file_time, stats);
         let mut arrays = Vec::new();
         for (name, out) in &self.columns {
+            if constants.contains_key(name.as_str()) {
+                continue;
+            }
             let array: ArrayRef = match out {
-                Out::Meta(meta::OP) => Arc::clone(&ops),
+                Out::Meta(meta::OP) => ops.clone().ok_or_else(|| ConvertError::write("no Op values"))?,
                 Out::Meta(meta::COMMIT_TS) => Arc::clone(&commit),
-                Out::Meta(meta::FILE_SEQ) => Arc::new(StringArray::from_iter_values(
-                    std::iter::repeat_n(file_seq, n),
-                )),
                 Out::Meta(meta::ROW) => Arc::new(Int64Array::from_iter_values(
                     (row_base..row_base + n as u64).map(|r| r as i64),
                 )),
-                Out::Meta(meta::FILE) => Arc::new(StringArray::from_iter_values(
-                    std::iter::repeat_n(&req.object.key, n),
-                )),
-                Out::Meta(_) => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                    &req.source.name,
-                    n,
-                ))),
+                Out::Meta(_) => return Err(ConvertError::write("metadata column without a value")),
                 Out::Transform(leaf, t) => {
                     let input = leaf_array(*leaf)
                         .ok_or_else(|| ConvertError::corrupt("decoded column missing"))?;
@@ -534,7 +566,7 @@ impl Conversion {
         Ok(arrays)
     }
 
-    /// `_ferry_op` for a batch: LOAD for full-load files, else from DMS's `Op`.
+    /// `_ferry_op` for a batch from DMS's `Op`, counting operations; `None` when constant.
     fn ops(
         &self,
         req: &ConvertRequest<'_>,
@@ -542,19 +574,16 @@ impl Conversion {
         n: usize,
         row_base: u64,
         stats: &mut Stats,
-    ) -> Result<ArrayRef> {
+    ) -> Result<Option<ArrayRef>> {
+        // Full-load files, and CDC files of CdcInsertsOnly tasks (no Op column), have one
+        // operation for every row: a constant column, see `constants`.
         if matches!(req.object.file, DmsFile::FullLoad { .. }) {
             stats.ops.load += n as u64;
-            return Ok(Arc::new(StringArray::from_iter_values(
-                std::iter::repeat_n(meta::op::LOAD, n),
-            )));
+            return Ok(None);
         }
         let Some(op) = op else {
-            // CdcInsertsOnly tasks write no Op column: every row is an insert.
             stats.ops.insert += n as u64;
-            return Ok(Arc::new(StringArray::from_iter_values(
-                std::iter::repeat_n(meta::op::INSERT, n),
-            )));
+            return Ok(None);
         };
         let op = op.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
             ConvertError::UnsupportedType {
@@ -585,7 +614,58 @@ impl Conversion {
                 }
             });
         }
-        Ok(Arc::new(StringArray::from_iter_values(out)))
+        Ok(Some(Arc::new(StringArray::from_iter_values(out))))
+    }
+}
+
+/// Writer settings for the columns ferry encodes: snappy when the task compresses; no
+/// statistics (BigQuery does not read them, and the copied columns keep DMS's); no dictionary
+/// for `_ferry_row`, `_ferry_commit_ts` and converted columns (keys and times, mostly distinct:
+/// dictionary work would be thrown away).
+fn writer_properties(compressed: bool, converted: &[&str]) -> WriterPropertiesPtr {
+    let compression = if compressed { Compression::SNAPPY } else { Compression::UNCOMPRESSED };
+    let mut b = WriterProperties::builder()
+        .set_compression(compression)
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_created_by(format!("ferry {}", env!("CARGO_PKG_VERSION")));
+    for name in [meta::ROW, meta::COMMIT_TS].iter().chain(converted) {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(*name), false);
+    }
+    Arc::new(b.build())
+}
+
+/// The parquet type of a constant metadata column (a required string).
+fn constant_type(name: &str) -> Result<TypePtr> {
+    let schema = Schema::new(vec![Field::new(name, DataType::Utf8, false)]);
+    let descr = ArrowSchemaConverter::new().convert(&schema).map_err(ConvertError::write)?;
+    descr.root_schema().get_fields().first().cloned().ok_or_else(|| ConvertError::write("constant column type"))
+}
+
+/// Encoded chunks of constant columns, by column and row count: a file's row groups mostly
+/// have the same size, so each is encoded once and copied.
+#[derive(Default)]
+struct ConstantChunks {
+    chunks: BTreeMap<(String, i64), (Bytes, ColumnChunkMetaData)>,
+}
+
+impl ConstantChunks {
+    fn get(&mut self, name: &str, value: &str, rows: i64, props: &WriterPropertiesPtr) -> Result<(Bytes, ColumnCloseResult)> {
+        let key = (name.to_owned(), rows);
+        if !self.chunks.contains_key(&key) {
+            let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
+            let n = usize::try_from(rows).unwrap_or(0);
+            let array: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(value, n)));
+            let batch = RecordBatch::try_new(Arc::clone(&schema), vec![array]).map_err(ConvertError::write)?;
+            let options = ArrowWriterOptions::new().with_properties((**props).clone()).with_skip_arrow_metadata(true);
+            let mut writer = ArrowWriter::try_new_with_options(Vec::new(), schema, options).map_err(ConvertError::write)?;
+            writer.write(&batch).map_err(ConvertError::write)?;
+            let bytes = Bytes::from(writer.into_inner().map_err(ConvertError::write)?);
+            let metadata = ParquetMetaDataReader::new().parse_and_finish(&bytes).map_err(ConvertError::write)?;
+            let chunk = metadata.row_group(0).column(0).clone();
+            self.chunks.insert(key.clone(), (bytes, chunk));
+        }
+        let (bytes, chunk) = &self.chunks[&key];
+        Ok((bytes.clone(), close_result(chunk.clone(), rows)))
     }
 }
 
@@ -600,11 +680,12 @@ struct Stats {
 /// `_ferry_commit_ts` for a batch: the DMS timestamp column where readable, else the file time.
 fn commit_times(ts: Option<&ArrayRef>, n: usize, file_time: i64, stats: &mut Stats) -> ArrayRef {
     let strings = ts.and_then(|a| a.as_any().downcast_ref::<StringArray>());
+    let mut parser = timefmt::DatetimeParser::default();
     let values: Vec<i64> = match strings {
         Some(s) => s
             .iter()
             .map(|v| {
-                v.and_then(timefmt::parse_datetime).unwrap_or_else(|| {
+                v.and_then(|v| parser.parse(v)).unwrap_or_else(|| {
                     stats.fallbacks += 1;
                     file_time
                 })

@@ -37,7 +37,10 @@ fn fraction_micros(s: &[u8]) -> Option<i64> {
 
 /// Parses `HH:MM:SS[.f…]` within one day (00:00:00 to 23:59:59.999999) to microseconds.
 pub(crate) fn parse_time_of_day(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
+    time_of_day(s.as_bytes())
+}
+
+fn time_of_day(b: &[u8]) -> Option<i64> {
     if b.len() < 8 || b[2] != b':' || b[5] != b':' {
         return None;
     }
@@ -52,16 +55,44 @@ pub(crate) fn parse_time_of_day(s: &str) -> Option<i64> {
 /// Parses `YYYY-MM-DD HH:MM:SS[.f…]` (or with `T`) to microseconds since the epoch, read as
 /// UTC (or as a wall clock, for DATETIME).
 pub(crate) fn parse_datetime(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b' ' || b[10] == b'T') {
+    DatetimeParser::default().parse(s)
+}
+
+/// Parses `YYYY-MM-DD HH:MM:SS[.f…]` like [`parse_datetime`], remembering the last date: a
+/// column of commit times mostly repeats it, and the calendar arithmetic is then skipped.
+#[derive(Default)]
+pub(crate) struct DatetimeParser {
+    last: Option<([u8; 10], i64)>,
+}
+
+impl DatetimeParser {
+    pub(crate) fn parse(&mut self, s: &str) -> Option<i64> {
+        let b = s.as_bytes();
+        if b.len() < 19 || !(b[10] == b' ' || b[10] == b'T') {
+            return None;
+        }
+        let date: [u8; 10] = b[..10].try_into().ok()?;
+        let days = match self.last {
+            Some((last, days)) if last == date => days,
+            _ => {
+                let days = date_days(&date)?;
+                self.last = Some((date, days));
+                days
+            }
+        };
+        Some(days * MICROS_PER_DAY + time_of_day(&b[11..])?)
+    }
+}
+
+fn date_days(b: &[u8; 10]) -> Option<i64> {
+    if b[4] != b'-' || b[7] != b'-' {
         return None;
     }
     let (y, mo, d) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
     if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) {
         return None;
     }
-    let time = parse_time_of_day(std::str::from_utf8(&b[11..]).ok()?)?;
-    Some(days_from_civil(i64::from(y), mo, d) * MICROS_PER_DAY + time)
+    Some(days_from_civil(i64::from(y), mo, d))
 }
 
 fn days_in_month(year: u32, month: u32) -> u32 {
@@ -122,6 +153,13 @@ mod tests {
             assert_eq!(parse_datetime(bad), None, "{bad}");
         }
         assert!(parse_datetime("2024-02-29 00:00:00").is_some());
+        // The remembered date is only reused for the same date text.
+        let mut p = DatetimeParser::default();
+        assert_eq!(p.parse("2026-11-26 00:00:01"), Some(20_783 * MICROS_PER_DAY + 1_000_000));
+        assert_eq!(p.parse("2026-11-26 00:00:02"), Some(20_783 * MICROS_PER_DAY + 2_000_000));
+        assert_eq!(p.parse("2026-11-27 00:00:00"), Some(20_784 * MICROS_PER_DAY));
+        assert_eq!(p.parse("2026-11-27 25:00:00"), None);
+        assert_eq!(p.parse("2026-02-30 00:00:00"), None);
     }
 
     #[test]

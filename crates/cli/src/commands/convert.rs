@@ -113,7 +113,9 @@ pub(crate) fn run(
         .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.json {
-        writeln!(out, "{}", serde_json::to_string(&outcome)?)?;
+        let mut value = serde_json::to_value(&outcome)?;
+        value["seconds"] = seconds.into();
+        writeln!(out, "{value}")?;
     } else {
         let ops = outcome.ops;
         writeln!(out, "{} -> {}", args.input.display(), args.output.display())?;

@@ -1,0 +1,91 @@
+"""ferry's conversion benchmark: ferry convert vs the same work in pyarrow, on DMS files of
+10k, 1M and 10M rows written by `ferry sim`. Prints rows/s, MB/s and peak RSS per tool and size,
+and the ratio the project targets (ferry >= 3x pyarrow single-threaded on the 1M-row file).
+
+usage: run.py --ferry PATH [--sizes 10k,1m,10m] [--work DIR] [--repeat N]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+KEY = "dms/casino/bets/LOAD00000001.parquet"
+SIZES = {"10k": 10_000, "1m": 1_000_000, "10m": 10_000_000}
+
+
+def measure(cmd):
+    """Runs cmd in a child of a fresh process, so that RUSAGE_CHILDREN is this run's alone."""
+    probe = (
+        "import json, resource, subprocess, sys\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(json.dumps({'code': p.returncode, 'out': p.stdout, 'err': p.stderr,"
+        " 'rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
+    )
+    result = json.loads(subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True, check=True).stdout)
+    if result["code"] != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{result['err']}")
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ferry", required=True)
+    parser.add_argument("--sizes", default="10k,1m,10m")
+    parser.add_argument("--work", default=str(pathlib.Path.home() / ".cache/ferry/bench"))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    work = pathlib.Path(args.work)
+    mappings = work / "mappings"
+    mappings.mkdir(parents=True, exist_ok=True)
+    (mappings / "bench.json").write_text((HERE / "bench-mapping.json").read_text())
+
+    rows_out = []
+    for size in args.sizes.split(","):
+        rows = SIZES[size]
+        bucket = work / f"bucket-{size}"
+        source = bucket / KEY
+        if not source.exists():
+            print(f"generating the {size}-row DMS file with ferry sim ...", file=sys.stderr, flush=True)
+            subprocess.run(
+                [args.ferry, "sim", "--mappings", str(mappings), "--out", str(bucket), "--rows", str(rows),
+                 "--minutes", "0", "--no-added-column", "--seed", "7"],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        mb = source.stat().st_size / 1e6
+        output = work / f"out-{size}.parquet"
+        runs = {
+            "ferry (1 thread)": [args.ferry, "convert", "--mappings", str(mappings), "--json", "--key", KEY, str(source), str(output)],
+            "pyarrow (1 thread)": [sys.executable, str(HERE / "pyarrow_convert.py"), str(source), str(output), KEY, "bench", "--threads", "1"],
+            f"pyarrow ({os.cpu_count()} threads)": [sys.executable, str(HERE / "pyarrow_convert.py"), str(source), str(output), KEY, "bench", "--threads", "0"],
+        }
+        repeat = args.repeat if rows <= 1_000_000 else 1
+        for tool, cmd in runs.items():
+            best, rss = None, 0
+            for _ in range(repeat):
+                result = measure(cmd)
+                report = json.loads(result["out"].strip().splitlines()[-1])
+                assert report["rows"] == rows, report
+                best = report["seconds"] if best is None else min(best, report["seconds"])
+                rss = max(rss, result["rss_kb"])
+            rows_out.append((size, rows, mb, tool, best, rss))
+            print(f"{size:>4} {tool:<22} {rows / best:>12,.0f} rows/s {mb / best:>8.1f} MB/s {rss / 1024:>8.1f} MB peak RSS", file=sys.stderr, flush=True)
+
+    print()
+    print(f"| file | input MB | tool | rows/s | MB/s | peak RSS MB |")
+    print(f"|---|---|---|---|---|---|")
+    for size, rows, mb, tool, seconds, rss in rows_out:
+        print(f"| {rows:,} rows | {mb:,.0f} | {tool} | {rows / seconds:,.0f} | {mb / seconds:,.1f} | {rss / 1024:,.0f} |")
+    by = {(s, t.split(" ")[0] + (" 1" if "(1 thread)" in t else "")): r for s, _, _, t, r, _ in rows_out}
+    for size in args.sizes.split(","):
+        ferry, py1 = by.get((size, "ferry 1")), by.get((size, "pyarrow 1"))
+        if ferry and py1:
+            print(f"\n{size}: ferry is {py1 / ferry:.1f}x pyarrow single-threaded")
+
+
+if __name__ == "__main__":
+    main()
