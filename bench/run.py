@@ -53,7 +53,7 @@ def main():
             print(f"generating the {size}-row DMS file with ferry sim ...", file=sys.stderr, flush=True)
             subprocess.run(
                 [args.ferry, "sim", "--mappings", str(mappings), "--out", str(bucket), "--rows", str(rows),
-                 "--minutes", "0", "--no-added-column", "--seed", "7"],
+                 "--minutes", "0", "--no-added-column", "--seed", "7", "--load-file-rows", str(rows)],
                 check=True, stdout=subprocess.DEVNULL,
             )
         mb = source.stat().st_size / 1e6

@@ -269,3 +269,101 @@ fn plan_refuses_an_etag_for_several_keys_and_bad_mappings() {
     assert_eq!(code, 1);
     assert!(err.contains("x.json"), "{err}");
 }
+
+#[test]
+fn sim_then_convert_through_the_cli() {
+    let dir = TempDir::new("cli-sim");
+    let bucket = dir.path().join("bucket");
+    let bucket_arg = bucket.to_str().expect("utf-8");
+    let (code, out, err) = ferry(&[
+        "sim",
+        "--mappings",
+        &mappings(),
+        "--out",
+        bucket_arg,
+        "--only",
+        "slots_account.players",
+        "--rows",
+        "50",
+        "--minutes",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("wrote 4 files"), "{out}");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("bucket.manifest.json")).expect("manifest"),
+    )
+    .expect("json");
+    let key = manifest["tables"][0]["files"][0]
+        .as_str()
+        .expect("a file")
+        .to_owned();
+    assert_eq!(
+        key,
+        "slots/account/slots_account/players/LOAD00000001.parquet"
+    );
+
+    let input = bucket.join(&key);
+    let output = dir.path().join("out.parquet");
+    let schema = dir.path().join("schema.json");
+    let (code, out, err) = ferry(&[
+        "convert",
+        "--mappings",
+        &mappings(),
+        "--key",
+        &key,
+        "--schema-json",
+        schema.to_str().expect("utf-8"),
+        input.to_str().expect("utf-8"),
+        output.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rows     50 in 1 row groups (load 50"),
+        "{out}"
+    );
+    let fields: Value =
+        serde_json::from_str(&std::fs::read_to_string(&schema).expect("schema")).expect("json");
+    let is_vip = fields
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|f| f["name"] == "is_vip")
+        .expect("is_vip");
+    assert_eq!(is_vip["type"], "BOOL", "the mapping's tinyint(1) hint");
+    assert!(output.exists());
+
+    // A corrupt object: a permanent error naming the key, exit 1, no output left behind.
+    std::fs::write(&input, b"PAR1 not really").expect("write");
+    std::fs::remove_file(&output).expect("rm");
+    let (code, _, err) = ferry(&[
+        "convert",
+        "--mappings",
+        &mappings(),
+        "--key",
+        &key,
+        input.to_str().expect("utf-8"),
+        output.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(&format!(
+            "{key}: permanent error: not a readable parquet file"
+        )),
+        "{err}"
+    );
+    assert!(!output.exists());
+
+    // A key ferry would not load.
+    let (code, _, err) = ferry(&[
+        "convert",
+        "--mappings",
+        &mappings(),
+        "--key",
+        "nope/x/y/LOAD00000001.parquet",
+        "a",
+        "b",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not loaded"), "{err}");
+}

@@ -15,6 +15,7 @@ use arrow_array::{
     new_null_array,
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit as ArrowTimeUnit};
+use bytes::Bytes;
 use ferry_core::bqtype::BqType;
 use ferry_core::key::{DmsFile, DmsObject};
 use ferry_core::mapping::{Source, TableMapping};
@@ -23,8 +24,9 @@ use ferry_core::schema::{BqField, FieldMode, TableSchema, meta};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
-use bytes::Bytes;
-use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, ArrowWriterOptions, compute_leaves};
+use parquet::arrow::arrow_writer::{
+    ArrowRowGroupWriterFactory, ArrowWriterOptions, compute_leaves,
+};
 use parquet::arrow::{ArrowSchemaConverter, ArrowWriter, ProjectionMask, parquet_to_arrow_schema};
 use parquet::basic::Compression;
 use parquet::column::writer::ColumnCloseResult;
@@ -402,8 +404,11 @@ impl Conversion {
                 match out {
                     _ if constants.contains_key(name.as_str()) => {
                         let value = &constants[name.as_str()];
-                        let (bytes, close) = constant_chunks.get(name, value, rg_meta.num_rows(), &props)?;
-                        rg_writer.append_column(&bytes, close).map_err(ConvertError::write)?;
+                        let (bytes, close) =
+                            constant_chunks.get(name, value, rg_meta.num_rows(), &props)?;
+                        rg_writer
+                            .append_column(&bytes, close)
+                            .map_err(ConvertError::write)?;
                     }
                     Out::Copy(leaf) => {
                         let close = close_result(rg_meta.column(*leaf).clone(), rg_meta.num_rows());
@@ -474,7 +479,9 @@ impl Conversion {
     /// Whether the task compresses its files (DMS `CompressionType`): ferry's own columns
     /// then get snappy; otherwise they stay uncompressed like the columns copied from DMS.
     fn compressed(&self) -> bool {
-        let first = (0..self.metadata.num_row_groups()).flat_map(|i| self.metadata.row_group(i).columns().first()).next();
+        let first = (0..self.metadata.num_row_groups())
+            .flat_map(|i| self.metadata.row_group(i).columns().first())
+            .next();
         first.is_some_and(|c| c.compression() != Compression::UNCOMPRESSED)
     }
 
@@ -542,7 +549,9 @@ impl Conversion {
                 continue;
             }
             let array: ArrayRef = match out {
-                Out::Meta(meta::OP) => ops.clone().ok_or_else(|| ConvertError::write("no Op values"))?,
+                Out::Meta(meta::OP) => ops
+                    .clone()
+                    .ok_or_else(|| ConvertError::write("no Op values"))?,
                 Out::Meta(meta::COMMIT_TS) => Arc::clone(&commit),
                 Out::Meta(meta::ROW) => Arc::new(Int64Array::from_iter_values(
                     (row_base..row_base + n as u64).map(|r| r as i64),
@@ -623,7 +632,11 @@ impl Conversion {
 /// for `_ferry_row`, `_ferry_commit_ts` and converted columns (keys and times, mostly distinct:
 /// dictionary work would be thrown away).
 fn writer_properties(compressed: bool, converted: &[&str]) -> WriterPropertiesPtr {
-    let compression = if compressed { Compression::SNAPPY } else { Compression::UNCOMPRESSED };
+    let compression = if compressed {
+        Compression::SNAPPY
+    } else {
+        Compression::UNCOMPRESSED
+    };
     let mut b = WriterProperties::builder()
         .set_compression(compression)
         .set_statistics_enabled(EnabledStatistics::None)
@@ -637,8 +650,15 @@ fn writer_properties(compressed: bool, converted: &[&str]) -> WriterPropertiesPt
 /// The parquet type of a constant metadata column (a required string).
 fn constant_type(name: &str) -> Result<TypePtr> {
     let schema = Schema::new(vec![Field::new(name, DataType::Utf8, false)]);
-    let descr = ArrowSchemaConverter::new().convert(&schema).map_err(ConvertError::write)?;
-    descr.root_schema().get_fields().first().cloned().ok_or_else(|| ConvertError::write("constant column type"))
+    let descr = ArrowSchemaConverter::new()
+        .convert(&schema)
+        .map_err(ConvertError::write)?;
+    descr
+        .root_schema()
+        .get_fields()
+        .first()
+        .cloned()
+        .ok_or_else(|| ConvertError::write("constant column type"))
 }
 
 /// Encoded chunks of constant columns, by column and row count: a file's row groups mostly
@@ -649,18 +669,31 @@ struct ConstantChunks {
 }
 
 impl ConstantChunks {
-    fn get(&mut self, name: &str, value: &str, rows: i64, props: &WriterPropertiesPtr) -> Result<(Bytes, ColumnCloseResult)> {
+    fn get(
+        &mut self,
+        name: &str,
+        value: &str,
+        rows: i64,
+        props: &WriterPropertiesPtr,
+    ) -> Result<(Bytes, ColumnCloseResult)> {
         let key = (name.to_owned(), rows);
         if !self.chunks.contains_key(&key) {
             let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
             let n = usize::try_from(rows).unwrap_or(0);
-            let array: ArrayRef = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(value, n)));
-            let batch = RecordBatch::try_new(Arc::clone(&schema), vec![array]).map_err(ConvertError::write)?;
-            let options = ArrowWriterOptions::new().with_properties((**props).clone()).with_skip_arrow_metadata(true);
-            let mut writer = ArrowWriter::try_new_with_options(Vec::new(), schema, options).map_err(ConvertError::write)?;
+            let array: ArrayRef =
+                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(value, n)));
+            let batch = RecordBatch::try_new(Arc::clone(&schema), vec![array])
+                .map_err(ConvertError::write)?;
+            let options = ArrowWriterOptions::new()
+                .with_properties((**props).clone())
+                .with_skip_arrow_metadata(true);
+            let mut writer = ArrowWriter::try_new_with_options(Vec::new(), schema, options)
+                .map_err(ConvertError::write)?;
             writer.write(&batch).map_err(ConvertError::write)?;
             let bytes = Bytes::from(writer.into_inner().map_err(ConvertError::write)?);
-            let metadata = ParquetMetaDataReader::new().parse_and_finish(&bytes).map_err(ConvertError::write)?;
+            let metadata = ParquetMetaDataReader::new()
+                .parse_and_finish(&bytes)
+                .map_err(ConvertError::write)?;
             let chunk = metadata.row_group(0).column(0).clone();
             self.chunks.insert(key.clone(), (bytes, chunk));
         }

@@ -155,9 +155,18 @@ mod tests {
         assert!(parse_datetime("2024-02-29 00:00:00").is_some());
         // The remembered date is only reused for the same date text.
         let mut p = DatetimeParser::default();
-        assert_eq!(p.parse("2026-11-26 00:00:01"), Some(20_783 * MICROS_PER_DAY + 1_000_000));
-        assert_eq!(p.parse("2026-11-26 00:00:02"), Some(20_783 * MICROS_PER_DAY + 2_000_000));
-        assert_eq!(p.parse("2026-11-27 00:00:00"), Some(20_784 * MICROS_PER_DAY));
+        assert_eq!(
+            p.parse("2026-11-26 00:00:01"),
+            Some(20_783 * MICROS_PER_DAY + 1_000_000)
+        );
+        assert_eq!(
+            p.parse("2026-11-26 00:00:02"),
+            Some(20_783 * MICROS_PER_DAY + 2_000_000)
+        );
+        assert_eq!(
+            p.parse("2026-11-27 00:00:00"),
+            Some(20_784 * MICROS_PER_DAY)
+        );
         assert_eq!(p.parse("2026-11-27 25:00:00"), None);
         assert_eq!(p.parse("2026-02-30 00:00:00"), None);
     }
