@@ -355,7 +355,11 @@ fn derived_schemas_match_the_golden_files() {
         ("updated_at", "TIMESTAMP"),
         ("birth_date", "DATE"),
         ("avatar", "BYTES"),
-        ("stars", "INT64"),
+        ("stars", "INT64"),       // TINYINT (INT8)
+        ("spins_left", "INT64"),  // TINYINT UNSIGNED (UINT8)
+        ("seat_count", "INT64"),  // SMALLINT UNSIGNED (UINT16)
+        ("xp", "INT64"),          // MEDIUMINT (INT32)
+        ("signup_year", "INT64"), // YEAR (INT16)
         ("score", "FLOAT64"),
         (meta::OP, "STRING"),
         (meta::COMMIT_TS, "TIMESTAMP"),
@@ -653,4 +657,31 @@ fn the_simulator_is_deterministic_for_a_seed() {
     );
     let (c, _) = sim(&catalog, SimOptions { seed: 2, ..small() });
     assert!(tree(c.path()) != ta, "another seed, other values");
+}
+
+#[test]
+fn full_load_files_with_op_include_op_for_full_load() {
+    // IncludeOpForFullLoad=true: DMS writes Op = "I" in LOAD files too. They are full-load rows.
+    let catalog = lab_catalog(|_| {});
+    let key = "lab/dms/lab/accounts/LOAD00000001.parquet";
+    let bytes = parquet_bytes(cdc_columns("I", "13:00:00"));
+    let (src, object, table) = lookup(&catalog, key);
+    let request = ConvertRequest {
+        source: src,
+        table,
+        object: &object,
+        object_time_micros: None,
+        known: None,
+    };
+    let mut out = Vec::new();
+    let outcome = convert(&RangeReader::new(Arc::new(bytes)), &request, &mut out).unwrap();
+    assert_eq!((outcome.ops.load, outcome.ops.insert), (2, 0));
+    let rows = read_rows(out.into());
+    assert!(
+        rows.iter()
+            .all(|r| r[meta::OP] == "LOAD" && !r.contains_key("Op") && !r.contains_key("dms_ts")),
+        "{rows:?}"
+    );
+    assert_eq!(rows[1]["account_id"], "18446744073709551615");
+    assert_eq!(rows[1][meta::COMMIT_TS], "2026-11-26T10:14:00.000002Z");
 }

@@ -337,7 +337,11 @@ impl Conversion {
         let mut constant_chunks = ConstantChunks::default();
         let mut stats = Stats::default();
         let file_time = file_time_micros(req);
-        let mut decode_leaves: Vec<usize> = self.op_leaf.into_iter().chain(self.ts_leaf).collect();
+        // A full-load file's Op (IncludeOpForFullLoad) says nothing ferry needs: not decoded.
+        let op_leaf = self
+            .op_leaf
+            .filter(|_| matches!(req.object.file, DmsFile::Cdc { .. }));
+        let mut decode_leaves: Vec<usize> = op_leaf.into_iter().chain(self.ts_leaf).collect();
         decode_leaves.extend(self.columns.iter().filter_map(|(_, o)| match o {
             Out::Transform(leaf, _) => Some(*leaf),
             _ => None,

@@ -7,7 +7,8 @@ use arrow_array::ArrayRef;
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder,
     Float32Builder, Float64Builder, Int8Builder, Int16Builder, Int32Builder, Int64Builder,
-    StringBuilder, TimestampMicrosecondBuilder, UInt32Builder, UInt64Builder,
+    StringBuilder, TimestampMicrosecondBuilder, UInt8Builder, UInt16Builder, UInt32Builder,
+    UInt64Builder,
 };
 use arrow_buffer::i256;
 use arrow_schema::{DataType, TimeUnit};
@@ -24,8 +25,14 @@ pub enum MysqlType {
     TinyInt,
     /// TINYINT(1) / BOOLEAN.
     Boolean,
+    /// TINYINT UNSIGNED.
+    TinyIntUnsigned,
     /// SMALLINT.
     SmallInt,
+    /// SMALLINT UNSIGNED.
+    SmallIntUnsigned,
+    /// MEDIUMINT (24 bits, written as INT32).
+    MediumInt,
     /// INT.
     Int,
     /// INT UNSIGNED (values above 2^31).
@@ -88,7 +95,9 @@ impl MysqlType {
         match self {
             MysqlType::TinyInt | MysqlType::Boolean => DataType::Int8,
             MysqlType::SmallInt | MysqlType::Year => DataType::Int16,
-            MysqlType::Int => DataType::Int32,
+            MysqlType::Int | MysqlType::MediumInt => DataType::Int32,
+            MysqlType::TinyIntUnsigned => DataType::UInt8,
+            MysqlType::SmallIntUnsigned => DataType::UInt16,
             MysqlType::IntUnsigned => DataType::UInt32,
             MysqlType::BigInt => DataType::Int64,
             MysqlType::BigIntUnsigned => DataType::UInt64,
@@ -125,6 +134,17 @@ impl MysqlType {
             }),
             MysqlType::Boolean => V::Int(if pick == 7 { 5 } else { i128::from(pick % 2) }),
             MysqlType::SmallInt => V::Int(i128::from(rng.range(-32_768, 32_767))),
+            MysqlType::TinyIntUnsigned => V::Int(if pick == 0 {
+                255
+            } else {
+                i128::from(rng.range(0, 255))
+            }),
+            MysqlType::SmallIntUnsigned => V::Int(if pick == 0 {
+                65_535
+            } else {
+                i128::from(rng.range(0, 65_535))
+            }),
+            MysqlType::MediumInt => V::Int(i128::from(rng.range(-8_388_608, 8_388_607))),
             MysqlType::Year => V::Int(i128::from(rng.range(1901, 2155))),
             MysqlType::Int => V::Int(i128::from(
                 rng.range(i64::from(i32::MIN), i64::from(i32::MAX)),
@@ -267,6 +287,9 @@ const ZOO: &[(&str, MysqlType)] = &[
     ("ratio", MysqlType::Float),
     ("level", MysqlType::SmallInt),
     ("stars", MysqlType::TinyInt),
+    ("spins_left", MysqlType::TinyIntUnsigned),
+    ("seat_count", MysqlType::SmallIntUnsigned),
+    ("xp", MysqlType::MediumInt),
     ("points", MysqlType::IntUnsigned),
     ("external_ref", MysqlType::BigIntUnsigned),
     ("is_flagged", MysqlType::Bit1),
@@ -369,6 +392,8 @@ pub fn build_array(mysql: MysqlType, values: &[&V]) -> ArrayRef {
         DataType::Int8 => build!(Int8Builder::new(), V::Int(i) => *i as i8),
         DataType::Int16 => build!(Int16Builder::new(), V::Int(i) => *i as i16),
         DataType::Int32 => build!(Int32Builder::new(), V::Int(i) => *i as i32),
+        DataType::UInt8 => build!(UInt8Builder::new(), V::Int(i) => *i as u8),
+        DataType::UInt16 => build!(UInt16Builder::new(), V::Int(i) => *i as u16),
         DataType::UInt32 => build!(UInt32Builder::new(), V::Int(i) => *i as u32),
         DataType::Int64 => build!(Int64Builder::new(), V::Int(i) => *i as i64),
         DataType::UInt64 => build!(UInt64Builder::new(), V::Int(i) => *i as u64),
