@@ -20,7 +20,7 @@ use ferry_core::bqtype::BqType;
 use ferry_core::key::{DmsFile, DmsObject};
 use ferry_core::mapping::{Source, TableMapping};
 use ferry_core::names;
-use ferry_core::schema::{BqField, FieldMode, TableSchema, meta};
+use ferry_core::schema::{BqField, FieldMode, OpCounts, TableSchema, meta};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
@@ -65,19 +65,6 @@ pub struct ConvertRequest<'a> {
     pub object_time_micros: Option<i64>,
     /// The table's schema as BigQuery has it, when the table exists; `None` for a new table.
     pub known: Option<&'a TableSchema>,
-}
-
-/// Counts of rows by operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct OpCounts {
-    /// Full-load rows.
-    pub load: u64,
-    /// Inserts.
-    pub insert: u64,
-    /// Updates.
-    pub update: u64,
-    /// Deletes.
-    pub delete: u64,
 }
 
 /// What a conversion did.

@@ -43,6 +43,26 @@ impl TableSchema {
     }
 }
 
+/// Rows by change operation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpCounts {
+    /// Full-load rows.
+    pub load: u64,
+    /// Inserts.
+    pub insert: u64,
+    /// Updates.
+    pub update: u64,
+    /// Deletes.
+    pub delete: u64,
+}
+
+impl OpCounts {
+    /// All rows.
+    pub fn total(&self) -> u64 {
+        self.load + self.insert + self.update + self.delete
+    }
+}
+
 /// ferry's change metadata columns, first in every change-log table.
 pub mod meta {
     /// `LOAD` (full-load row), `INSERT`, `UPDATE` or `DELETE`.

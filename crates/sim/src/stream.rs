@@ -10,6 +10,7 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use ferry_core::mapping::{Catalog, Mode, Source, TableMapping};
 use ferry_core::partition::{DateDelimiter, DatePartitioning, DateSequence};
+use ferry_core::schema::OpCounts;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{Compression, GzipLevel};
@@ -37,7 +38,7 @@ pub struct SimOptions {
     pub rows: u64,
     /// Minutes of CDC after the full load (one file per table per minute with changes).
     pub minutes: u32,
-    /// Changes per table per minute, on average.
+    /// OpCounts per table per minute, on average.
     pub changes_per_minute: u32,
     /// Rows per parquet row group (DMS `RowGroupLength`, default 10,000).
     pub row_group_rows: usize,
@@ -73,19 +74,6 @@ impl Default for SimOptions {
     }
 }
 
-/// Rows written by operation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Changes {
-    /// Full-load rows.
-    pub load: u64,
-    /// Inserts.
-    pub insert: u64,
-    /// Updates.
-    pub update: u64,
-    /// Deletes.
-    pub delete: u64,
-}
-
 /// One simulated column, as the manifest lists it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ColumnManifest {
@@ -115,7 +103,7 @@ pub struct TableManifest {
     /// Object keys written, in apply order.
     pub files: Vec<String>,
     /// Rows written by operation.
-    pub changes: Changes,
+    pub changes: OpCounts,
     /// Rows the target must hold: the replica's live rows, or every change in a change log.
     pub expected_rows: u64,
     /// [`checksum`] of those rows, when there are at most 2,000,000 of them.
@@ -277,7 +265,7 @@ fn simulate_table(
     let replica = table.mode == Mode::Replica;
     let keep_rows = |n: u64| n <= opts.manifest_rows as u64;
     let mut files = Vec::new();
-    let mut changes = Changes::default();
+    let mut changes = OpCounts::default();
     let mut log: Vec<Map<String, Json>> = Vec::new();
     let mut log_sum: u128 = 0;
     let mut log_count: u64 = 0;
@@ -461,7 +449,7 @@ fn simulate_table(
         (log_count, sum, keep_rows(log_count).then_some(log))
     };
     manifest.files += files.len() as u64;
-    manifest.rows += changes.load + changes.insert + changes.update + changes.delete;
+    manifest.rows += changes.total();
     Ok(TableManifest {
         source: source.name.clone(),
         table: table.source_table(),
