@@ -23,6 +23,7 @@ pub mod source;
 mod timefmt;
 mod transform;
 
-pub use convert::{Conversion, ConvertOutcome, ConvertRequest, OpCounts, convert};
+pub use convert::{Conversion, ConvertOutcome, ConvertRequest, convert};
 pub use error::ConvertError;
+pub use ferry_core::schema::OpCounts;
 pub use source::{RangeReader, RangeSource};
