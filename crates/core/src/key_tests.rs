@@ -573,22 +573,6 @@ fn decodes_event_keys() {
     assert_eq!(decode_event_key(""), Err(KeyDecodeError::Empty));
 }
 
-/// Encodes a key the way S3 event notifications do: unreserved characters and `/` as they are,
-/// space as `+`, every other byte as `%XX`.
-fn s3_event_encode(key: &str) -> String {
-    let mut out = String::new();
-    for b in key.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 #[test]
 fn hostile_names_survive_encoding_and_parse_exactly() {
     let long_table = "t".repeat(64);
@@ -607,7 +591,7 @@ fn hostile_names_survive_encoding_and_parse_exactly() {
     for table in tables {
         for file in ["LOAD00000001.parquet", "20230115-093000123.parquet"] {
             let key = format!("game one/my db/{table}/{file}");
-            let encoded = s3_event_encode(&key);
+            let encoded = crate::event::encode_event_key(&key);
             let decoded = decode_event_key(&encoded).expect("decodes");
             assert_eq!(decoded, key);
             assert!(looks_event_encoded(&encoded) || encoded == key, "{encoded}");

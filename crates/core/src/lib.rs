@@ -9,12 +9,14 @@
 //! - [`partition`]: DMS date partition folders, every sequence and delimiter.
 //! - [`mapping`]: the `mappings/*.json` files analysts edit, validated into a [`mapping::Catalog`].
 //! - [`jobid`]: deterministic BigQuery load job ids with attempt numbers.
+//! - [`event`]: SQS events carrying S3 notifications, and the partial-batch response.
 //! - [`plan`]: the decision for one object: load (where, under which job id) or skip (why).
 //! - [`names`]: BigQuery, S3 and ferry naming rules.
 //! - [`bqtype`]: BigQuery column types.
 //! - [`schema`]: BigQuery table schemas and ferry's change metadata columns.
 
 pub mod bqtype;
+pub mod event;
 pub mod jobid;
 pub mod key;
 pub mod mapping;
