@@ -6,6 +6,8 @@
 //! - `commands::plan`: `ferry plan`.
 //! - `commands::convert`: `ferry convert`.
 //! - `commands::sim`: `ferry sim`.
+//! - `commands::local`: `ferry local run|invoke|query|verify`, `ferry status`.
+//! - `commands::demo`: `ferry demo`.
 
 mod commands;
 
@@ -41,6 +43,13 @@ enum Command {
     Convert(commands::convert::ConvertArgs),
     /// Write a DMS-style S3 tree for the mapped tables, and the state BigQuery must reach.
     Sim(commands::sim::SimArgs),
+    /// The pipeline on this machine: a folder as the bucket, SQLite as the warehouse.
+    #[command(subcommand)]
+    Local(commands::local::LocalCommand),
+    /// Per-table freshness, lag, files, rows, failures and skipped objects.
+    Status(commands::local::StatusArgs),
+    /// Simulate the estate, run it through local mode, verify every table, print the status.
+    Demo(commands::demo::DemoArgs),
 }
 
 /// The mappings folder: `--mappings`, else `$FERRY_MAPPINGS`, else `mappings`.
@@ -49,6 +58,7 @@ pub(crate) struct MappingsDir {
     /// Folder holding the mapping files.
     #[arg(
         long = "mappings",
+        id = "mappings",
         env = "FERRY_MAPPINGS",
         default_value = "mappings",
         value_name = "DIR"
@@ -82,6 +92,9 @@ where
         Command::Plan(args) => commands::plan::run(args, out, err),
         Command::Convert(args) => commands::convert::run(args, out, err),
         Command::Sim(args) => commands::sim::run(args, out, err),
+        Command::Local(cmd) => commands::local::run(cmd, out, err),
+        Command::Status(args) => commands::local::status(args, out, err),
+        Command::Demo(args) => commands::demo::run(args, out, err),
     };
     match result {
         Ok(code) => code,

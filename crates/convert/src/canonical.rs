@@ -133,7 +133,8 @@ fn time(micros: i64) -> String {
     )
 }
 
-fn base64(bytes: &[u8]) -> String {
+/// Standard base64 with padding, as BigQuery returns BYTES.
+pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {

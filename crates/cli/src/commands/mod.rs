@@ -1,6 +1,8 @@
 //! One module per top-level command.
 
 pub(crate) mod convert;
+pub(crate) mod demo;
+pub(crate) mod local;
 pub(crate) mod mappings;
 pub(crate) mod plan;
 pub(crate) mod sim;

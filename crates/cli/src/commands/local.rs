@@ -1,0 +1,418 @@
+//! `ferry local run|invoke|query|verify` and `ferry status`.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use ferry_core::Catalog;
+use ferry_core::event::SqsEvent;
+use ferry_local::{
+    DirStore, LocalPipeline, Progress, RunOptions, SqliteWarehouse, Status, TableCheck,
+};
+use ferry_pipeline::Pipeline;
+use serde_json::Value;
+
+use super::load_catalog;
+use crate::{EXIT_OK, EXIT_PROBLEMS, MappingsDir};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum LocalCommand {
+    /// Load every object under the bucket folder not loaded yet, in file order, through the
+    /// Lambda's handler; rerunning loads nothing twice.
+    Run(RunArgs),
+    /// Run the Lambda handler on a captured SQS event and print its SqsBatchResponse.
+    Invoke(InvokeArgs),
+    /// Run SQL on the local warehouse (tables are "dataset.table", quoted).
+    Query(QueryArgs),
+    /// Check every table against a `ferry sim` manifest; exit 1 on any difference.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Stand {
+    #[command(flatten)]
+    mappings: MappingsDir,
+    /// The folder standing for the bucket: object keys are paths below it.
+    #[arg(long, value_name = "DIR")]
+    bucket_dir: PathBuf,
+    /// The SQLite warehouse file (created if missing).
+    #[arg(long, value_name = "FILE")]
+    warehouse: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    stand: Stand,
+    /// Stop after this many objects.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Deliveries before a failing message goes to the dead-letter queue (SQS maxReceiveCount).
+    #[arg(long, default_value_t = 3)]
+    max_receives: u32,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct InvokeArgs {
+    #[command(flatten)]
+    stand: Stand,
+    /// The SQS event JSON.
+    #[arg(long, value_name = "FILE")]
+    event: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct QueryArgs {
+    /// The SQLite warehouse file.
+    #[arg(long, value_name = "FILE")]
+    warehouse: PathBuf,
+    /// One JSON object per row per line.
+    #[arg(long)]
+    json: bool,
+    /// The SQL.
+    sql: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyArgs {
+    /// The manifest `ferry sim` wrote.
+    #[arg(long, value_name = "FILE")]
+    manifest: PathBuf,
+    /// The SQLite warehouse file.
+    #[arg(long, value_name = "FILE")]
+    warehouse: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    mappings: MappingsDir,
+    /// The SQLite warehouse file.
+    #[arg(long, value_name = "FILE")]
+    warehouse: PathBuf,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(
+    cmd: LocalCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    match cmd {
+        LocalCommand::Run(args) => {
+            let Some(pipeline) = pipeline(&args.stand, err)? else {
+                return Ok(EXIT_PROBLEMS);
+            };
+            let options = RunOptions {
+                limit: args.limit,
+                max_receives: args.max_receives,
+                ..RunOptions::default()
+            };
+            let summary = run_with_progress(&pipeline, &options, err)?;
+            writeln!(
+                out,
+                "{} objects: {} loaded before, {} queued; loaded {} ({} rows), already loaded {}, skipped {}, failed deliveries {}, dead-lettered {}",
+                summary.objects,
+                summary.loaded_before,
+                summary.queued,
+                summary.loaded,
+                summary.rows,
+                summary.already_loaded,
+                summary.skipped,
+                summary.failures,
+                summary.dead_lettered
+            )?;
+            Ok(EXIT_OK)
+        }
+        LocalCommand::Invoke(args) => {
+            let Some(pipeline) = pipeline(&args.stand, err)? else {
+                return Ok(EXIT_PROBLEMS);
+            };
+            let text = std::fs::read_to_string(&args.event)
+                .with_context(|| format!("reading {}", args.event.display()))?;
+            let event: SqsEvent = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not an SQS event", args.event.display()))?;
+            let response = ferry_local::invoke(&pipeline, &event);
+            writeln!(out, "{}", serde_json::to_string(&response)?)?;
+            Ok(EXIT_OK)
+        }
+        LocalCommand::Query(args) => {
+            let warehouse = open_existing(&args.warehouse)?;
+            let result = warehouse
+                .query(&args.sql)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if args.json {
+                for row in &result.rows {
+                    let object: serde_json::Map<String, Value> = result
+                        .columns
+                        .iter()
+                        .cloned()
+                        .zip(row.iter().cloned())
+                        .collect();
+                    writeln!(out, "{}", Value::Object(object))?;
+                }
+            } else {
+                let cells: Vec<Vec<String>> = result
+                    .rows
+                    .iter()
+                    .map(|r| r.iter().map(cell).collect())
+                    .collect();
+                print_table(out, &result.columns, &cells)?;
+            }
+            Ok(EXIT_OK)
+        }
+        LocalCommand::Verify(args) => {
+            let warehouse = open_existing(&args.warehouse)?;
+            let checks = verify(&warehouse, &args.manifest)?;
+            let bad: Vec<&TableCheck> = checks.iter().filter(|c| !c.ok).collect();
+            for c in &bad {
+                writeln!(err, "{} ({}): {}", c.table, c.target, c.detail)?;
+            }
+            writeln!(
+                out,
+                "{} of {} tables match",
+                checks.len() - bad.len(),
+                checks.len()
+            )?;
+            Ok(if bad.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_PROBLEMS
+            })
+        }
+    }
+}
+
+pub(crate) fn status(
+    args: StatusArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let Some(catalog) = load_catalog(&args.mappings, err)? else {
+        return Ok(EXIT_PROBLEMS);
+    };
+    let warehouse = open_existing(&args.warehouse)?;
+    let status = ferry_local::status(&warehouse, &catalog, ferry_pipeline::now_micros())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&status)?)?;
+    } else {
+        print_status(out, &status)?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// The local pipeline for a bucket folder and warehouse file.
+pub(crate) fn pipeline(
+    stand: &Stand,
+    err: &mut dyn Write,
+) -> anyhow::Result<Option<LocalPipeline>> {
+    let Some(catalog) = load_catalog(&stand.mappings, err)? else {
+        return Ok(None);
+    };
+    Ok(Some(local_pipeline(
+        catalog,
+        &stand.bucket_dir,
+        &stand.warehouse,
+    )?))
+}
+
+pub(crate) fn local_pipeline(
+    catalog: Catalog,
+    bucket_dir: &Path,
+    warehouse: &Path,
+) -> anyhow::Result<LocalPipeline> {
+    anyhow::ensure!(
+        bucket_dir.is_dir(),
+        "bucket folder {} does not exist",
+        bucket_dir.display()
+    );
+    let warehouse_db = SqliteWarehouse::open(warehouse)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", warehouse.display()))?;
+    let work_dir = std::env::temp_dir().join(format!("ferry-work-{}", std::process::id()));
+    Ok(Pipeline {
+        catalog: Arc::new(catalog),
+        store: DirStore::new(bucket_dir),
+        warehouse: Arc::new(warehouse_db),
+        work_dir,
+    })
+}
+
+fn open_existing(path: &Path) -> anyhow::Result<SqliteWarehouse> {
+    anyhow::ensure!(
+        path.is_file(),
+        "warehouse {} does not exist (ferry local run creates it)",
+        path.display()
+    );
+    SqliteWarehouse::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+pub(crate) fn verify(
+    warehouse: &SqliteWarehouse,
+    manifest: &Path,
+) -> anyhow::Result<Vec<TableCheck>> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let manifest: ferry_sim::Manifest =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", manifest.display()))?;
+    ferry_local::verify(warehouse, &manifest).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs, drawing a progress bar on a terminal.
+pub(crate) fn run_with_progress(
+    pipeline: &LocalPipeline,
+    options: &RunOptions,
+    err: &mut dyn Write,
+) -> anyhow::Result<ferry_local::RunSummary> {
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let summary = ferry_local::run(pipeline, options, |p: Progress| {
+        if tty {
+            let _ = write!(
+                err,
+                "\r{}",
+                progress_line(p, started.elapsed().as_secs_f64())
+            );
+            let _ = err.flush();
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if tty {
+        writeln!(err)?;
+    }
+    let _ = std::fs::remove_dir_all(&pipeline.work_dir);
+    Ok(summary)
+}
+
+fn progress_line(p: Progress, seconds: f64) -> String {
+    let width = 30;
+    let frac = if p.total == 0 {
+        1.0
+    } else {
+        p.done as f64 / p.total as f64
+    };
+    let filled = (frac * width as f64) as usize;
+    let eta = if p.done == 0 {
+        0.0
+    } else {
+        seconds / p.done as f64 * (p.total - p.done.min(p.total)) as f64
+    };
+    format!(
+        "[{}{}] {}/{} objects, {} rows, {:.0} rows/s, ETA {:.0}s ",
+        "#".repeat(filled),
+        "-".repeat(width - filled),
+        p.done,
+        p.total,
+        p.rows,
+        p.rows as f64 / seconds.max(1e-9),
+        eta
+    )
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn print_table(
+    out: &mut dyn Write,
+    header: &[String],
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(out, "{}", line(header))?;
+    writeln!(
+        out,
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  ")
+    )?;
+    for row in rows {
+        writeln!(out, "{}", line(row))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn print_status(out: &mut dyn Write, status: &Status) -> std::io::Result<()> {
+    let header: Vec<String> = [
+        "source",
+        "table",
+        "state",
+        "files 24h",
+        "rows 24h",
+        "failures",
+        "skipped",
+        "last commit (UTC)",
+        "lag",
+    ]
+    .map(String::from)
+    .to_vec();
+    let rows: Vec<Vec<String>> = status
+        .tables
+        .iter()
+        .map(|t| {
+            vec![
+                t.source.clone(),
+                t.table.clone(),
+                t.state.clone(),
+                t.files_24h.to_string(),
+                t.rows_24h.to_string(),
+                t.failures_24h.to_string(),
+                t.skipped_24h.to_string(),
+                t.last_commit_micros.map(iso).unwrap_or_else(|| "-".into()),
+                t.lag_seconds
+                    .map(human_seconds)
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(out, &header, &rows)?;
+    writeln!(out, "dead-letter queue: {} messages", status.dead_letters)
+}
+
+fn iso(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rest = secs.rem_euclid(86_400);
+    let date = ferry_sim::values::date_text(days);
+    format!(
+        "{date} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+fn human_seconds(s: f64) -> String {
+    match s {
+        s if s < 120.0 => format!("{s:.0}s"),
+        s if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        s if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
+        s => format!("{:.1}d", s / 86_400.0),
+    }
+}

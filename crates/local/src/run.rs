@@ -1,0 +1,179 @@
+//! `ferry local run` and `ferry local invoke`: the Lambda's handler over the local stand-ins.
+
+use std::sync::Arc;
+
+use ferry_core::event::{SqsBatchResponse, SqsEvent, s3_event_body};
+use ferry_core::key::DmsObject;
+use ferry_core::{JobId, plan_object};
+use ferry_pipeline::{
+    HandlerOptions, ObjectResult, ObjectStore, Pipeline, PortError, handle_batch,
+};
+
+use crate::queue::LocalQueue;
+use crate::store::DirStore;
+use crate::warehouse::SqliteWarehouse;
+
+/// The local pipeline: a directory bucket and the SQLite warehouse.
+pub type LocalPipeline = Pipeline<DirStore, Arc<SqliteWarehouse>>;
+
+/// Settings of a local run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stop after this many objects have been processed (to try things, or to test resuming).
+    pub limit: Option<u64>,
+    /// Deliveries before a failing message goes to the dead-letter queue.
+    pub max_receives: u32,
+    /// Tables processed in parallel.
+    pub max_parallel: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            limit: None,
+            max_receives: 3,
+            max_parallel: 2,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Objects under the folder.
+    pub objects: u64,
+    /// Objects loaded by an earlier run (not sent again).
+    pub loaded_before: u64,
+    /// Objects sent through the queue.
+    pub queued: u64,
+    /// Objects loaded now.
+    pub loaded: u64,
+    /// Objects whose version a job had loaded (a repeated event).
+    pub already_loaded: u64,
+    /// Objects skipped by design (not DMS data, unmapped, disabled).
+    pub skipped: u64,
+    /// Failed deliveries (retried, or dead-lettered).
+    pub failures: u64,
+    /// Messages in the dead-letter queue now.
+    pub dead_lettered: u64,
+    /// Rows loaded now.
+    pub rows: u64,
+}
+
+/// Progress, after each batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Objects processed so far.
+    pub done: u64,
+    /// Objects queued.
+    pub total: u64,
+    /// Rows loaded so far.
+    pub rows: u64,
+}
+
+/// Processes every object under the bucket folder not loaded yet, in file order, through the
+/// Lambda's handler, with SQS's retry and dead-letter semantics.
+pub fn run(
+    pipeline: &LocalPipeline,
+    options: &RunOptions,
+    mut progress: impl FnMut(Progress),
+) -> Result<RunSummary, PortError> {
+    let mut summary = RunSummary::default();
+    let default_bucket = pipeline
+        .catalog
+        .sources()
+        .first()
+        .map_or_else(|| "local".to_owned(), |s| s.bucket.clone());
+    let mut todo: Vec<(String, Option<DmsObject>, String, u64, String)> = Vec::new();
+    for meta in pipeline.store.list(&default_bucket, "")? {
+        summary.objects += 1;
+        let plan = plan_object(&pipeline.catalog, None, &meta.key, None);
+        let bucket = plan
+            .bucket
+            .clone()
+            .unwrap_or_else(|| default_bucket.clone());
+        let group = match (&plan.source, &plan.object) {
+            (Some(s), Some(o)) => format!("{}/{}", s.name, o.source_table()),
+            _ => String::new(),
+        };
+        let done = match (&plan.skip, plan.table, &plan.object) {
+            (None, Some(table), Some(object)) => {
+                let base =
+                    JobId::for_object(&bucket, object, Some(&meta.etag), &table.changelog, 0);
+                pipeline.warehouse.is_loaded(base.base())?
+            }
+            _ => pipeline.warehouse.was_skipped(&meta.key)?,
+        };
+        if done {
+            summary.loaded_before += 1;
+            continue;
+        }
+        todo.push((group, plan.object, bucket, meta.size, meta.key));
+    }
+    // Table by table, each in apply order.
+    todo.sort_by(|a, b| {
+        a.0.cmp(&b.0).then_with(|| match (&a.1, &b.1) {
+            (Some(x), Some(y)) => x.apply_order(y),
+            _ => a.4.cmp(&b.4),
+        })
+    });
+    let mut queue = LocalQueue::new(options.max_receives);
+    for (_, _, bucket, size, key) in &todo {
+        queue.send(s3_event_body(
+            bucket,
+            key,
+            *size,
+            "",
+            "1970-01-01T00:00:00.000Z",
+        ));
+    }
+    summary.queued = todo.len() as u64;
+    let handler_options = HandlerOptions {
+        max_parallel: options.max_parallel,
+        ..HandlerOptions::default()
+    };
+    let processed = std::cell::Cell::new(0u64);
+    let limit = options.limit;
+    let total = summary.queued;
+    let dead = Arc::clone(&pipeline.warehouse);
+    let drained = queue.drain(
+        dead.as_ref(),
+        || limit.is_some_and(|l| processed.get() >= l),
+        |event| {
+            let report = handle_batch(pipeline, dead.as_ref(), event, handler_options);
+            for (_, _, result) in &report.objects {
+                match result {
+                    ObjectResult::Loaded { rows, .. } => {
+                        summary.loaded += 1;
+                        summary.rows += rows;
+                    }
+                    ObjectResult::AlreadyLoaded { .. } => summary.already_loaded += 1,
+                    ObjectResult::Skipped { .. } => summary.skipped += 1,
+                    ObjectResult::Failed { .. } => summary.failures += 1,
+                }
+            }
+            summary.dead_lettered += report.dead_lettered.len() as u64;
+            processed.set(
+                processed.get() + event.records.len() as u64
+                    - report.response.batch_item_failures.len() as u64,
+            );
+            progress(Progress {
+                done: processed.get(),
+                total,
+                rows: summary.rows,
+            });
+            report
+        },
+    );
+    summary.dead_lettered += drained.dead_lettered;
+    Ok(summary)
+}
+
+/// Runs the handler on one captured SQS event and returns its response.
+pub fn invoke(pipeline: &LocalPipeline, event: &SqsEvent) -> SqsBatchResponse {
+    let options = HandlerOptions {
+        max_parallel: 2,
+        ..HandlerOptions::default()
+    };
+    handle_batch(pipeline, pipeline.warehouse.as_ref(), event, options).response
+}

@@ -1,0 +1,129 @@
+//! Checks every table of the local warehouse against a simulator manifest: row counts and an
+//! order-independent checksum over the canonical values of every column.
+
+use ferry_core::bqtype::BqType;
+use ferry_core::schema::meta;
+use ferry_pipeline::PortError;
+use ferry_sim::{Manifest, checksum};
+use rusqlite::types::Value as Sql;
+use serde_json::{Map, Value as Json};
+
+use crate::warehouse::{SqliteWarehouse, quote};
+
+/// One table's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableCheck {
+    /// `schema.table` of the source.
+    pub table: String,
+    /// The warehouse table checked.
+    pub target: String,
+    /// Whether it matches.
+    pub ok: bool,
+    /// What differs, when it does not.
+    pub detail: String,
+}
+
+/// Checks every table of the manifest.
+pub fn verify(
+    warehouse: &SqliteWarehouse,
+    manifest: &Manifest,
+) -> Result<Vec<TableCheck>, PortError> {
+    let err = |e: rusqlite::Error| PortError::retryable(format!("verify: {e}"));
+    warehouse.with_conn(|c| {
+        let mut checks = Vec::new();
+        for t in &manifest.tables {
+            let target = t
+                .target
+                .split_once('.')
+                .map_or(t.target.as_str(), |(_, rest)| rest)
+                .to_owned();
+            let changelog = t.mode == "changelog";
+            let schema = SqliteWarehouse::stored_schema(c, &target)?;
+            let check = |ok: bool, detail: String| TableCheck {
+                table: t.table.clone(),
+                target: target.clone(),
+                ok,
+                detail,
+            };
+            if !t.enabled {
+                checks.push(check(
+                    schema.is_none(),
+                    if schema.is_none() {
+                        String::new()
+                    } else {
+                        "a disabled table was loaded".into()
+                    },
+                ));
+                continue;
+            }
+            let Some(schema) = schema else {
+                checks.push(check(
+                    t.expected_rows == 0,
+                    format!("table missing, {} rows expected", t.expected_rows),
+                ));
+                continue;
+            };
+            let mut columns: Vec<(String, Option<BqType>)> = t
+                .columns
+                .iter()
+                .map(|col| (col.name.clone(), schema.field(&col.name).map(|f| f.bq_type)))
+                .collect();
+            if changelog {
+                columns.push((meta::OP.to_owned(), Some(BqType::String)));
+            }
+            let present: Vec<&(String, Option<BqType>)> =
+                columns.iter().filter(|(_, t)| t.is_some()).collect();
+            let select = present
+                .iter()
+                .map(|(n, _)| quote(n))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let filter = if !changelog && schema.field("_ferry_deleted").is_some() {
+                " WHERE NOT _ferry_deleted"
+            } else {
+                ""
+            };
+            let mut stmt = c
+                .prepare(&format!("SELECT {select} FROM {}{filter}", quote(&target)))
+                .map_err(err)?;
+            let mut rows: Vec<Map<String, Json>> = Vec::new();
+            let mut query = stmt.query([]).map_err(err)?;
+            while let Some(row) = query.next().map_err(err)? {
+                let mut out = Map::new();
+                for (name, _) in &columns {
+                    out.insert(name.clone(), Json::Null);
+                }
+                for (i, (name, bq)) in present.iter().enumerate() {
+                    let value: Sql = row.get(i).map_err(err)?;
+                    out.insert(name.clone(), canonical(value, bq.unwrap_or(BqType::String)));
+                }
+                rows.push(out);
+            }
+            let count = rows.len() as u64;
+            let sum = checksum(rows.iter());
+            let mut problems = Vec::new();
+            if count != t.expected_rows {
+                problems.push(format!("{count} rows, {} expected", t.expected_rows));
+            }
+            if let Some(expected) = &t.checksum
+                && *expected != sum
+            {
+                problems.push(format!("checksum {sum}, {expected} expected"));
+            }
+            checks.push(check(problems.is_empty(), problems.join("; ")));
+        }
+        Ok(checks)
+    })
+}
+
+/// A stored value in the canonical form the simulator's manifest uses.
+pub fn canonical(value: Sql, bq: BqType) -> Json {
+    match (value, bq) {
+        (Sql::Null, _) => Json::Null,
+        (Sql::Integer(i), BqType::Bool) => Json::Bool(i != 0),
+        (Sql::Integer(i), _) => Json::String(i.to_string()),
+        (Sql::Real(f), _) => Json::from(f),
+        (Sql::Text(s), _) => Json::String(s),
+        (Sql::Blob(b), _) => Json::String(ferry_convert::canonical::base64(&b)),
+    }
+}

@@ -1,0 +1,223 @@
+//! The loader's handler: an SQS batch of S3 notifications in, the partial-batch response out.
+//!
+//! Each message is parsed on its own. Objects of one table are processed in apply order; tables
+//! run in parallel, at most `max_parallel` at a time. A retryable failure leaves the message for
+//! SQS to deliver again (and, after `maxReceiveCount`, to move to the dead-letter queue); a
+//! permanent one sends it to the dead-letter queue at once with its reason. Near the deadline no
+//! new object is started.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ferry_core::event::{SqsBatchResponse, SqsEvent, SqsMessage, parse_body};
+use ferry_core::key::DmsObject;
+use ferry_core::plan_object;
+
+use crate::ports::{DeadLetters, ObjectStore, Warehouse};
+use crate::process::{ObjectResult, Pipeline};
+
+/// Handler settings.
+#[derive(Debug, Clone, Copy)]
+pub struct HandlerOptions {
+    /// Tables processed at the same time.
+    pub max_parallel: usize,
+    /// When the invocation must have answered; `None` for no limit.
+    pub deadline: Option<Instant>,
+    /// No object is started with less time than this left.
+    pub safety_margin: Duration,
+}
+
+impl Default for HandlerOptions {
+    fn default() -> Self {
+        HandlerOptions {
+            max_parallel: 4,
+            deadline: None,
+            safety_margin: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What happened to a batch, message by message.
+#[derive(Debug, Default)]
+pub struct BatchReport {
+    /// The response for SQS.
+    pub response: SqsBatchResponse,
+    /// Every object's result, with its message id and key.
+    pub objects: Vec<(String, String, ObjectResult)>,
+    /// Messages sent to the dead-letter queue, with the reason.
+    pub dead_lettered: Vec<(String, String)>,
+}
+
+/// A message's fate so far.
+#[derive(Debug, Default)]
+struct MessageState {
+    retry: Vec<String>,
+    permanent: Vec<String>,
+}
+
+/// One object to process, with its place in the batch.
+struct Task {
+    message: usize,
+    bucket: String,
+    key: String,
+    order: Option<DmsObject>,
+}
+
+/// Handles one SQS batch.
+pub fn handle_batch<S, W>(
+    pipeline: &Pipeline<S, W>,
+    dead_letters: &dyn DeadLetters,
+    event: &SqsEvent,
+    options: HandlerOptions,
+) -> BatchReport
+where
+    S: ObjectStore,
+    W: Warehouse,
+{
+    let mut states: Vec<MessageState> = event
+        .records
+        .iter()
+        .map(|_| MessageState::default())
+        .collect();
+    let mut groups: BTreeMap<String, Vec<Task>> = BTreeMap::new();
+    for (i, message) in event.records.iter().enumerate() {
+        match parse_body(&message.body) {
+            Ok(notification) => {
+                for ignored in &notification.ignored {
+                    tracing::info!(message_id = %message.message_id, reason = %ignored, "record ignored");
+                }
+                for object in notification.objects {
+                    let plan =
+                        plan_object(&pipeline.catalog, Some(&object.bucket), &object.key, None);
+                    let group = match (&plan.source, &plan.object) {
+                        (Some(s), Some(o)) => format!("{}/{}", s.name, o.source_table()),
+                        _ => String::new(),
+                    };
+                    groups.entry(group).or_default().push(Task {
+                        message: i,
+                        bucket: object.bucket,
+                        key: object.key,
+                        order: plan.object,
+                    });
+                }
+            }
+            Err(e) => states[i]
+                .permanent
+                .push(format!("message {}: {e}", message.message_id)),
+        }
+    }
+
+    // Each table's objects in apply order; tables in parallel.
+    let mut work: Vec<Vec<Task>> = groups.into_values().collect();
+    for tasks in &mut work {
+        tasks.sort_by(|a, b| match (&a.order, &b.order) {
+            (Some(x), Some(y)) => x.apply_order(y),
+            _ => a.key.cmp(&b.key),
+        });
+    }
+    let results: Mutex<Vec<(usize, String, ObjectResult)>> = Mutex::new(Vec::new());
+    let queue = Mutex::new(work);
+    let threads = options.max_parallel.max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
+                    let Some(tasks) = next else { break };
+                    let mut loaded_tables = BTreeMap::new();
+                    let mut group_results = Vec::new();
+                    for task in tasks {
+                        let late = options.deadline.is_some_and(|d| Instant::now() + options.safety_margin >= d);
+                        let result = if late {
+                            ObjectResult::Failed {
+                                reason: format!("s3://{}/{}: not started, too close to the invocation deadline", task.bucket, task.key),
+                                retryable: true,
+                            }
+                        } else {
+                            pipeline.process_object(&task.bucket, &task.key)
+                        };
+                        if let ObjectResult::Loaded { table, source, .. } = &result {
+                            loaded_tables.insert((source.clone(), table.clone()), ());
+                        }
+                        group_results.push((task.message, task.key, result));
+                    }
+                    // The replica catches up once per table per batch.
+                    for (source, table) in loaded_tables.keys() {
+                        if let Some(mapping) = pipeline.catalog.source(source).and_then(|s| s.tables.iter().find(|t| t.source_table() == *table))
+                            && mapping.replica.is_some()
+                            && let Err(e) = pipeline.warehouse.apply(mapping)
+                        {
+                            for (_, key, result) in &mut group_results {
+                                if matches!(result, ObjectResult::Loaded { .. }) {
+                                    *result = ObjectResult::Failed {
+                                        reason: format!("{key}: loaded, but applying {table} to its replica failed: {}", e.message),
+                                        retryable: true,
+                                    };
+                                }
+                            }
+                        }
+                    }
+                    if let Ok(mut all) = results.lock() {
+                        all.extend(group_results);
+                    }
+                }
+            });
+        }
+    });
+
+    let mut report = BatchReport::default();
+    for (message, key, result) in results.into_inner().unwrap_or_default() {
+        match &result {
+            ObjectResult::Failed {
+                reason,
+                retryable: true,
+            } => states[message].retry.push(reason.clone()),
+            ObjectResult::Failed {
+                reason,
+                retryable: false,
+            } => states[message].permanent.push(reason.clone()),
+            _ => {}
+        }
+        report
+            .objects
+            .push((event.records[message].message_id.clone(), key, result));
+    }
+    for (message, state) in event.records.iter().zip(&states) {
+        settle(message, state, dead_letters, &mut report);
+    }
+    report
+}
+
+/// Acknowledges, retries or dead-letters one message.
+fn settle(
+    message: &SqsMessage,
+    state: &MessageState,
+    dead_letters: &dyn DeadLetters,
+    report: &mut BatchReport,
+) {
+    if !state.retry.is_empty() {
+        // Something may still succeed: SQS delivers the whole message again (loaded objects are
+        // recognised by their job ids then).
+        tracing::warn!(message_id = %message.message_id, reasons = ?state.retry, "retryable failure");
+        report.response.add_failure(&message.message_id);
+        return;
+    }
+    if state.permanent.is_empty() {
+        return;
+    }
+    let reason = state.permanent.join("; ");
+    match dead_letters.send(message, &reason) {
+        Ok(()) => {
+            tracing::error!(message_id = %message.message_id, reason = %reason, "sent to the dead-letter queue");
+            report
+                .dead_lettered
+                .push((message.message_id.clone(), reason));
+        }
+        Err(e) => {
+            // Never acknowledge what could not be kept: SQS delivers it again.
+            tracing::error!(message_id = %message.message_id, error = %e, "dead-letter queue unavailable");
+            report.response.add_failure(&message.message_id);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! ferry's use cases over small ports, shared by the Lambda, the backfill and local mode, so
+//! that each does exactly what production does.
+//!
+//! # Layout
+//! - [`ports`]: the object store, the warehouse and the dead-letter queue, with their contracts.
+//! - [`process`]: one object: plan, read, convert, load, record.
+//! - [`handler`]: one SQS batch: per-message parsing, per-table order, partial-batch failures.
+
+pub mod handler;
+pub mod ports;
+pub mod process;
+
+pub use handler::{BatchReport, HandlerOptions, handle_batch};
+pub use ports::{
+    DeadLetters, LoadOutcome, LoadRequest, ObjectMeta, ObjectStore, PortError, StatusEvent,
+    Warehouse,
+};
+pub use process::{ObjectResult, Pipeline, now_micros};

@@ -1,0 +1,200 @@
+//! The ports the use cases need, and nothing more. Production implements them with S3, SQS and
+//! BigQuery; local mode with a directory, an in-process queue and SQLite. Each implementation
+//! classifies its own failures as retryable or permanent.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ferry_convert::RangeSource;
+use ferry_core::JobId;
+use ferry_core::event::SqsMessage;
+use ferry_core::key::DmsObject;
+use ferry_core::mapping::{Source, TableMapping};
+use ferry_core::schema::{BqField, OpCounts, TableSchema};
+use serde::{Deserialize, Serialize};
+
+/// A failure of a port, classified by the port that knows the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct PortError {
+    /// What happened, naming the object or table.
+    pub message: String,
+    /// Whether the same call may succeed later (throttling, 5xx, timeouts).
+    pub retryable: bool,
+}
+
+impl PortError {
+    /// A failure worth retrying.
+    pub fn retryable(message: impl Into<String>) -> PortError {
+        PortError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure that will not go away by retrying.
+    pub fn permanent(message: impl Into<String>) -> PortError {
+        PortError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// An object's current version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// The key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The version's ETag (without quotes): part of the load job id.
+    pub etag: String,
+    /// When it was written, µs since the epoch.
+    pub last_modified_micros: Option<i64>,
+}
+
+/// Where DMS objects are read from.
+///
+/// Contract: `head` returns `None` only for an object that does not exist (deleted); `open`
+/// reads the version `meta` describes; `list` returns every object under a prefix, sorted by key.
+pub trait ObjectStore: Send + Sync {
+    /// The object's current version, or `None` when it does not exist.
+    fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, PortError>;
+    /// A range-read source over the object.
+    fn open(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: &ObjectMeta,
+    ) -> Result<Arc<dyn RangeSource>, PortError>;
+    /// Every object under `prefix`, sorted by key.
+    fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>, PortError>;
+}
+
+/// One converted file to load into a table's change log.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadRequest<'a> {
+    /// The job id of attempt 0; the warehouse moves to later attempts only after a failed one.
+    pub job_id: &'a JobId,
+    /// The source.
+    pub source: &'a Source,
+    /// The table mapping.
+    pub table: &'a TableMapping,
+    /// The object.
+    pub object: &'a DmsObject,
+    /// The bucket.
+    pub bucket: &'a str,
+    /// The change-log table's schema with this file's columns (known ones first).
+    pub schema: &'a TableSchema,
+    /// Columns the table gets with this file.
+    pub added: &'a [BqField],
+    /// The converted parquet file.
+    pub file: &'a Path,
+    /// Rows in it.
+    pub rows: u64,
+    /// Rows by operation.
+    pub ops: OpCounts,
+    /// Latest commit time in it, µs since the epoch.
+    pub commit_ts_max: Option<i64>,
+}
+
+/// How a load ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadOutcome {
+    /// The rows are in the change log now, under this job id.
+    Loaded {
+        /// The job id that loaded them.
+        job_id: String,
+    },
+    /// A job with this object's id had loaded it before: nothing was written.
+    AlreadyLoaded {
+        /// That job's id.
+        job_id: String,
+    },
+}
+
+/// Where rows land.
+///
+/// Contract: `load` is exactly-once per job id base: whatever the sequence of calls and
+/// failures, an object's rows are written at most once, and a call that returns `Ok` means they
+/// are written. `apply` is idempotent and order-independent: it brings the replica to the
+/// latest change per key over the whole change log, by `(_ferry_file_seq, _ferry_row)`.
+pub trait Warehouse: Send + Sync {
+    /// The change-log table's schema, or `None` before its first load.
+    fn table_schema(&self, table: &TableMapping) -> Result<Option<TableSchema>, PortError>;
+    /// Loads a converted file, creating or widening the tables as needed.
+    fn load(&self, request: &LoadRequest<'_>) -> Result<LoadOutcome, PortError>;
+    /// Applies change-log rows not applied yet to the replica (replica mode).
+    fn apply(&self, table: &TableMapping) -> Result<u64, PortError>;
+    /// Records what happened to an object, for status.
+    fn record(&self, event: &StatusEvent) -> Result<(), PortError>;
+}
+
+/// Where messages that can never succeed go, with their reason.
+pub trait DeadLetters: Send + Sync {
+    /// Sends the message with its reason. Only after this returns `Ok` may the message be
+    /// acknowledged.
+    fn send(&self, message: &SqsMessage, reason: &str) -> Result<(), PortError>;
+}
+
+/// What happened to one object, as status records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    /// When, µs since the epoch.
+    pub at_micros: i64,
+    /// `loaded`, `already_loaded`, `skipped`, `failed_retryable` or `failed_permanent`.
+    pub kind: String,
+    /// The source, when known.
+    pub source: Option<String>,
+    /// `schema.table`, when the key parsed.
+    pub table: Option<String>,
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// The skip code (see `PlanSkip::code`), when skipped.
+    pub code: Option<String>,
+    /// The job id, when loaded.
+    pub job_id: Option<String>,
+    /// Rows loaded.
+    pub rows: u64,
+    /// Bytes of the object.
+    pub bytes: u64,
+    /// Latest commit time loaded, µs since the epoch.
+    pub commit_ts_max: Option<i64>,
+    /// The reason of a skip or failure.
+    pub message: Option<String>,
+}
+
+impl<T: ObjectStore + ?Sized> ObjectStore for Arc<T> {
+    fn head(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>, PortError> {
+        (**self).head(bucket, key)
+    }
+    fn open(
+        &self,
+        bucket: &str,
+        key: &str,
+        meta: &ObjectMeta,
+    ) -> Result<Arc<dyn RangeSource>, PortError> {
+        (**self).open(bucket, key, meta)
+    }
+    fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectMeta>, PortError> {
+        (**self).list(bucket, prefix)
+    }
+}
+
+impl<T: Warehouse + ?Sized> Warehouse for Arc<T> {
+    fn table_schema(&self, table: &TableMapping) -> Result<Option<TableSchema>, PortError> {
+        (**self).table_schema(table)
+    }
+    fn load(&self, request: &LoadRequest<'_>) -> Result<LoadOutcome, PortError> {
+        (**self).load(request)
+    }
+    fn apply(&self, table: &TableMapping) -> Result<u64, PortError> {
+        (**self).apply(table)
+    }
+    fn record(&self, event: &StatusEvent) -> Result<(), PortError> {
+        (**self).record(event)
+    }
+}

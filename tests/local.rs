@@ -1,0 +1,475 @@
+//! Local mode end to end: the Lambda's handler over a directory bucket, the in-process queue
+//! and the SQLite warehouse; reruns, interruptions, redeliveries, out-of-order files, bad
+//! objects, and the status records.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ferry_core::event::{SqsEvent, SqsMessage, s3_event_body};
+use ferry_core::mapping::{Catalog, MappingFile, TableMapping};
+use ferry_core::schema::TableSchema;
+use ferry_local::queue::LocalQueue;
+use ferry_local::{DirStore, LocalPipeline, RunOptions, SqliteWarehouse};
+use ferry_pipeline::{
+    HandlerOptions, LoadOutcome, LoadRequest, Pipeline, PortError, StatusEvent, Warehouse,
+    handle_batch,
+};
+use ferry_sim::{Manifest, SimOptions, simulate};
+use ferry_tests::{TempDir, repo_root};
+use serde_json::Value;
+
+fn lab_catalog() -> Catalog {
+    let text =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/convert/types-lab.json")).unwrap();
+    Catalog::from_files(&[MappingFile {
+        path: "types-lab.json".into(),
+        text,
+    }])
+    .unwrap()
+}
+
+struct Estate {
+    dir: TempDir,
+    catalog: Catalog,
+    manifest: Manifest,
+}
+
+impl Estate {
+    fn new(label: &str) -> Estate {
+        let dir = TempDir::new(label);
+        let catalog = lab_catalog();
+        let opts = SimOptions {
+            rows: 120,
+            minutes: 6,
+            changes_per_minute: 25,
+            row_group_rows: 50,
+            manifest_rows: 0,
+            ..SimOptions::default()
+        };
+        let manifest = simulate(&catalog, &opts, &dir.path().join("bucket")).unwrap();
+        Estate {
+            dir,
+            catalog,
+            manifest,
+        }
+    }
+
+    fn bucket(&self) -> std::path::PathBuf {
+        self.dir.path().join("bucket")
+    }
+
+    fn pipeline(&self, warehouse: &str) -> LocalPipeline {
+        let db = SqliteWarehouse::open(&self.dir.path().join(warehouse)).unwrap();
+        Pipeline {
+            catalog: Arc::new(self.catalog.clone()),
+            store: DirStore::new(self.bucket()),
+            warehouse: Arc::new(db),
+            work_dir: self.dir.path().join("work"),
+        }
+    }
+
+    fn data_files(&self) -> u64 {
+        self.manifest
+            .tables
+            .iter()
+            .filter(|t| t.enabled)
+            .map(|t| t.files.len() as u64)
+            .sum()
+    }
+}
+
+fn mismatches(p: &LocalPipeline, manifest: &Manifest) -> Vec<String> {
+    ferry_local::verify(&p.warehouse, manifest)
+        .unwrap()
+        .into_iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.table, c.detail))
+        .collect()
+}
+
+fn count(p: &LocalPipeline, sql: &str) -> i64 {
+    p.warehouse.query(sql).unwrap().rows[0][0].as_i64().unwrap()
+}
+
+#[test]
+fn a_run_loads_everything_once_and_a_rerun_loads_nothing() {
+    let estate = Estate::new("local-run");
+    let p = estate.pipeline("w.sqlite");
+    let first = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!(first.loaded, estate.data_files());
+    assert_eq!(first.dead_lettered, 0);
+    assert_eq!(mismatches(&p, &estate.manifest), Vec::<String>::new());
+    let rows: u64 = estate
+        .manifest
+        .tables
+        .iter()
+        .filter(|t| t.enabled)
+        .map(|t| t.changes.total())
+        .sum();
+    assert_eq!(first.rows, rows);
+
+    let second = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!((second.queued, second.loaded), (0, 0));
+    assert_eq!(second.loaded_before, second.objects);
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM _ferry_loads") as u64,
+        estate.data_files()
+    );
+}
+
+#[test]
+fn an_interrupted_run_resumes_and_a_rebuilt_warehouse_is_the_same() {
+    let estate = Estate::new("local-resume");
+    let p = estate.pipeline("w.sqlite");
+    let half = estate.data_files() / 2;
+    let first = ferry_local::run(
+        &p,
+        &RunOptions {
+            limit: Some(half),
+            ..RunOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert!(
+        first.loaded >= half && first.loaded < estate.data_files(),
+        "{first:?}"
+    );
+    assert!(
+        !mismatches(&p, &estate.manifest).is_empty(),
+        "half a run is not the whole state"
+    );
+    let rest = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!(first.loaded + rest.loaded, estate.data_files());
+    assert_eq!(mismatches(&p, &estate.manifest), Vec::<String>::new());
+
+    // Deleting the warehouse and running again rebuilds the same replica, row for row.
+    let q = estate.pipeline("rebuilt.sqlite");
+    ferry_local::run(&q, &RunOptions::default(), |_| {}).unwrap();
+    for table in ["lab.accounts", "lab.seats"] {
+        let order = if table == "lab.accounts" {
+            "account_id"
+        } else {
+            "table_id, seat_no"
+        };
+        let select = format!("SELECT * FROM \"{table}\" ORDER BY {order}");
+        assert_eq!(
+            p.warehouse.query(&select).unwrap(),
+            q.warehouse.query(&select).unwrap(),
+            "{table}"
+        );
+    }
+}
+
+fn message(id: &str, body: String) -> SqsMessage {
+    SqsMessage {
+        message_id: id.into(),
+        body,
+        ..SqsMessage::default()
+    }
+}
+
+/// An SQS event with one S3 notification per key, message ids `m0`, `m1`, ...
+fn event_for(keys: &[&str]) -> SqsEvent {
+    SqsEvent {
+        records: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                message(
+                    &format!("m{i}"),
+                    s3_event_body("ferry-test", k, 1, "x", "2026-11-26T00:00:00Z"),
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn out_of_order_and_repeated_deliveries_reach_the_same_state() {
+    let estate = Estate::new("local-order");
+    let p = estate.pipeline("w.sqlite");
+    // Every object, newest first, each delivered twice, in batches of 10.
+    let mut keys: Vec<&str> = estate
+        .manifest
+        .tables
+        .iter()
+        .flat_map(|t| t.files.iter().map(String::as_str))
+        .collect();
+    keys.reverse();
+    let doubled: Vec<&str> = keys.iter().flat_map(|k| [*k, *k]).collect();
+    let mut loaded = 0;
+    for chunk in doubled.chunks(10) {
+        let report = handle_batch(
+            &p,
+            p.warehouse.as_ref(),
+            &event_for(chunk),
+            HandlerOptions::default(),
+        );
+        assert!(
+            report.response.batch_item_failures.is_empty(),
+            "{:?}",
+            report.objects
+        );
+        loaded += report
+            .objects
+            .iter()
+            .filter(|(_, _, r)| matches!(r, ferry_pipeline::ObjectResult::Loaded { .. }))
+            .count() as u64;
+    }
+    assert_eq!(
+        loaded,
+        estate.data_files(),
+        "each object loaded once, the repeats recognised"
+    );
+    assert_eq!(mismatches(&p, &estate.manifest), Vec::<String>::new());
+}
+
+#[test]
+fn bad_objects_go_to_the_dead_letter_queue_with_their_reason_and_the_rest_loads() {
+    let estate = Estate::new("local-bad");
+    let p = estate.pipeline("w.sqlite");
+    let accounts = &estate
+        .manifest
+        .tables
+        .iter()
+        .find(|t| t.table == "lab.accounts")
+        .unwrap()
+        .files;
+    let good = accounts[0].as_str();
+    // A corrupt object, an unmapped table with a hostile name, a deleted object, a key that
+    // tries to leave the bucket, and a body that is not an S3 event.
+    let corrupt = "lab/dms/lab/accounts/20261126-235959000.parquet";
+    std::fs::write(estate.bucket().join(corrupt), b"PAR1 not parquet at all").unwrap();
+    let unmapped = "lab/dms/lab/vip room 😊/LOAD00000001.parquet";
+    std::fs::create_dir_all(estate.bucket().join("lab/dms/lab/vip room 😊")).unwrap();
+    std::fs::copy(estate.bucket().join(good), estate.bucket().join(unmapped)).unwrap();
+    let deleted = "lab/dms/lab/accounts/20261126-235958000.parquet";
+    let escape = "lab/dms/lab/accounts/../../../../etc/20261126-235957000.parquet";
+    let mut event = event_for(&[good, corrupt, unmapped, deleted, escape]);
+    event
+        .records
+        .push(message("m-garbage", "this is not json".into()));
+
+    let report = handle_batch(&p, p.warehouse.as_ref(), &event, HandlerOptions::default());
+    assert!(
+        report.response.batch_item_failures.is_empty(),
+        "permanent failures are not retried: {:?}",
+        report.response
+    );
+    let dlq = p
+        .warehouse
+        .query("SELECT message_id, reason FROM _ferry_dlq ORDER BY message_id")
+        .unwrap();
+    let reasons: Vec<(String, String)> = dlq
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap().to_owned(),
+                r[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    let reason_of = |id: &str| {
+        reasons
+            .iter()
+            .find(|(m, _)| m == id)
+            .map(|(_, r)| r.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason_of("m1").contains(corrupt)
+            && reason_of("m1").contains("not a readable parquet file"),
+        "{}",
+        reason_of("m1")
+    );
+    assert!(
+        reason_of("m3").contains("no longer exists")
+            && reason_of("m3").contains("nothing was removed"),
+        "{}",
+        reason_of("m3")
+    );
+    // The key with `..` is not a DMS layout: skipped with its reason, never read.
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM _ferry_events WHERE kind = 'skipped' AND code = 'unexpected_folders'"
+        ),
+        1
+    );
+    assert!(
+        reason_of("m-garbage").contains("not JSON"),
+        "{}",
+        reason_of("m-garbage")
+    );
+    // The good object loaded; the unmapped one was acknowledged and recorded as such.
+    assert_eq!(count(&p, "SELECT count(*) FROM _ferry_loads"), 1);
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM _ferry_events WHERE kind = 'skipped' AND code = 'unmapped_table'"
+        ),
+        1
+    );
+    let status =
+        ferry_local::status(&p.warehouse, &estate.catalog, ferry_pipeline::now_micros()).unwrap();
+    let vip = status
+        .tables
+        .iter()
+        .find(|t| t.table == "lab.vip room 😊")
+        .expect("unmapped table in status");
+    assert_eq!((vip.state.as_str(), vip.skipped_24h), ("unmapped", 1));
+    let acc = status
+        .tables
+        .iter()
+        .find(|t| t.table == "lab.accounts")
+        .unwrap();
+    assert_eq!((acc.files_24h, acc.failures_24h), (1, 2), "{acc:?}");
+    assert_eq!(status.dead_letters, 3);
+}
+
+/// A warehouse that fails its first `n` loads with a retryable error, like a BigQuery 503.
+struct Flaky {
+    inner: Arc<SqliteWarehouse>,
+    fail: AtomicU32,
+}
+
+impl Warehouse for Flaky {
+    fn table_schema(&self, t: &TableMapping) -> Result<Option<TableSchema>, PortError> {
+        self.inner.table_schema(t)
+    }
+    fn load(&self, r: &LoadRequest<'_>) -> Result<LoadOutcome, PortError> {
+        if self.fail.load(Ordering::SeqCst) > 0 {
+            self.fail.fetch_sub(1, Ordering::SeqCst);
+            return Err(PortError::retryable(
+                "backendError: 503 Service Unavailable",
+            ));
+        }
+        self.inner.load(r)
+    }
+    fn apply(&self, t: &TableMapping) -> Result<u64, PortError> {
+        self.inner.apply(t)
+    }
+    fn record(&self, e: &StatusEvent) -> Result<(), PortError> {
+        self.inner.record(e)
+    }
+}
+
+fn flaky_pipeline(estate: &Estate, fail: u32) -> (Pipeline<DirStore, Flaky>, Arc<SqliteWarehouse>) {
+    let db = Arc::new(
+        SqliteWarehouse::open(&estate.dir.path().join(format!("flaky-{fail}.sqlite"))).unwrap(),
+    );
+    let p = Pipeline {
+        catalog: Arc::new(estate.catalog.clone()),
+        store: DirStore::new(estate.bucket()),
+        warehouse: Flaky {
+            inner: Arc::clone(&db),
+            fail: AtomicU32::new(fail),
+        },
+        work_dir: estate.dir.path().join("work"),
+    };
+    (p, db)
+}
+
+#[test]
+fn retryable_failures_are_redelivered_until_loaded_or_dead_lettered() {
+    let estate = Estate::new("local-retry");
+    let keys: Vec<String> = estate.manifest.tables[0]
+        .files
+        .iter()
+        .take(3)
+        .cloned()
+        .collect();
+
+    // Two transient failures: SQS delivers again, every object loads exactly once.
+    let (p, db) = flaky_pipeline(&estate, 2);
+    let mut queue = LocalQueue::new(3);
+    for k in &keys {
+        queue.send(s3_event_body(
+            "ferry-test",
+            k,
+            1,
+            "x",
+            "2026-11-26T00:00:00Z",
+        ));
+    }
+    let drained = queue.drain(
+        db.as_ref(),
+        || false,
+        |e| handle_batch(&p, db.as_ref(), e, HandlerOptions::default()),
+    );
+    assert_eq!(drained.dead_lettered, 0);
+    assert!(drained.deliveries > keys.len() as u64, "{drained:?}");
+    assert_eq!(
+        db.query("SELECT count(*) FROM _ferry_loads").unwrap().rows[0][0],
+        Value::from(keys.len() as i64)
+    );
+
+    // Failures beyond maxReceiveCount: the messages go to the dead-letter queue with the reason.
+    let (p, db) = flaky_pipeline(&estate, 1000);
+    let mut queue = LocalQueue::new(3);
+    queue.send(s3_event_body(
+        "ferry-test",
+        &keys[0],
+        1,
+        "x",
+        "2026-11-26T00:00:00Z",
+    ));
+    let drained = queue.drain(
+        db.as_ref(),
+        || false,
+        |e| handle_batch(&p, db.as_ref(), e, HandlerOptions::default()),
+    );
+    assert_eq!((drained.deliveries, drained.dead_lettered), (3, 1));
+    let reason = db
+        .query("SELECT reason, receive_count FROM _ferry_dlq")
+        .unwrap();
+    assert!(
+        reason.rows[0][0]
+            .as_str()
+            .unwrap()
+            .contains("maxReceiveCount (3) reached; last failure:"),
+        "{reason:?}"
+    );
+    assert!(
+        reason.rows[0][0].as_str().unwrap().contains("503"),
+        "{reason:?}"
+    );
+    assert_eq!(reason.rows[0][1], Value::from(3));
+}
+
+#[test]
+fn near_the_deadline_no_object_is_started() {
+    let estate = Estate::new("local-deadline");
+    let p = estate.pipeline("w.sqlite");
+    let key = estate.manifest.tables[0].files[0].clone();
+    let options = HandlerOptions {
+        deadline: Some(std::time::Instant::now()),
+        ..HandlerOptions::default()
+    };
+    let report = handle_batch(&p, p.warehouse.as_ref(), &event_for(&[&key]), options);
+    assert_eq!(report.response.batch_item_failures.len(), 1);
+    assert_eq!(count(&p, "SELECT count(*) FROM _ferry_loads"), 0);
+}
+
+#[test]
+fn test_events_and_removals_are_acknowledged() {
+    let estate = Estate::new("local-ack");
+    let p = estate.pipeline("w.sqlite");
+    let test =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/events/s3-test-event-body.json"))
+            .unwrap();
+    let removed =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/events/s3-removed-body.json"))
+            .unwrap();
+    let event = SqsEvent {
+        records: vec![message("t", test), message("r", removed)],
+    };
+    let report = handle_batch(&p, p.warehouse.as_ref(), &event, HandlerOptions::default());
+    assert!(report.response.batch_item_failures.is_empty() && report.dead_lettered.is_empty());
+    assert_eq!(count(&p, "SELECT count(*) FROM _ferry_loads"), 0);
+}
