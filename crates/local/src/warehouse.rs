@@ -91,7 +91,8 @@ impl SqliteWarehouse {
     pub fn open(path: &Path) -> Result<SqliteWarehouse, PortError> {
         let conn = Connection::open(path).map_err(db_error)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;
+             PRAGMA cache_size = -131072; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 20000;",
         )
         .map_err(db_error)?;
         conn.execute_batch(LEDGER).map_err(db_error)?;
