@@ -18,7 +18,9 @@ use ferry_core::bqtype::BqType;
 use ferry_core::event::SqsMessage;
 use ferry_core::mapping::{TableMapping, TableRef};
 use ferry_core::schema::{BqField, TableSchema, meta};
-use ferry_pipeline::{DeadLetters, LoadOutcome, LoadRequest, PortError, StatusEvent, Warehouse};
+use ferry_pipeline::{
+    Converted, DeadLetters, LoadOutcome, LoadRequest, PortError, StatusEvent, Warehouse,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -250,11 +252,10 @@ fn sql_value(array: &dyn Array, row: usize) -> Sql {
     }
 }
 
-fn insert_file(conn: &Connection, table: &str, file: &Path) -> Result<u64, PortError> {
+fn insert_file(conn: &Connection, table: &str, file: &Converted) -> Result<u64, PortError> {
     let unreadable =
         |e: &dyn std::fmt::Display| PortError::permanent(format!("converted file unreadable: {e}"));
-    let reader = std::fs::File::open(file)
-        .map_err(|e| PortError::retryable(format!("{}: {e}", file.display())))?;
+    let reader = ferry_convert::RangeReader::new(file.source()?);
     let builder = ParquetRecordBatchReaderBuilder::try_new(reader)
         .map_err(|e| unreadable(&e))?
         .with_batch_size(BATCH);
@@ -418,11 +419,6 @@ impl Warehouse for SqliteWarehouse {
         }
         let keys: Vec<String> = table.primary_key.iter().map(|k| quote(k)).collect();
         let key_list = keys.join(", ");
-        let on = keys
-            .iter()
-            .map(|k| format!("c.{k} = t.{k}"))
-            .collect::<Vec<_>>()
-            .join(" AND ");
         let cols: Vec<String> = schema.fields.iter().map(|f| quote(&f.name)).collect();
         let col_list = cols.join(", ");
         let deleted = format!("{} = '{}'", quote(meta::OP), meta::op::DELETE);
@@ -430,15 +426,13 @@ impl Warehouse for SqliteWarehouse {
         // log decides (so a late, older file can never overwrite a newer change, nor resurrect a
         // deleted row).
         tx.execute_batch(&format!(
-            "DROP TABLE IF EXISTS temp._ferry_touched;
-             CREATE TEMP TABLE _ferry_touched AS SELECT DISTINCT {key_list} FROM {cl} WHERE rowid > {last} AND rowid <= {max};
-             DELETE FROM {rp} WHERE ({key_list}) IN (SELECT {key_list} FROM temp._ferry_touched);
+            "DELETE FROM {rp} WHERE ({key_list}) IN ({touched});
              INSERT INTO {rp} (_ferry_deleted, {col_list})
                SELECT {deleted}, {col_list} FROM (
                  SELECT c.*, row_number() OVER (PARTITION BY {c_keys} ORDER BY c.{seq} DESC, c.{row} DESC) AS _ferry_rank
-                 FROM {cl} c JOIN temp._ferry_touched t ON {on}
-               ) WHERE _ferry_rank = 1 {keep_deleted};
-             DROP TABLE temp._ferry_touched;",
+                 FROM {cl} c WHERE ({c_keys}) IN ({touched})
+               ) WHERE _ferry_rank = 1 {keep_deleted};",
+            touched = format!("SELECT {key_list} FROM {} WHERE rowid > {last} AND rowid <= {max}", quote(&changelog)),
             cl = quote(&changelog),
             rp = quote(&replica),
             c_keys = keys.iter().map(|k| format!("c.{k}")).collect::<Vec<_>>().join(", "),

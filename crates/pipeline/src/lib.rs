@@ -12,7 +12,7 @@ pub mod process;
 
 pub use handler::{BatchReport, HandlerOptions, handle_batch};
 pub use ports::{
-    DeadLetters, LoadOutcome, LoadRequest, ObjectMeta, ObjectStore, PortError, StatusEvent,
-    Warehouse,
+    Converted, DeadLetters, LoadOutcome, LoadRequest, ObjectMeta, ObjectStore, PortError,
+    StatusEvent, Warehouse,
 };
 pub use process::{ObjectResult, Pipeline, now_micros};

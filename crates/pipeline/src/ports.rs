@@ -2,7 +2,7 @@
 //! BigQuery; local mode with a directory, an in-process queue and SQLite. Each implementation
 //! classifies its own failures as retryable or permanent.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ferry_convert::RangeSource;
@@ -90,13 +90,47 @@ pub struct LoadRequest<'a> {
     /// Columns the table gets with this file.
     pub added: &'a [BqField],
     /// The converted parquet file.
-    pub file: &'a Path,
+    pub file: &'a Converted,
     /// Rows in it.
     pub rows: u64,
     /// Rows by operation.
     pub ops: OpCounts,
     /// Latest commit time in it, µs since the epoch.
     pub commit_ts_max: Option<i64>,
+}
+
+/// A converted parquet file: in memory when small, else in the work folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Converted {
+    /// The file's bytes.
+    InMemory(bytes::Bytes),
+    /// The file's path.
+    OnDisk(PathBuf),
+}
+
+impl Converted {
+    /// A range-read source over the file.
+    pub fn source(&self) -> Result<Arc<dyn RangeSource>, PortError> {
+        match self {
+            Converted::InMemory(b) => Ok(Arc::new(b.clone())),
+            Converted::OnDisk(p) => std::fs::File::open(p)
+                .map(|f| Arc::new(f) as Arc<dyn RangeSource>)
+                .map_err(|e| PortError::retryable(format!("{}: {e}", p.display()))),
+        }
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Converted::InMemory(b) => b.len() as u64,
+            Converted::OnDisk(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// How a load ended.

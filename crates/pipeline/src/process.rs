@@ -11,7 +11,9 @@ use ferry_convert::{Conversion, ConvertRequest, RangeReader};
 use ferry_core::mapping::{Catalog, TableMapping};
 use ferry_core::plan_object;
 
-use crate::ports::{LoadOutcome, LoadRequest, ObjectStore, PortError, StatusEvent, Warehouse};
+use crate::ports::{
+    Converted, LoadOutcome, LoadRequest, ObjectStore, PortError, StatusEvent, Warehouse,
+};
 
 /// The use cases' dependencies: the mappings, the ports and a scratch folder.
 pub struct Pipeline<S, W> {
@@ -65,6 +67,9 @@ pub enum ObjectResult {
 }
 
 static SCRATCH: AtomicU64 = AtomicU64::new(0);
+
+/// Objects up to this size are converted in memory.
+const IN_MEMORY_MAX: u64 = 16 << 20;
 
 /// Microseconds since the epoch, now.
 pub fn now_micros() -> i64 {
@@ -186,10 +191,21 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
             retryable: e.is_retryable(),
         };
         let conversion = Conversion::plan(&input, &request).map_err(classify)?;
-        let scratch = Scratch::new(&self.work_dir, job_id.base())?;
-        let file =
-            BufWriter::with_capacity(1 << 20, File::create(&scratch.0).map_err(io_retryable)?);
-        let outcome = conversion.write(&input, &request, file).map_err(classify)?;
+        // Small objects convert in memory; large ones to a scratch file, so memory stays bounded.
+        let scratch;
+        let (outcome, converted) = if meta.size <= IN_MEMORY_MAX {
+            let mut buf = Vec::with_capacity(usize::try_from(meta.size).unwrap_or(0) + (64 << 10));
+            let outcome = conversion
+                .write(&input, &request, &mut buf)
+                .map_err(classify)?;
+            (outcome, Converted::InMemory(buf.into()))
+        } else {
+            scratch = Scratch::new(&self.work_dir, job_id.base())?;
+            let file =
+                BufWriter::with_capacity(1 << 20, File::create(&scratch.0).map_err(io_retryable)?);
+            let outcome = conversion.write(&input, &request, file).map_err(classify)?;
+            (outcome, Converted::OnDisk(scratch.0.clone()))
+        };
         event.rows = outcome.rows;
         event.commit_ts_max = outcome.commit_ts_max;
         self.warehouse.load(&LoadRequest {
@@ -200,7 +216,7 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
             bucket,
             schema: &outcome.schema,
             added: &outcome.added,
-            file: &scratch.0,
+            file: &converted,
             rows: outcome.rows,
             ops: outcome.ops,
             commit_ts_max: outcome.commit_ts_max,

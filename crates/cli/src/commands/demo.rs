@@ -81,13 +81,18 @@ pub(crate) fn run(args: DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> a
     let load_seconds = loading.elapsed().as_secs_f64();
     writeln!(
         out,
-        "loaded {} objects ({} rows) in {:.1} s: {:.0} rows/s; skipped {}, dead-lettered {}",
+        "loaded {} objects ({} rows) in {:.1} s: {:.0} rows/s, {:.0} files/s; skipped {}, dead-lettered {}; peak RSS {}",
         summary.loaded,
         summary.rows,
         load_seconds,
         summary.rows as f64 / load_seconds.max(1e-9),
+        summary.loaded as f64 / load_seconds.max(1e-9),
         summary.skipped,
-        summary.dead_lettered
+        summary.dead_lettered,
+        peak_rss().map_or_else(
+            || "unknown".to_owned(),
+            |kb| format!("{:.0} MB", kb as f64 / 1024.0)
+        )
     )?;
 
     let checks = verify(&pipeline.warehouse, &manifest_path)?;
@@ -113,4 +118,11 @@ pub(crate) fn run(args: DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> a
         writeln!(out, "{} of {} tables do not match", bad.len(), checks.len())?;
         Ok(EXIT_PROBLEMS)
     }
+}
+
+/// This process's peak resident set size in KiB (Linux `VmHWM`).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
