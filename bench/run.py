@@ -2,7 +2,12 @@
 10k, 1M and 10M rows written by `ferry sim`. Prints rows/s, MB/s and peak RSS per tool and size,
 and the ratio the project targets (ferry >= 3x pyarrow single-threaded on the 1M-row file).
 
-usage: run.py --ferry PATH [--sizes 10k,1m,10m] [--work DIR] [--repeat N]
+With --day-hours H it replays H hours of the seed's estate instead (6 sources, 68 tables, a
+day of 40M changed rows: 200k rows per table at full load, one CDC file per table per minute
+with 270 changes on average, scaled to H/24) through `ferry local run`, and prints rows/s,
+files/s and the loader's peak RSS, then checks every table against the simulator.
+
+usage: run.py --ferry PATH [--sizes 10k,1m,10m] [--work DIR] [--repeat N] [--day-hours H]
 """
 
 import argparse
@@ -38,7 +43,10 @@ def main():
     parser.add_argument("--sizes", default="10k,1m,10m")
     parser.add_argument("--work", default=str(pathlib.Path.home() / ".cache/ferry/bench"))
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--day-hours", type=float)
     args = parser.parse_args()
+    if args.day_hours:
+        return day(args)
     work = pathlib.Path(args.work)
     mappings = work / "mappings"
     mappings.mkdir(parents=True, exist_ok=True)
@@ -85,6 +93,36 @@ def main():
         ferry, py1 = by.get((size, "ferry 1")), by.get((size, "pyarrow 1"))
         if ferry and py1:
             print(f"\n{size}: ferry is {py1 / ferry:.1f}x pyarrow single-threaded")
+
+
+def day(args):
+    import shutil
+    import time
+
+    hours = args.day_hours
+    work = pathlib.Path(args.work) / f"day-{hours:g}h"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    mappings = HERE.parent / "mappings"
+    rows = int(200_000 * hours / 24)
+    minutes = int(1440 * hours / 24)
+    started = time.perf_counter()
+    sim = measure([args.ferry, "sim", "--mappings", str(mappings), "--out", str(work / "bucket"), "--rows", str(rows),
+                   "--minutes", str(minutes), "--changes", "270", "--manifest", str(work / "manifest.json")])
+    print(f"simulated: {sim['out'].strip()} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    run = measure([args.ferry, "local", "run", "--mappings", str(mappings), "--bucket-dir", str(work / "bucket"),
+                   "--warehouse", str(work / "warehouse.sqlite")])
+    seconds = time.perf_counter() - started
+    summary = run["out"].strip()
+    loaded = int(summary.split("loaded ")[2].split(" ")[0])
+    loaded_rows = int(summary.split("(")[1].split(" rows")[0])
+    verify = measure([args.ferry, "local", "verify", "--manifest", str(work / "manifest.json"), "--warehouse", str(work / "warehouse.sqlite")])
+    print(summary)
+    print(f"{hours:g} h of the estate: {loaded_rows:,} rows in {loaded:,} files in {seconds:.0f} s: "
+          f"{loaded_rows / seconds:,.0f} rows/s, {loaded / seconds:,.0f} files/s, loader peak RSS {run['rss_kb'] / 1024:,.0f} MB; "
+          f"verify: {verify['out'].strip()}")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 //! `ferry local run` and `ferry local invoke`: the Lambda's handler over the local stand-ins.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ferry_core::event::{SqsBatchResponse, SqsEvent, s3_event_body};
 use ferry_core::key::DmsObject;
 use ferry_core::{JobId, plan_object};
 use ferry_pipeline::{
-    HandlerOptions, ObjectResult, ObjectStore, Pipeline, PortError, handle_batch,
+    HandlerOptions, ObjectResult, ObjectStore, Pipeline, PortError, Warehouse, handle_batch,
 };
 
 use crate::queue::LocalQueue;
@@ -128,10 +129,16 @@ pub fn run(
         ));
     }
     summary.queued = todo.len() as u64;
+    // Replicas catch up every APPLY_EVERY batches and at the end, not after every batch: a hot
+    // key changed in many files is then written to its replica once per round, not per file.
     let handler_options = HandlerOptions {
         max_parallel: options.max_parallel,
+        apply_replicas: false,
         ..HandlerOptions::default()
     };
+    let touched: std::cell::RefCell<BTreeSet<(String, String)>> =
+        std::cell::RefCell::new(BTreeSet::new());
+    let batches = std::cell::Cell::new(0u64);
     let processed = std::cell::Cell::new(0u64);
     let limit = options.limit;
     let total = summary.queued;
@@ -143,9 +150,15 @@ pub fn run(
             let report = handle_batch(pipeline, dead.as_ref(), event, handler_options);
             for (_, _, result) in &report.objects {
                 match result {
-                    ObjectResult::Loaded { rows, .. } => {
+                    ObjectResult::Loaded {
+                        rows,
+                        source,
+                        table,
+                        ..
+                    } => {
                         summary.loaded += 1;
                         summary.rows += rows;
+                        touched.borrow_mut().insert((source.clone(), table.clone()));
                     }
                     ObjectResult::AlreadyLoaded { .. } => summary.already_loaded += 1,
                     ObjectResult::Skipped { .. } => summary.skipped += 1,
@@ -162,11 +175,54 @@ pub fn run(
                 total,
                 rows: summary.rows,
             });
+            batches.set(batches.get() + 1);
+            if batches.get().is_multiple_of(APPLY_EVERY) {
+                apply_touched(pipeline, &mut touched.borrow_mut());
+            }
             report
         },
     );
+    // Every replica catches up at the end, also those whose rows an interrupted earlier run
+    // loaded but did not apply (applying is idempotent and cheap when nothing is new).
+    let mut all: BTreeSet<(String, String)> = pipeline
+        .catalog
+        .sources()
+        .iter()
+        .flat_map(|s| {
+            s.tables
+                .iter()
+                .filter(|t| t.replica.is_some())
+                .map(|t| (s.name.clone(), t.source_table()))
+        })
+        .collect();
+    if !apply_touched(pipeline, &mut all) {
+        summary.failures += 1;
+    }
     summary.dead_lettered += drained.dead_lettered;
     Ok(summary)
+}
+
+/// Batches between replica catch-ups in a local run.
+const APPLY_EVERY: u64 = 200;
+
+/// Applies the change logs of the tables loaded since the last call to their replicas; false
+/// when one failed (it is tried again at the next call: applying is idempotent).
+fn apply_touched(pipeline: &LocalPipeline, touched: &mut BTreeSet<(String, String)>) -> bool {
+    let mut ok = true;
+    for (source, table) in std::mem::take(touched) {
+        let mapping = pipeline
+            .catalog
+            .source(&source)
+            .and_then(|s| s.tables.iter().find(|t| t.source_table() == table));
+        if let Some(mapping) = mapping
+            && let Err(e) = pipeline.warehouse.apply(mapping)
+        {
+            tracing::error!(table = %table, error = %e, "replica not applied");
+            touched.insert((source, table));
+            ok = false;
+        }
+    }
+    ok
 }
 
 /// Runs the handler on one captured SQS event and returns its response.

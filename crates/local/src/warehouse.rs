@@ -5,6 +5,10 @@
 //! Tables are named `dataset.table` (quote them in SQL: `SELECT * FROM "slots_account.players"`).
 //! Values are exact: INT64 and BOOL as integers, NUMERIC/BIGNUMERIC, dates and times as their
 //! canonical text (never through floating point), BYTES as blobs.
+//!
+//! Durability: WAL with `synchronous = OFF`. A killed process loses nothing committed and never
+//! corrupts the file (each load and its ledger row are one transaction); an operating-system
+//! crash or power loss may, and the cure is the local mode's own: delete the file and run again.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -93,7 +97,7 @@ impl SqliteWarehouse {
     pub fn open(path: &Path) -> Result<SqliteWarehouse, PortError> {
         let conn = Connection::open(path).map_err(db_error)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA busy_timeout = 5000;
              PRAGMA cache_size = -131072; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 20000;",
         )
         .map_err(db_error)?;
@@ -337,22 +341,6 @@ impl Warehouse for SqliteWarehouse {
         }
         let changelog = local_name(&req.table.changelog);
         ensure_table(&tx, &changelog, &req.schema.fields, &[])?;
-        if !req.table.primary_key.is_empty() {
-            let cols = req
-                .table
-                .primary_key
-                .iter()
-                .map(|k| quote(k))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let index = quote(&format!("{changelog}__key"));
-            tx.execute_batch(&format!(
-                "CREATE INDEX IF NOT EXISTS {index} ON {} ({cols}, {})",
-                quote(&changelog),
-                quote(meta::FILE_SEQ)
-            ))
-            .map_err(db_error)?;
-        }
         if let Some(replica) = &req.table.replica {
             ensure_table(
                 &tx,
@@ -422,23 +410,54 @@ impl Warehouse for SqliteWarehouse {
         let cols: Vec<String> = schema.fields.iter().map(|f| quote(&f.name)).collect();
         let col_list = cols.join(", ");
         let deleted = format!("{} = '{}'", quote(meta::OP), meta::op::DELETE);
-        // Keys touched since the last apply; for each, the latest change over the whole change
-        // log decides (so a late, older file can never overwrite a newer change, nor resurrect a
-        // deleted row).
+        let (seq, row) = (quote(meta::FILE_SEQ), quote(meta::ROW));
+        // Deleted keys keep their version in a tombstone table (soft-delete replicas keep the
+        // flagged row instead), so that a late, older insert cannot resurrect them.
+        let tombstones = format!("{replica}__ferry_tombstones");
+        let key_fields: Vec<BqField> = table
+            .primary_key
+            .iter()
+            .filter_map(|k| schema.field(k).cloned())
+            .chain(
+                schema
+                    .fields
+                    .iter()
+                    .filter(|f| f.name == meta::FILE_SEQ || f.name == meta::ROW)
+                    .cloned(),
+            )
+            .collect();
+        ensure_table(&tx, &tombstones, &key_fields, &table.primary_key)?;
+        let matches = |alias: &str| {
+            keys.iter()
+                .map(|k| format!("{alias}.{k} = _ferry_cand.{k}"))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        // The latest change per key among the rows loaded since the last apply wins where it is
+        // newer (by `(_ferry_file_seq, _ferry_row)`) than what the replica or a tombstone holds:
+        // the work is proportional to the new rows, and the order of arrival never matters.
         tx.execute_batch(&format!(
-            "DELETE FROM {rp} WHERE ({key_list}) IN ({touched});
-             INSERT INTO {rp} (_ferry_deleted, {col_list})
-               SELECT {deleted}, {col_list} FROM (
-                 SELECT c.*, row_number() OVER (PARTITION BY {c_keys} ORDER BY c.{seq} DESC, c.{row} DESC) AS _ferry_rank
-                 FROM {cl} c WHERE ({c_keys}) IN ({touched})
-               ) WHERE _ferry_rank = 1 {keep_deleted};",
-            touched = format!("SELECT {key_list} FROM {} WHERE rowid > {last} AND rowid <= {max}", quote(&changelog)),
+            "DROP TABLE IF EXISTS temp._ferry_cand;
+             CREATE TEMP TABLE _ferry_cand AS SELECT * FROM (
+               SELECT c.*, row_number() OVER (PARTITION BY {c_keys} ORDER BY c.{seq} DESC, c.{row} DESC) AS _ferry_rank
+               FROM {cl} c WHERE c.rowid > {last} AND c.rowid <= {max}
+             ) WHERE _ferry_rank = 1;
+             DELETE FROM temp._ferry_cand
+               WHERE EXISTS (SELECT 1 FROM {rp} r WHERE {r_match} AND (r.{seq}, r.{row}) >= (_ferry_cand.{seq}, _ferry_cand.{row}))
+                  OR EXISTS (SELECT 1 FROM {tb} t WHERE {t_match} AND (t.{seq}, t.{row}) >= (_ferry_cand.{seq}, _ferry_cand.{row}));
+             DELETE FROM {rp} WHERE ({key_list}) IN (SELECT {key_list} FROM temp._ferry_cand);
+             DELETE FROM {tb} WHERE ({key_list}) IN (SELECT {key_list} FROM temp._ferry_cand);
+             INSERT INTO {rp} (_ferry_deleted, {col_list}) SELECT {deleted}, {col_list} FROM temp._ferry_cand {keep_deleted};
+             INSERT INTO {tb} ({key_list}, {seq}, {row}) SELECT {key_list}, {seq}, {row} FROM temp._ferry_cand WHERE {deleted} {tombstone_rows};
+             DROP TABLE temp._ferry_cand;",
             cl = quote(&changelog),
             rp = quote(&replica),
+            tb = quote(&tombstones),
             c_keys = keys.iter().map(|k| format!("c.{k}")).collect::<Vec<_>>().join(", "),
-            seq = quote(meta::FILE_SEQ),
-            row = quote(meta::ROW),
-            keep_deleted = if table.soft_delete { String::new() } else { format!("AND NOT ({deleted})") },
+            r_match = matches("r"),
+            t_match = matches("t"),
+            keep_deleted = if table.soft_delete { String::new() } else { format!("WHERE NOT ({deleted})") },
+            tombstone_rows = if table.soft_delete { "AND 0" } else { "" },
         ))
         .map_err(db_error)?;
         tx.execute(

@@ -26,6 +26,9 @@ pub struct HandlerOptions {
     pub deadline: Option<Instant>,
     /// No object is started with less time than this left.
     pub safety_margin: Duration,
+    /// Bring replicas up to date at the end of the batch (else the caller applies on its own
+    /// schedule, as local mode does once per run).
+    pub apply_replicas: bool,
 }
 
 impl Default for HandlerOptions {
@@ -34,6 +37,7 @@ impl Default for HandlerOptions {
             max_parallel: 4,
             deadline: None,
             safety_margin: Duration::from_secs(20),
+            apply_replicas: true,
         }
     }
 }
@@ -143,6 +147,9 @@ where
                         group_results.push((task.message, task.key, result));
                     }
                     // The replica catches up once per table per batch.
+                    if !options.apply_replicas {
+                        loaded_tables.clear();
+                    }
                     for (source, table) in loaded_tables.keys() {
                         if let Some(mapping) = pipeline.catalog.source(source).and_then(|s| s.tables.iter().find(|t| t.source_table() == *table))
                             && mapping.replica.is_some()
