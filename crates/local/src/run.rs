@@ -118,16 +118,6 @@ pub fn run(
             _ => a.4.cmp(&b.4),
         })
     });
-    let mut queue = LocalQueue::new(options.max_receives);
-    for (_, _, bucket, size, key) in &todo {
-        queue.send(s3_event_body(
-            bucket,
-            key,
-            *size,
-            "",
-            "1970-01-01T00:00:00.000Z",
-        ));
-    }
     summary.queued = todo.len() as u64;
     // Replicas catch up every APPLY_EVERY batches and at the end, not after every batch: a hot
     // key changed in many files is then written to its replica once per round, not per file.
@@ -143,64 +133,83 @@ pub fn run(
     let limit = options.limit;
     let total = summary.queued;
     let dead = Arc::clone(&pipeline.warehouse);
-    let drained = queue.drain(
-        dead.as_ref(),
-        || limit.is_some_and(|l| processed.get() >= l),
-        |event| {
-            let report = handle_batch(pipeline, dead.as_ref(), event, handler_options);
-            for (_, _, result) in &report.objects {
-                match result {
-                    ObjectResult::Loaded {
-                        rows,
-                        source,
-                        table,
-                        ..
-                    } => {
-                        summary.loaded += 1;
-                        summary.rows += rows;
-                        touched.borrow_mut().insert((source.clone(), table.clone()));
+    // Messages are queued a chunk at a time, so memory does not grow with the number of objects.
+    for chunk in todo.chunks(QUEUE_CHUNK) {
+        if limit.is_some_and(|l| processed.get() >= l) {
+            break;
+        }
+        let mut queue = LocalQueue::new(options.max_receives);
+        for (_, _, bucket, size, key) in chunk {
+            queue.send(s3_event_body(
+                bucket,
+                key,
+                *size,
+                "",
+                "1970-01-01T00:00:00.000Z",
+            ));
+        }
+        let drained = queue.drain(
+            dead.as_ref(),
+            || limit.is_some_and(|l| processed.get() >= l),
+            |event| {
+                let report = handle_batch(pipeline, dead.as_ref(), event, handler_options);
+                for (_, _, result) in &report.objects {
+                    match result {
+                        ObjectResult::Loaded {
+                            rows,
+                            source,
+                            table,
+                            ..
+                        } => {
+                            summary.loaded += 1;
+                            summary.rows += rows;
+                            touched.borrow_mut().insert((source.clone(), table.clone()));
+                        }
+                        ObjectResult::AlreadyLoaded { .. } => summary.already_loaded += 1,
+                        ObjectResult::Skipped { .. } => summary.skipped += 1,
+                        ObjectResult::Failed { .. } => summary.failures += 1,
                     }
-                    ObjectResult::AlreadyLoaded { .. } => summary.already_loaded += 1,
-                    ObjectResult::Skipped { .. } => summary.skipped += 1,
-                    ObjectResult::Failed { .. } => summary.failures += 1,
                 }
-            }
-            summary.dead_lettered += report.dead_lettered.len() as u64;
-            processed.set(
-                processed.get() + event.records.len() as u64
-                    - report.response.batch_item_failures.len() as u64,
-            );
-            progress(Progress {
-                done: processed.get(),
-                total,
-                rows: summary.rows,
-            });
-            batches.set(batches.get() + 1);
-            if batches.get().is_multiple_of(APPLY_EVERY) {
-                apply_touched(pipeline, &mut touched.borrow_mut());
-            }
-            report
-        },
-    );
-    // Every replica catches up at the end, also those whose rows an interrupted earlier run
-    // loaded but did not apply (applying is idempotent and cheap when nothing is new).
-    let mut all: BTreeSet<(String, String)> = pipeline
-        .catalog
-        .sources()
-        .iter()
-        .flat_map(|s| {
-            s.tables
-                .iter()
-                .filter(|t| t.replica.is_some())
-                .map(|t| (s.name.clone(), t.source_table()))
-        })
-        .collect();
-    if !apply_touched(pipeline, &mut all) {
-        summary.failures += 1;
+                summary.dead_lettered += report.dead_lettered.len() as u64;
+                processed.set(
+                    processed.get() + event.records.len() as u64
+                        - report.response.batch_item_failures.len() as u64,
+                );
+                progress(Progress {
+                    done: processed.get(),
+                    total,
+                    rows: summary.rows,
+                });
+                batches.set(batches.get() + 1);
+                if batches.get().is_multiple_of(APPLY_EVERY) {
+                    apply_touched(pipeline, &mut touched.borrow_mut());
+                }
+                report
+            },
+        );
+        // Every replica catches up at the end, also those whose rows an interrupted earlier run
+        // loaded but did not apply (applying is idempotent and cheap when nothing is new).
+        let mut all: BTreeSet<(String, String)> = pipeline
+            .catalog
+            .sources()
+            .iter()
+            .flat_map(|s| {
+                s.tables
+                    .iter()
+                    .filter(|t| t.replica.is_some())
+                    .map(|t| (s.name.clone(), t.source_table()))
+            })
+            .collect();
+        if !apply_touched(pipeline, &mut all) {
+            summary.failures += 1;
+        }
+        summary.dead_lettered += drained.dead_lettered;
     }
-    summary.dead_lettered += drained.dead_lettered;
     Ok(summary)
 }
+
+/// Objects queued at a time in a local run.
+const QUEUE_CHUNK: usize = 1_000;
 
 /// Batches between replica catch-ups in a local run.
 const APPLY_EVERY: u64 = 200;

@@ -98,7 +98,7 @@ impl SqliteWarehouse {
         let conn = Connection::open(path).map_err(db_error)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; PRAGMA busy_timeout = 5000;
-             PRAGMA cache_size = -131072; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 20000;",
+             PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 20000;",
         )
         .map_err(db_error)?;
         conn.execute_batch(LEDGER).map_err(db_error)?;
@@ -136,29 +136,23 @@ impl SqliteWarehouse {
 
     /// Whether an object version's job base is in the ledger.
     pub fn is_loaded(&self, job_base: &str) -> Result<bool, PortError> {
-        self.with_conn(|c| {
-            c.query_row(
-                "SELECT 1 FROM _ferry_loads WHERE job_base = ?1",
-                [job_base],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|o| o.is_some())
-            .map_err(db_error)
-        })
+        self.exists("SELECT 1 FROM _ferry_loads WHERE job_base = ?1", job_base)
     }
 
     /// Whether a skip of `key` was recorded before.
     pub fn was_skipped(&self, key: &str) -> Result<bool, PortError> {
+        self.exists(
+            "SELECT 1 FROM _ferry_events WHERE key = ?1 AND kind = 'skipped' LIMIT 1",
+            key,
+        )
+    }
+
+    fn exists(&self, sql: &str, param: &str) -> Result<bool, PortError> {
         self.with_conn(|c| {
-            c.query_row(
-                "SELECT 1 FROM _ferry_events WHERE key = ?1 AND kind = 'skipped' LIMIT 1",
-                [key],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|o| o.is_some())
-            .map_err(db_error)
+            c.query_row(sql, [param], |_| Ok(()))
+                .optional()
+                .map(|o| o.is_some())
+                .map_err(db_error)
         })
     }
 }

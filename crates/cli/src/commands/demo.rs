@@ -8,6 +8,8 @@ use anyhow::Context;
 use ferry_local::RunOptions;
 use ferry_sim::{SimOptions, simulate};
 
+use super::sim::SimSize;
+
 use super::load_catalog;
 use super::local::{local_pipeline, print_status, run_with_progress, verify};
 use crate::{EXIT_OK, EXIT_PROBLEMS, MappingsDir};
@@ -20,18 +22,8 @@ pub(crate) struct DemoArgs {
     /// kept so that you can query it).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Seed of the simulation.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Rows per table in the full load.
-    #[arg(long, default_value_t = 200)]
-    rows: u64,
-    /// Minutes of CDC.
-    #[arg(long, default_value_t = 6)]
-    minutes: u32,
-    /// Changes per table per minute, on average.
-    #[arg(long, default_value_t = 40)]
-    changes: u32,
+    #[command(flatten)]
+    size: SimSize,
 }
 
 pub(crate) fn run(args: DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<u8> {
@@ -55,12 +47,8 @@ pub(crate) fn run(args: DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> a
 
     let started = Instant::now();
     let opts = SimOptions {
-        seed: args.seed,
-        rows: args.rows,
-        minutes: args.minutes,
-        changes_per_minute: args.changes,
         manifest_rows: 0,
-        ..SimOptions::default()
+        ..args.size.options()
     };
     let manifest = simulate(&catalog, &opts, &bucket).context("simulating the DMS tree")?;
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest)?)?;

@@ -20,18 +20,8 @@ pub(crate) struct SimArgs {
     /// Where to write the manifest (default: next to OUT, `<OUT>.manifest.json`).
     #[arg(long, value_name = "FILE")]
     manifest: Option<PathBuf>,
-    /// Seed; the same seed writes the same files.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Rows per table in the full load.
-    #[arg(long, default_value_t = 200)]
-    rows: u64,
-    /// Minutes of CDC (one file per table per minute).
-    #[arg(long, default_value_t = 6)]
-    minutes: u32,
-    /// Changes per table per minute, on average.
-    #[arg(long, default_value_t = 40)]
-    changes: u32,
+    #[command(flatten)]
+    size: SimSize,
     /// Rows per parquet row group (DMS RowGroupLength).
     #[arg(long, default_value_t = 10_000)]
     row_group: usize,
@@ -49,21 +39,47 @@ pub(crate) struct SimArgs {
     no_added_column: bool,
 }
 
+/// How much to simulate; shared by `ferry sim` and `ferry demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct SimSize {
+    /// Seed; the same seed writes the same files.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Rows per table in the full load.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) rows: u64,
+    /// Minutes of CDC (one file per table per minute).
+    #[arg(long, default_value_t = 6)]
+    pub(crate) minutes: u32,
+    /// Changes per table per minute, on average.
+    #[arg(long, default_value_t = 40)]
+    pub(crate) changes: u32,
+}
+
+impl SimSize {
+    /// Simulator options of this size.
+    pub(crate) fn options(&self) -> SimOptions {
+        SimOptions {
+            seed: self.seed,
+            rows: self.rows,
+            minutes: self.minutes,
+            changes_per_minute: self.changes,
+            ..SimOptions::default()
+        }
+    }
+}
+
 pub(crate) fn run(args: SimArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<u8> {
     let Some(catalog) = load_catalog(&args.mappings, err)? else {
         return Ok(EXIT_PROBLEMS);
     };
     let opts = SimOptions {
-        seed: args.seed,
-        rows: args.rows,
-        minutes: args.minutes,
-        changes_per_minute: args.changes,
         row_group_rows: args.row_group.max(1),
         load_file_rows: args.load_file_rows.max(1),
         gzip: args.gzip,
         only: args.only.clone(),
         add_column: !args.no_added_column,
-        ..SimOptions::default()
+        ..args.size.options()
     };
     let started = Instant::now();
     std::fs::create_dir_all(&args.out)
