@@ -7,12 +7,15 @@ venv="$HOME/.cache/ferry/venv"
 
 step() { printf '\n== %s\n' "$*"; }
 
-# Python tools, pinned in tests/requirements.txt, in a cached virtualenv.
+# Python tools, pinned in a requirements file (default tests/requirements.txt), in a cached
+# virtualenv; installed again only when the file changes.
 ensure_venv() {
-  if [[ ! -x "$venv/bin/python" ]] || ! cmp -s tests/requirements.txt "$venv/requirements.txt"; then
-    step "python tools"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/requirements.txt
-    cp tests/requirements.txt "$venv/requirements.txt"
+  local requirements="${1:-tests/requirements.txt}"
+  local stamp="$venv/installed-$(echo "$requirements" | tr '/' '_')"
+  if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$requirements" "$stamp"; then
+    step "python tools ($requirements)"
+    [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$stamp"
   fi
 }
