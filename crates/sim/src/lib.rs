@@ -15,4 +15,4 @@ pub mod rng;
 pub mod stream;
 pub mod values;
 
-pub use stream::{Manifest, SimOptions, TableManifest, checksum, simulate};
+pub use stream::{Manifest, SimOptions, TableManifest, checksum, row_hash, simulate};

@@ -138,7 +138,8 @@ pub fn checksum<'a>(rows: impl IntoIterator<Item = &'a Map<String, Json>>) -> St
     format!("{sum:032x}")
 }
 
-fn row_hash(row: &Map<String, Json>) -> u128 {
+/// One row's share of [`checksum`]: the first 128 bits of SHA-256 over its canonical JSON.
+pub fn row_hash(row: &Map<String, Json>) -> u128 {
     let text = Json::Object(row.clone()).to_string();
     let digest = Sha256::digest(text.as_bytes());
     let mut first = [0u8; 16];
