@@ -734,17 +734,10 @@ fn file_time_micros(req: &ConvertRequest<'_>) -> i64 {
 }
 
 fn meta_name(name: &str) -> &'static str {
-    [
-        meta::OP,
-        meta::COMMIT_TS,
-        meta::FILE_SEQ,
-        meta::ROW,
-        meta::FILE,
-        meta::SOURCE,
-    ]
-    .into_iter()
-    .find(|m| *m == name)
-    .unwrap_or(meta::SOURCE)
+    meta::ALL
+        .into_iter()
+        .find(|m| *m == name)
+        .unwrap_or(meta::SOURCE)
 }
 
 fn meta_arrow_type(name: &str) -> DataType {

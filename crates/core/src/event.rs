@@ -45,7 +45,8 @@ pub struct SqsMessage {
 }
 
 impl SqsMessage {
-    /// How many times SQS has delivered this message (1 on the first delivery).
+    /// How many times SQS has delivered this message (1 on the first delivery; 1 when the
+    /// attribute is missing, as the count stored).
     pub fn receive_count(&self) -> u32 {
         match self.attributes.get("ApproximateReceiveCount") {
             Some(Value::String(s)) => s.parse().unwrap_or(1),

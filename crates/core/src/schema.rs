@@ -78,6 +78,9 @@ pub mod meta {
     /// The mapping source (DMS task / cluster) the row came from.
     pub const SOURCE: &str = "_ferry_source";
 
+    /// Every metadata column, in table order.
+    pub const ALL: [&str; 6] = [OP, COMMIT_TS, FILE_SEQ, ROW, FILE, SOURCE];
+
     /// `_ferry_op` values.
     pub mod op {
         /// A row copied by the full load.

@@ -79,7 +79,7 @@ impl LocalQueue {
             let n = self.messages.len().min(BATCH_SIZE);
             let mut batch: Vec<SqsMessage> = self.messages.drain(..n).collect();
             for m in &mut batch {
-                let count = m.receive_count_raw() + 1;
+                let count = m.receive_count() + 1;
                 m.attributes.insert(
                     "ApproximateReceiveCount".into(),
                     Value::String(count.to_string()),
@@ -127,18 +127,4 @@ fn last_reason(report: &BatchReport, message_id: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-trait RawCount {
-    fn receive_count_raw(&self) -> u32;
-}
-
-impl RawCount for SqsMessage {
-    /// The count as stored, 0 before the first delivery.
-    fn receive_count_raw(&self) -> u32 {
-        match self.attributes.get("ApproximateReceiveCount") {
-            Some(Value::String(s)) => s.parse().unwrap_or(0),
-            _ => 0,
-        }
-    }
 }

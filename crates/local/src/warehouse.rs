@@ -289,7 +289,7 @@ fn replica_fields(schema: &TableSchema) -> Vec<BqField> {
     let mut fields: Vec<BqField> = schema.fields.clone();
     let at = fields
         .iter()
-        .take_while(|f| f.name.starts_with(names_prefix()))
+        .take_while(|f| f.name.starts_with(ferry_core::names::METADATA_PREFIX))
         .count();
     fields.insert(
         at,
@@ -304,10 +304,6 @@ fn replica_fields(schema: &TableSchema) -> Vec<BqField> {
         },
     );
     fields
-}
-
-fn names_prefix() -> &'static str {
-    ferry_core::names::METADATA_PREFIX
 }
 
 impl Warehouse for SqliteWarehouse {

@@ -1,5 +1,8 @@
 //! Source values as MySQL holds them, and how each must read in BigQuery ("canonical" JSON:
 //! integers and decimals as exact strings, bytes as base64, times in ISO-8601).
+//!
+//! `ferry_convert::canonical` renders the converter's output the same way. The two are kept
+//! apart on purpose: the simulator's expectations must not come from the code under test.
 
 use arrow_buffer::i256;
 use serde_json::Value as Json;

@@ -396,16 +396,8 @@ pub(crate) fn print_status(out: &mut dyn Write, status: &Status) -> std::io::Res
 }
 
 fn iso(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let rest = secs.rem_euclid(86_400);
-    let date = ferry_sim::values::date_text(days);
-    format!(
-        "{date} {:02}:{:02}:{:02}",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    // `YYYY-MM-DDTHH:MM:SS.ffffff` to the second, with a space.
+    ferry_sim::values::datetime_text(micros)[..19].replace('T', " ")
 }
 
 fn human_seconds(s: f64) -> String {
