@@ -14,6 +14,7 @@
 //! - [`names`]: BigQuery, S3 and ferry naming rules.
 //! - [`bqtype`]: BigQuery column types.
 //! - [`schema`]: BigQuery table schemas and ferry's change metadata columns.
+//! - [`sql`]: the BigQuery DDL and replica MERGE ferry runs.
 
 pub mod bqtype;
 pub mod event;
@@ -24,6 +25,7 @@ pub mod names;
 pub mod partition;
 pub mod plan;
 pub mod schema;
+pub mod sql;
 
 pub use jobid::JobId;
 pub use key::{DmsFile, DmsObject, FileKind, SkipReason, decode_event_key};

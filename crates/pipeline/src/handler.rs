@@ -141,7 +141,11 @@ where
                         } else {
                             pipeline.process_object(&task.bucket, &task.key)
                         };
-                        if let ObjectResult::Loaded { table, source, .. } = &result {
+                        // Already-loaded objects apply too: an earlier delivery may have
+                        // loaded them and then failed to apply.
+                        if let ObjectResult::Loaded { table, source, .. }
+                        | ObjectResult::AlreadyLoaded { table, source, .. } = &result
+                        {
                             loaded_tables.insert((source.clone(), table.clone()), ());
                         }
                         group_results.push((task.message, task.key, result));
@@ -156,7 +160,7 @@ where
                             && let Err(e) = pipeline.warehouse.apply(mapping)
                         {
                             for (_, key, result) in &mut group_results {
-                                if matches!(result, ObjectResult::Loaded { .. }) {
+                                if matches!(result, ObjectResult::Loaded { .. } | ObjectResult::AlreadyLoaded { .. }) {
                                     *result = ObjectResult::Failed {
                                         reason: format!("{key}: loaded, but applying {table} to its replica failed: {}", e.message),
                                         retryable: true,

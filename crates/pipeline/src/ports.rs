@@ -95,6 +95,8 @@ pub struct LoadRequest<'a> {
     pub rows: u64,
     /// Rows by operation.
     pub ops: OpCounts,
+    /// Earliest commit time in it, µs since the epoch.
+    pub commit_ts_min: Option<i64>,
     /// Latest commit time in it, µs since the epoch.
     pub commit_ts_max: Option<i64>,
 }

@@ -219,6 +219,7 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
             file: &converted,
             rows: outcome.rows,
             ops: outcome.ops,
+            commit_ts_min: outcome.commit_ts_min,
             commit_ts_max: outcome.commit_ts_max,
         })
     }

@@ -148,6 +148,18 @@ pub enum Granularity {
     Year,
 }
 
+impl Granularity {
+    /// The name BigQuery's SQL and REST API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Hour => "HOUR",
+            Granularity::Day => "DAY",
+            Granularity::Month => "MONTH",
+            Granularity::Year => "YEAR",
+        }
+    }
+}
+
 /// One source table. `{}` is a complete entry for a change-log table, and
 /// `{ "primary_key": ["id"] }` for a replica.
 #[derive(Debug, Default, serde::Deserialize, JsonSchema)]

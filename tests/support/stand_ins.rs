@@ -1,0 +1,168 @@
+//! The stand-ins the tests start: bqemulator (BigQuery SQL) and moto (S3, SQS), from the
+//! virtualenv `scripts/test` installs (`$FERRY_VENV`, default `~/.cache/ferry/venv`).
+//!
+//! Each is started once per test binary, on a free port on 127.0.0.1, and stopped when the test
+//! binary exits (a small shell watchdog ends it when the test process is gone).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The virtualenv with the stand-ins.
+pub fn venv() -> PathBuf {
+    std::env::var_os("FERRY_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ferry/venv")
+        })
+}
+
+fn tool(name: &str) -> PathBuf {
+    let p = venv().join("bin").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test, which installs the test stand-ins (tests/requirements.txt)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `program args` under a watchdog that stops it when this process ends.
+fn spawn_watched(program: &PathBuf, args: &[String], env: &[(&str, String)], log: &str) {
+    let cmd = std::iter::once(program.display().to_string())
+        .chain(args.iter().cloned())
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let script = format!(
+        "{cmd} >'{log}' 2>&1 & child=$!; while kill -0 {me} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.3; done; kill $child 2>/dev/null",
+        me = std::process::id()
+    );
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap();
+}
+
+fn wait_http(url: &str, what: &str, log: &str, timeout: Duration) {
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tail = std::fs::read_to_string(log).unwrap_or_default();
+    panic!("{what} did not start within {timeout:?}; its log ({log}):\n{tail}");
+}
+
+/// bqemulator's REST base URL (`http://127.0.0.1:port`), started on first use.
+pub fn bqemulator() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let program = tool("bqemulator");
+        // It loads DuckDB's spatial extension from $HOME; offline, the copy shipped in the
+        // duckdb-extension-spatial wheel is put where DuckDB looks.
+        let home = std::env::temp_dir().join(format!("ferry-bqemulator-{}", std::process::id()));
+        let ext_dir = home.join(".duckdb/extensions/v1.5.5/linux_amd64");
+        std::fs::create_dir_all(&ext_dir).unwrap();
+        let site = venv().join("lib");
+        let ext = walk(&site, "spatial.duckdb_extension").expect(
+            "spatial.duckdb_extension not found in the virtualenv (duckdb-extension-spatial)",
+        );
+        std::fs::copy(&ext, ext_dir.join("spatial.duckdb_extension")).unwrap();
+        let (rest, grpc) = (free_port(), free_port());
+        let log = std::env::temp_dir()
+            .join(format!("ferry-bqemulator-{}.log", std::process::id()))
+            .display()
+            .to_string();
+        let args: Vec<String> = [
+            "start",
+            "--rest-host",
+            "127.0.0.1",
+            "--rest-port",
+            &rest.to_string(),
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            &grpc.to_string(),
+            "--project",
+            "ferry-test",
+            "--log-level",
+            "warning",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        spawn_watched(
+            &program,
+            &args,
+            &[("HOME", home.display().to_string())],
+            &log,
+        );
+        let url = format!("http://127.0.0.1:{rest}");
+        wait_http(&url, "bqemulator", &log, Duration::from_secs(90));
+        url
+    })
+}
+
+/// moto server's base URL (S3 and SQS), started on first use.
+pub fn moto() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let program = tool("moto_server");
+        let port = free_port();
+        let log = std::env::temp_dir()
+            .join(format!("ferry-moto-{}.log", std::process::id()))
+            .display()
+            .to_string();
+        let args = vec![
+            "-H".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            port.to_string(),
+        ];
+        spawn_watched(&program, &args, &[], &log);
+        let url = format!("http://127.0.0.1:{port}");
+        wait_http(&url, "moto server", &log, Duration::from_secs(60));
+        url
+    })
+}
+
+fn walk(dir: &std::path::Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(found) = walk(&p, name) {
+                return Some(found);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
