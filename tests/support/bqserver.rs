@@ -614,6 +614,9 @@ fn process(state: &Mutex<State>, url: &str, emulator: Option<&str>, req: &Reques
                 200,
                 json!({"kind": "bigquery#table", "schema": {"fields": []}}),
             ),
+            None if req.method == "POST" && path.ends_with("/datasets") => {
+                Response::json(200, json!({"kind": "bigquery#dataset"}))
+            }
             None => Response::error(404, "notFound", &format!("Not found: {path}")),
         },
     }

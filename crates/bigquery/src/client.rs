@@ -519,6 +519,31 @@ impl Client {
         Ok(state)
     }
 
+    /// `datasets.insert`, where missing (a 409 means it exists).
+    pub async fn ensure_dataset(
+        &self,
+        project: &str,
+        dataset: &str,
+        location: Option<&str>,
+    ) -> Result<(), BqError> {
+        let context = format!("datasets.insert {project}.{dataset}");
+        let mut body =
+            json!({ "datasetReference": { "projectId": project, "datasetId": dataset } });
+        if let Some(l) = location {
+            body["location"] = json!(l);
+        }
+        let body = Bytes::from(body.to_string());
+        let url = self.api(&format!("projects/{}/datasets", encode(project)));
+        self.send(&context, &[409], || {
+            self.http
+                .post(&url)
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// `tables.get`: the table's schema fields as JSON, or `None` when it does not exist.
     pub async fn get_table_fields(
         &self,

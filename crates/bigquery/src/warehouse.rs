@@ -258,6 +258,9 @@ impl BigQueryWarehouse {
         let actual = match cached {
             Some(s) => s,
             None => {
+                self.client
+                    .ensure_dataset(&table.changelog.project, &table.changelog.dataset, location)
+                    .await?;
                 self.run(
                     &sql::create_changelog(table, request.schema),
                     location,
