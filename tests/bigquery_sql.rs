@@ -181,7 +181,8 @@ fn window(file: &File) -> ApplyWindow {
 
 /// The latest change per key over all files, by (commit time, file sequence, row).
 fn expected(files: &[&File], soft: bool) -> BTreeMap<Vec<i64>, (Option<String>, bool)> {
-    let mut latest: BTreeMap<Vec<i64>, ((i64, &str, usize), &Change)> = BTreeMap::new();
+    type Version<'a> = (i64, &'a str, usize);
+    let mut latest: BTreeMap<Vec<i64>, (Version, &Change)> = BTreeMap::new();
     for f in files {
         for (row, ch) in f.changes.iter().enumerate() {
             let v = (ch.ts, f.seq, row);
@@ -363,7 +364,7 @@ fn bqemulator_replica_soft_delete_with_composite_key() {
     let got = replica_state(&env, &table);
     assert_eq!(got, want);
     // Key 2 (as 20/21) is kept, flagged deleted; its late insert did not undelete it.
-    assert_eq!(got.get(&vec![20, 21]).unwrap().1, true);
+    assert!(got.get(&vec![20, 21]).unwrap().1);
 }
 
 #[test]

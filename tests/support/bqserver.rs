@@ -558,7 +558,7 @@ fn process(state: &Mutex<State>, url: &str, emulator: Option<&str>, req: &Reques
                     return persisted(session);
                 }
                 let last = b + 1 == total;
-                if !last && req.body.len() % (256 << 10) != 0 {
+                if !last && !req.body.len().is_multiple_of(256 << 10) {
                     return Response::error(
                         400,
                         "invalid",

@@ -40,7 +40,7 @@ fn free_port() -> u16 {
 }
 
 /// Starts `program args` under a watchdog that stops it when this process ends.
-fn spawn_watched(program: &PathBuf, args: &[String], env: &[(&str, String)], log: &str) {
+fn spawn_watched(program: &std::path::Path, args: &[String], env: &[(&str, String)], log: &str) {
     let cmd = std::iter::once(program.display().to_string())
         .chain(args.iter().cloned())
         .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
@@ -59,7 +59,8 @@ fn spawn_watched(program: &PathBuf, args: &[String], env: &[(&str, String)], log
     for (k, v) in env {
         c.env(k, v);
     }
-    c.spawn().unwrap();
+    let mut child = c.spawn().unwrap();
+    std::thread::spawn(move || child.wait());
 }
 
 fn wait_http(url: &str, what: &str, log: &str, timeout: Duration) {

@@ -1,1 +1,14 @@
-//! placeholder
+//! ferry's AWS adapters.
+//!
+//! # Layout
+//! - [`s3`]: S3 as the pipeline's object store (ranged reads pinned to one version).
+//! - [`sqs`]: the dead-letter queue port, `dlq inspect` / `dlq redrive`, and the backfill's
+//!   enqueue.
+//! - [`config`]: SDK clients from the environment (endpoint overrides for moto and friends).
+
+pub mod config;
+pub mod s3;
+pub mod sqs;
+
+pub use s3::S3Store;
+pub use sqs::SqsDeadLetters;

@@ -8,6 +8,7 @@
 //! - `commands::sim`: `ferry sim`.
 //! - `commands::local`: `ferry local run|invoke|query|verify`, `ferry status`.
 //! - `commands::demo`: `ferry demo`.
+//! - `commands::ops`: `ferry dlq inspect|redrive`, `ferry backfill`.
 
 mod commands;
 
@@ -50,6 +51,11 @@ enum Command {
     Status(commands::local::StatusArgs),
     /// Simulate the estate, run it through local mode, verify every table, print the status.
     Demo(commands::demo::DemoArgs),
+    /// Inspect and redrive the loader's dead-letter queue.
+    #[command(subcommand)]
+    Dlq(commands::ops::DlqCommand),
+    /// Replay a table's objects for a time range, into the queue or directly.
+    Backfill(commands::ops::BackfillArgs),
 }
 
 /// The mappings folder: `--mappings`, else `$FERRY_MAPPINGS`, else `mappings`.
@@ -95,6 +101,8 @@ where
         Command::Local(cmd) => commands::local::run(cmd, out, err),
         Command::Status(args) => commands::local::status(args, out, err),
         Command::Demo(args) => commands::demo::run(args, out, err),
+        Command::Dlq(cmd) => commands::ops::dlq(cmd, out, err),
+        Command::Backfill(args) => commands::ops::backfill(args, out, err),
     };
     match result {
         Ok(code) => code,

@@ -1,1 +1,57 @@
-fn main() {}
+//! `bootstrap`: the loader Lambda on `provided.al2023`.
+//!
+//! `bootstrap --init-only` runs the cold start (mappings, clients) and prints how long it took,
+//! for the cold-start benchmark.
+
+use std::time::{Duration, Instant};
+
+use ferry_core::event::{SqsBatchResponse, SqsEvent};
+use ferry_lambda::Loader;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let started = Instant::now();
+    let json_logs =
+        std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AWS_LAMBDA_LOG_LEVEL")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .without_time();
+    if json_logs {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+    let loader = match Loader::from_env().await {
+        Ok(l) => l,
+        Err(e) => {
+            // Fails the init phase: the deployment is broken, not one message.
+            tracing::error!(error = %e, "cold start failed");
+            return Err(e.into());
+        }
+    };
+    let init = started.elapsed();
+    tracing::info!(
+        init_ms = init.as_secs_f64() * 1000.0,
+        tables = loader.pipeline.catalog.table_count(),
+        "ready"
+    );
+    if std::env::args().any(|a| a == "--init-only") {
+        println!("init_us {}", init.as_micros());
+        return Ok(());
+    }
+    let loader = &loader;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let remaining = event
+            .context
+            .deadline()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let report = loader.handle(event.payload, Some(remaining)).await?;
+        Ok::<SqsBatchResponse, Error>(report.response)
+    }))
+    .await
+}

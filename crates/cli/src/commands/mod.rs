@@ -4,6 +4,7 @@ pub(crate) mod convert;
 pub(crate) mod demo;
 pub(crate) mod local;
 pub(crate) mod mappings;
+pub(crate) mod ops;
 pub(crate) mod plan;
 pub(crate) mod sim;
 

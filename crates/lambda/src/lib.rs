@@ -1,0 +1,211 @@
+//! The loader Lambda's library: cold-start setup from the environment and the per-invocation
+//! handler, so that tests drive exactly what the `bootstrap` binary runs.
+//!
+//! # Configuration (environment)
+//! - `FERRY_MAPPINGS`: the mappings folder (default: `mappings` beside the binary, i.e. in the
+//!   deployment package). Loaded and validated at cold start; a bad set fails init.
+//! - `FERRY_DLQ_URL`: the dead-letter queue permanent failures are sent to (required).
+//! - GCP credentials, first found: `FERRY_GCP_CREDENTIALS_SECRET` (a Secrets Manager secret id
+//!   holding a credential JSON), `FERRY_GCP_CREDENTIALS_FILE` or `GOOGLE_APPLICATION_CREDENTIALS`
+//!   (a credential file, e.g. the packaged workload-identity `external_account` configuration,
+//!   which holds no secret), `FERRY_BQ_TOKEN` (a bearer token, for emulators; `none` sends none).
+//! - `FERRY_BQ_BASE_URL`: BigQuery endpoint override (test servers, emulators).
+//! - `FERRY_BQ_PROJECT`: the project load jobs run in (default: the first mapping's project).
+//! - `FERRY_MAX_PARALLEL` (tables at once, default 4), `FERRY_WORK_DIR` (default `/tmp/ferry`).
+//!
+//! # Layout
+//! - [`Loader`]: the set-up pipeline and its handler.
+//! - [`metrics`]: CloudWatch Embedded Metric Format lines per table.
+
+pub mod metrics;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_aws::{S3Store, SqsDeadLetters};
+use ferry_bigquery::{Auth, BigQueryWarehouse, Client, ClientConfig, WarehouseOptions};
+use ferry_core::Catalog;
+use ferry_core::event::SqsEvent;
+use ferry_pipeline::{BatchReport, HandlerOptions, Pipeline, handle_batch};
+
+/// The pipeline as deployed: S3 in, BigQuery out, SQS for dead letters.
+pub type LoaderPipeline = Pipeline<S3Store, Arc<BigQueryWarehouse>>;
+
+/// Everything one container needs, built once at cold start.
+pub struct Loader {
+    /// The pipeline.
+    pub pipeline: Arc<LoaderPipeline>,
+    /// Where permanent failures go.
+    pub dead_letters: Arc<SqsDeadLetters>,
+    /// Tables processed at once.
+    pub max_parallel: usize,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The mappings folder: `FERRY_MAPPINGS`, else `mappings` beside the executable.
+pub fn mappings_dir() -> PathBuf {
+    if let Some(dir) = env("FERRY_MAPPINGS") {
+        return PathBuf::from(dir);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("mappings")))
+        .unwrap_or_else(|| PathBuf::from("mappings"))
+}
+
+/// Loads and validates the mappings; every problem is listed with file and field.
+pub fn load_catalog(dir: &std::path::Path) -> Result<Catalog, String> {
+    Catalog::load_dir(dir).map_err(|problems| {
+        let mut msg = format!(
+            "{} problem(s) in the mappings at {}:",
+            problems.len(),
+            dir.display()
+        );
+        for p in problems {
+            msg.push_str(&format!(
+                "\n  {}: {}: {} ({})",
+                p.file, p.path, p.message, p.fix
+            ));
+        }
+        msg
+    })
+}
+
+/// BigQuery credentials from the environment (see the crate docs). Never logged.
+pub async fn auth_from_env(aws: &ferry_aws::config::SdkConfig) -> Result<Auth, String> {
+    if let Some(secret) = env("FERRY_GCP_CREDENTIALS_SECRET") {
+        let client = ferry_aws::config::secrets(aws);
+        let json = ferry_aws::config::secret_string(&client, &secret).await?;
+        return Auth::from_credentials_json(&json).map_err(|e| e.to_string());
+    }
+    if let Some(path) =
+        env("FERRY_GCP_CREDENTIALS_FILE").or_else(|| env("GOOGLE_APPLICATION_CREDENTIALS"))
+    {
+        let json = std::fs::read_to_string(&path)
+            .map_err(|e| format!("GCP credential file {path}: {e}"))?;
+        return Auth::from_credentials_json(&json).map_err(|e| e.to_string());
+    }
+    match env("FERRY_BQ_TOKEN").as_deref() {
+        Some("none") => Ok(Auth::None),
+        Some(token) => Ok(Auth::Static(token.to_owned())),
+        None => Err("no GCP credentials: set FERRY_GCP_CREDENTIALS_SECRET, FERRY_GCP_CREDENTIALS_FILE or GOOGLE_APPLICATION_CREDENTIALS".into()),
+    }
+}
+
+/// What a [`Loader`] is built from.
+pub struct LoaderParts {
+    /// The validated mappings.
+    pub catalog: Catalog,
+    /// S3, where DMS writes.
+    pub s3: aws_sdk_s3::Client,
+    /// SQS, for the dead-letter queue.
+    pub sqs: aws_sdk_sqs::Client,
+    /// The dead-letter queue's URL.
+    pub dlq_url: String,
+    /// BigQuery.
+    pub bigquery: Client,
+    /// The runtime the blocking ports run their I/O on.
+    pub handle: tokio::runtime::Handle,
+    /// Scratch space for large converted files.
+    pub work_dir: PathBuf,
+    /// Tables processed at once.
+    pub max_parallel: usize,
+}
+
+impl Loader {
+    /// Builds the loader from its parts.
+    pub fn new(parts: LoaderParts) -> Loader {
+        let warehouse = Arc::new(BigQueryWarehouse::new(
+            parts.bigquery,
+            parts.handle.clone(),
+            WarehouseOptions::default(),
+        ));
+        Loader {
+            pipeline: Arc::new(Pipeline {
+                catalog: Arc::new(parts.catalog),
+                store: S3Store::new(parts.s3, parts.handle.clone()),
+                warehouse,
+                work_dir: parts.work_dir,
+            }),
+            dead_letters: Arc::new(SqsDeadLetters::new(parts.sqs, parts.handle, parts.dlq_url)),
+            max_parallel: parts.max_parallel,
+        }
+    }
+
+    /// Cold start: mappings, AWS clients, BigQuery client, from the environment.
+    pub async fn from_env() -> Result<Loader, String> {
+        let catalog = load_catalog(&mappings_dir())?;
+        let aws = ferry_aws::config::load().await;
+        let dlq_url = env("FERRY_DLQ_URL").ok_or("FERRY_DLQ_URL is not set")?;
+        let auth = auth_from_env(&aws).await?;
+        let project = env("FERRY_BQ_PROJECT")
+            .or_else(|| catalog.sources().first().map(|s| s.project.clone()))
+            .ok_or("no BigQuery project: the mappings are empty and FERRY_BQ_PROJECT is not set")?;
+        let mut config = ClientConfig::default();
+        if let Some(url) = env("FERRY_BQ_BASE_URL") {
+            config.base_url = url;
+        }
+        let bigquery = Client::new(config, auth, &project).map_err(|e| e.to_string())?;
+        let max_parallel = env("FERRY_MAX_PARALLEL")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
+        let work_dir = PathBuf::from(env("FERRY_WORK_DIR").unwrap_or_else(|| "/tmp/ferry".into()));
+        Ok(Loader::new(LoaderParts {
+            catalog,
+            s3: ferry_aws::config::s3(&aws),
+            sqs: ferry_aws::config::sqs(&aws),
+            dlq_url,
+            bigquery,
+            handle: tokio::runtime::Handle::current(),
+            work_dir,
+            max_parallel,
+        }))
+    }
+
+    /// Handles one invocation. `remaining` is the time left before its deadline. An `Err`
+    /// fails the invocation, so SQS delivers the whole batch again (only on a panic: every
+    /// other failure is reported per message).
+    pub async fn handle(
+        &self,
+        event: SqsEvent,
+        remaining: Option<Duration>,
+    ) -> Result<BatchReport, String> {
+        let started = Instant::now();
+        let options = HandlerOptions {
+            max_parallel: self.max_parallel,
+            deadline: remaining.map(|r| started + r),
+            ..HandlerOptions::default()
+        };
+        let pipeline = self.pipeline.clone();
+        let dead_letters = self.dead_letters.clone();
+        let messages = event.records.len();
+        let report = tokio::task::spawn_blocking(move || {
+            handle_batch(&pipeline, dead_letters.as_ref(), &event, options)
+        })
+        .await
+        .map_err(|e| format!("the handler panicked; the whole batch will be retried: {e}"))?;
+        for line in metrics::lines(&report, started.elapsed(), now_millis()) {
+            println!("{line}");
+        }
+        tracing::info!(
+            messages,
+            failed = report.response.batch_item_failures.len(),
+            dead_lettered = report.dead_lettered.len(),
+            ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "batch done"
+        );
+        Ok(report)
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

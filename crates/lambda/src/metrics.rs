@@ -1,0 +1,138 @@
+//! CloudWatch Embedded Metric Format: one JSON log line per table per batch, which CloudWatch
+//! turns into metrics (namespace `ferry`, dimension `Table`) at no extra API cost.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ferry_pipeline::{BatchReport, ObjectResult};
+use serde_json::json;
+
+/// Counts for one table in one batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TableCounts {
+    /// Objects loaded now.
+    pub files: u64,
+    /// Rows loaded now.
+    pub rows: u64,
+    /// Objects found loaded already (redeliveries).
+    pub already_loaded: u64,
+    /// Objects skipped (unmapped, disabled, not data).
+    pub skipped: u64,
+    /// Objects that failed (retryable or permanent).
+    pub failures: u64,
+}
+
+/// Per-table counts of a batch. Objects whose table is unknown (skipped, failed before the
+/// key parsed) count under `-`.
+pub fn per_table(report: &BatchReport) -> BTreeMap<String, TableCounts> {
+    let mut out: BTreeMap<String, TableCounts> = BTreeMap::new();
+    for (_, _, result) in &report.objects {
+        let (table, f): (&str, fn(&mut TableCounts, &ObjectResult)) = match result {
+            ObjectResult::Loaded { table, .. } => (table, |c, r| {
+                c.files += 1;
+                if let ObjectResult::Loaded { rows, .. } = r {
+                    c.rows += rows;
+                }
+            }),
+            ObjectResult::AlreadyLoaded { table, .. } => (table, |c, _| c.already_loaded += 1),
+            ObjectResult::Skipped { .. } => ("-", |c, _| c.skipped += 1),
+            ObjectResult::Failed { .. } => ("-", |c, _| c.failures += 1),
+        };
+        f(out.entry(table.to_owned()).or_default(), result);
+    }
+    out
+}
+
+/// The EMF lines of a batch: one per table, plus one for the batch.
+pub fn lines(report: &BatchReport, elapsed: Duration, now_millis: i64) -> Vec<String> {
+    let mut out = Vec::new();
+    for (table, c) in per_table(report) {
+        out.push(
+            json!({
+                "_aws": {
+                    "Timestamp": now_millis,
+                    "CloudWatchMetrics": [{
+                        "Namespace": "ferry",
+                        "Dimensions": [["Table"]],
+                        "Metrics": [
+                            {"Name": "Files", "Unit": "Count"},
+                            {"Name": "Rows", "Unit": "Count"},
+                            {"Name": "AlreadyLoaded", "Unit": "Count"},
+                            {"Name": "Skipped", "Unit": "Count"},
+                            {"Name": "Failures", "Unit": "Count"},
+                        ],
+                    }],
+                },
+                "Table": table,
+                "Files": c.files,
+                "Rows": c.rows,
+                "AlreadyLoaded": c.already_loaded,
+                "Skipped": c.skipped,
+                "Failures": c.failures,
+            })
+            .to_string(),
+        );
+    }
+    out.push(
+        json!({
+            "_aws": {
+                "Timestamp": now_millis,
+                "CloudWatchMetrics": [{
+                    "Namespace": "ferry",
+                    "Dimensions": [[]],
+                    "Metrics": [
+                        {"Name": "BatchMs", "Unit": "Milliseconds"},
+                        {"Name": "DeadLettered", "Unit": "Count"},
+                        {"Name": "RetriedMessages", "Unit": "Count"},
+                    ],
+                }],
+            },
+            "BatchMs": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            "DeadLettered": report.dead_lettered.len(),
+            "RetriedMessages": report.response.batch_item_failures.len(),
+        })
+        .to_string(),
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_by_table_and_emits_valid_emf() {
+        let mut report = BatchReport::default();
+        report.objects.push((
+            "m1".into(),
+            "k1".into(),
+            ObjectResult::Loaded {
+                job_id: "j".into(),
+                rows: 7,
+                table: "casino.bets".into(),
+                source: "s".into(),
+            },
+        ));
+        report.objects.push((
+            "m2".into(),
+            "k2".into(),
+            ObjectResult::Failed {
+                reason: "x".into(),
+                retryable: false,
+            },
+        ));
+        let t = per_table(&report);
+        assert_eq!(t["casino.bets"].rows, 7);
+        assert_eq!(t["-"].failures, 1);
+        let lines = lines(&report, Duration::from_millis(5), 1);
+        assert_eq!(lines.len(), 3);
+        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        let metrics = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap();
+        for m in metrics {
+            let name = m["Name"].as_str().unwrap();
+            assert!(v.get(name).is_some(), "EMF needs a value for {name}");
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! End to end on moto: a bucket with notifications to a queue with a dead-letter queue, DMS-style
+//! objects from the simulator put into it, the loader's handler run on what the queue delivers,
+//! loads going to ferry's BigQuery test server. The delivery loop below plays the part of the
+//! Lambda event source mapping (moto has no Lambda): receive up to 10 messages, invoke, delete
+//! the messages not reported in `batchItemFailures`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use bytes::Bytes;
+use ferry_bigquery::{Auth, Client, ClientConfig};
+use ferry_core::event::SqsEvent;
+use ferry_lambda::Loader;
+use ferry_tests::bqserver::{BqServer, Fault, Route};
+use ferry_tests::stand_ins::moto;
+use ferry_tests::{TempDir, mappings_dir};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use serde_json::json;
+
+const BUCKET: &str = "acme-casino-dms-cdc";
+const TABLES: [&str; 2] = ["slots_account.players", "slots_account.wallet_transactions"];
+
+struct Aws {
+    s3: aws_sdk_s3::Client,
+    sqs: aws_sdk_sqs::Client,
+    queue: String,
+    dlq: String,
+}
+
+async fn aws(rt_label: &str) -> Aws {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let dlq = sqs
+        .create_queue()
+        .queue_name(format!("{rt_label}-dlq"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    let queue = sqs
+        .create_queue()
+        .queue_name(rt_label.to_owned())
+        .attributes(QueueAttributeName::VisibilityTimeout, "1")
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "6"}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+    let filter = aws_sdk_s3::types::NotificationConfigurationFilter::builder()
+        .key(
+            aws_sdk_s3::types::S3KeyFilter::builder()
+                .filter_rules(
+                    aws_sdk_s3::types::FilterRule::builder()
+                        .name(aws_sdk_s3::types::FilterRuleName::Prefix)
+                        .value("slots/account/")
+                        .build(),
+                )
+                .build(),
+        )
+        .build();
+    s3.put_bucket_notification_configuration()
+        .bucket(BUCKET)
+        .notification_configuration(
+            aws_sdk_s3::types::NotificationConfiguration::builder()
+                .queue_configurations(
+                    aws_sdk_s3::types::QueueConfiguration::builder()
+                        .queue_arn(queue_arn)
+                        .events(aws_sdk_s3::types::Event::S3ObjectCreated)
+                        .filter(filter)
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    Aws {
+        s3,
+        sqs,
+        queue,
+        dlq,
+    }
+}
+
+fn files_under(dir: &Path, root: &Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, root, out);
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+        }
+    }
+}
+
+/// One delivery round: what the event source mapping does. `ack` false leaves even the
+/// successful messages in the queue (an invocation that died before answering).
+async fn deliver(aws: &Aws, loader: &Loader, ack: bool) -> usize {
+    let got = aws
+        .sqs
+        .receive_message()
+        .queue_url(&aws.queue)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    let messages = got.messages();
+    if messages.is_empty() {
+        return 0;
+    }
+    let records: Vec<_> = messages
+        .iter()
+        .map(|m| {
+            let count = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                .cloned()
+                .unwrap_or_else(|| "1".into());
+            json!({
+                "messageId": m.message_id().unwrap(),
+                "receiptHandle": m.receipt_handle().unwrap(),
+                "body": m.body().unwrap(),
+                "attributes": {"ApproximateReceiveCount": count},
+                "eventSource": "aws:sqs",
+            })
+        })
+        .collect();
+    let event: SqsEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
+    let report = loader
+        .handle(event, Some(Duration::from_secs(300)))
+        .await
+        .unwrap();
+    if ack {
+        for m in messages {
+            let id = m.message_id().unwrap();
+            if !report
+                .response
+                .batch_item_failures
+                .iter()
+                .any(|f| f.item_identifier == id)
+            {
+                aws.sqs
+                    .delete_message()
+                    .queue_url(&aws.queue)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    messages.len()
+}
+
+async fn drain(aws: &Aws, loader: &Loader) {
+    let mut idle = 0;
+    let mut rounds = 0;
+    while idle < 3 {
+        rounds += 1;
+        assert!(rounds < 400, "the queue never drained");
+        if deliver(aws, loader, true).await == 0 {
+            idle += 1;
+        } else {
+            idle = 0;
+        }
+    }
+}
+
+async fn queue_depth(aws: &Aws, url: &str) -> usize {
+    let a = aws
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap();
+    let m = a.attributes().unwrap();
+    m[&QueueAttributeName::ApproximateNumberOfMessages]
+        .parse::<usize>()
+        .unwrap()
+        + m[&QueueAttributeName::ApproximateNumberOfMessagesNotVisible]
+            .parse::<usize>()
+            .unwrap()
+}
+
+/// Rows per `_ferry_file` in each succeeded load job's parquet: file -> list of (job, rows).
+fn loaded_files(server: &BqServer) -> BTreeMap<String, Vec<(String, usize)>> {
+    let st = server.state.lock().unwrap();
+    let mut out: BTreeMap<String, Vec<(String, usize)>> = BTreeMap::new();
+    for job in st.succeeded() {
+        let reader = SerializedFileReader::new(Bytes::from(job.data.clone())).unwrap();
+        let mut per_file: HashMap<String, usize> = HashMap::new();
+        for row in reader.get_row_iter(None).unwrap() {
+            let row = row.unwrap();
+            let file = row
+                .get_column_iter()
+                .find(|(n, _)| n.as_str() == "_ferry_file")
+                .map(|(_, v)| v.to_string().trim_matches('"').to_owned())
+                .unwrap();
+            *per_file.entry(file).or_default() += 1;
+        }
+        for (file, rows) in per_file {
+            out.entry(file).or_default().push((job.id.clone(), rows));
+        }
+    }
+    out
+}
+
+#[test]
+fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_them() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let aws = rt.block_on(aws("loader-e2e"));
+
+    // The simulator writes the DMS tree of two mapped tables.
+    let catalog = ferry_core::Catalog::load_dir(&mappings_dir()).unwrap();
+    let tree = TempDir::new("e2e-tree");
+    let manifest = ferry_sim::simulate(
+        &catalog,
+        &ferry_sim::SimOptions {
+            rows: 60,
+            minutes: 3,
+            changes_per_minute: 12,
+            only: TABLES.iter().map(|t| t.to_string()).collect(),
+            ..ferry_sim::SimOptions::default()
+        },
+        tree.path(),
+    )
+    .unwrap();
+    let mut keys = Vec::new();
+    files_under(tree.path(), tree.path(), &mut keys);
+    keys.sort();
+    assert!(keys.len() >= 4, "{keys:?}");
+
+    let server = BqServer::start(None);
+    // BigQuery trouble for a while: 5xx and throttling, a lost answer, failed jobs.
+    server.inject([
+        Fault::Http(Route::Insert, 503, "backendError"),
+        Fault::Http(Route::Insert, 503, "backendError"),
+        Fault::Http(Route::Insert, 503, "backendError"),
+        Fault::Http(Route::Insert, 503, "backendError"),
+        Fault::Http(Route::Insert, 429, "rateLimitExceeded"),
+        Fault::DropAfter(Route::Insert),
+        Fault::JobFails("backendError"),
+        Fault::Http(Route::GetJob, 500, "internalError"),
+    ]);
+    let bq = Client::new(
+        ClientConfig {
+            base_url: server.url.clone(),
+            max_tries: 2,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            ..ClientConfig::default()
+        },
+        Auth::None,
+        "acme-casino-analytics",
+    )
+    .unwrap();
+    let work = TempDir::new("e2e-work");
+    let loader = Loader::new(ferry_lambda::LoaderParts {
+        catalog: catalog.clone(),
+        s3: aws.s3.clone(),
+        sqs: aws.sqs.clone(),
+        dlq_url: aws.dlq.clone(),
+        bigquery: bq,
+        handle: rt.handle().clone(),
+        work_dir: work.path().to_path_buf(),
+        max_parallel: 2,
+    });
+
+    let corrupt = "slots/account/slots_account/players/20261126-235900000.parquet";
+    let unmapped = "slots/account/slots_account/not_mapped_here/LOAD00000001.parquet";
+    let hostile = "slots/account/slots_account/players/we ird+%2F 你好 😊.parquet";
+    rt.block_on(async {
+        for key in &keys {
+            let body = std::fs::read(tree.path().join(key)).unwrap();
+            aws.s3
+                .put_object()
+                .bucket(BUCKET)
+                .key(key)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .unwrap();
+        }
+        for (key, body) in [
+            (corrupt, b"PAR1 this is not parquet PAR1".to_vec()),
+            (unmapped, std::fs::read(tree.path().join(&keys[0])).unwrap()),
+            (hostile, b"not parquet either".to_vec()),
+        ] {
+            aws.s3
+                .put_object()
+                .bucket(BUCKET)
+                .key(key)
+                .body(ByteStream::from(body))
+                .send()
+                .await
+                .unwrap();
+        }
+        // One invocation dies after loading, before answering: its messages come back.
+        deliver(&aws, &loader, false).await;
+        drain(&aws, &loader).await;
+    });
+
+    {
+        let st = server.state.lock().unwrap();
+        eprintln!(
+            "e2e: {} objects, {} jobs ({} succeeded)",
+            keys.len(),
+            st.jobs.len(),
+            st.succeeded().len()
+        );
+    }
+    // Every simulated file is in BigQuery exactly once, with all its rows.
+    let loaded = loaded_files(&server);
+    for t in &manifest.tables {
+        for file in &t.files {
+            let jobs = loaded
+                .get(file)
+                .unwrap_or_else(|| panic!("{file} was never loaded"));
+            assert_eq!(jobs.len(), 1, "{file} loaded by {jobs:?}");
+        }
+        let rows: usize = t.files.iter().map(|f| loaded[f][0].1).sum();
+        assert_eq!(
+            rows as u64,
+            t.changes.total(),
+            "{}: rows in BigQuery",
+            t.table
+        );
+    }
+    assert!(
+        !loaded.contains_key(unmapped),
+        "unmapped tables are not loaded"
+    );
+    assert_eq!(server.faults_left(), 0, "every injected fault was hit");
+
+    // The corrupt object waits in the dead-letter queue with its reason.
+    let letters = rt
+        .block_on(ferry_aws::sqs::inspect(&aws.sqs, &aws.dlq, 10, 0))
+        .unwrap();
+    let bad = letters
+        .iter()
+        .find(|d| d.objects.iter().any(|o| o.ends_with(corrupt)))
+        .unwrap_or_else(|| panic!("corrupt object not dead-lettered: {letters:#?}"));
+    assert!(bad.reason.contains(corrupt), "{}", bad.reason);
+    assert!(
+        bad.reason.to_lowercase().contains("parquet"),
+        "{}",
+        bad.reason
+    );
+    assert!(
+        !letters
+            .iter()
+            .any(|d| d.objects.iter().any(|o| o.ends_with(unmapped))),
+        "unmapped objects are acknowledged, not dead-lettered"
+    );
+    assert_eq!(rt.block_on(queue_depth(&aws, &aws.queue)), 0);
+
+    // Ops fix the object (DMS rewrote it) and redrive: moto has no StartMessageMoveTask, so the
+    // copy fallback runs; the object then loads once.
+    let good = keys
+        .iter()
+        .find(|k| k.contains("/players/") && !k.contains("LOAD"))
+        .unwrap();
+    rt.block_on(async {
+        let body = std::fs::read(tree.path().join(good)).unwrap();
+        aws.s3
+            .put_object()
+            .bucket(BUCKET)
+            .key(corrupt)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .unwrap();
+        // The overwrite's own notification is delivered and loads the new version.
+        drain(&aws, &loader).await;
+        let r = ferry_aws::sqs::redrive(&aws.sqs, &aws.dlq, &aws.queue, None, true)
+            .await
+            .unwrap();
+        assert_eq!(r.method, "copy");
+        assert!(r.moved >= 1, "{r:?}");
+        drain(&aws, &loader).await;
+    });
+    let loaded = loaded_files(&server);
+    assert_eq!(
+        loaded[corrupt].len(),
+        1,
+        "the fixed object is loaded once: {:?}",
+        loaded[corrupt]
+    );
+    let left = rt
+        .block_on(ferry_aws::sqs::inspect(&aws.sqs, &aws.dlq, 10, 0))
+        .unwrap();
+    assert!(
+        !left
+            .iter()
+            .any(|d| d.objects.iter().any(|o| o.ends_with(corrupt))),
+        "{left:#?}"
+    );
+}
