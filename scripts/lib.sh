@@ -19,3 +19,15 @@ ensure_venv() {
     cp "$requirements" "$stamp"
   fi
 }
+
+# The Serverless Framework (v3, pinned in infra/package-lock.json) for the offline packaging
+# check, in a cached folder; installed again only when the lock file changes.
+deploy_tools="$HOME/.cache/ferry/deploy-tools"
+ensure_node_tools() {
+  if [[ ! -x "$deploy_tools/node_modules/.bin/serverless" ]] || ! cmp -s infra/package-lock.json "$deploy_tools/package-lock.json"; then
+    step "node tools (infra/package-lock.json)"
+    mkdir -p "$deploy_tools"
+    cp infra/package.json infra/package-lock.json "$deploy_tools/"
+    (cd "$deploy_tools" && npm ci --no-audit --no-fund --silent)
+  fi
+}

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use ferry_bigquery::{Auth, Client, ClientConfig};
 use ferry_core::event::SqsEvent;
 use ferry_lambda::Loader;
+use ferry_pipeline::backfill::{Selection, run_direct, select};
 use ferry_tests::bqserver::{BqServer, Fault, Route};
 use ferry_tests::stand_ins::moto;
 use ferry_tests::{TempDir, mappings_dir};
@@ -406,6 +407,72 @@ fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_th
         "unmapped objects are acknowledged, not dead-lettered"
     );
     assert_eq!(rt.block_on(queue_depth(&aws, &aws.queue)), 0);
+
+    // A backfill of one table, directly and through the queue, replays through the same path
+    // and loads nothing twice; a time range selects by the files' CDC timestamps.
+    let source = catalog.source("slots-account").unwrap();
+    let store = ferry_aws::S3Store::new(aws.s3.clone(), rt.handle().clone());
+    let table = "slots_account.wallet_transactions";
+    let selection = Selection {
+        table: Some(table.into()),
+        ..Selection::default()
+    };
+    let objects = select(&catalog, &store, source, &selection).unwrap();
+    let expected_files = &manifest
+        .tables
+        .iter()
+        .find(|t| t.table == table)
+        .unwrap()
+        .files;
+    let mut selected: Vec<&str> = objects.iter().map(|(_, m)| m.key.as_str()).collect();
+    selected.sort_unstable();
+    let mut want: Vec<&str> = expected_files.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(selected, want);
+    let jobs_before = server.state.lock().unwrap().jobs.len();
+    let summary = run_direct(&loader.pipeline, source, &objects, &mut |_| {});
+    assert_eq!(
+        (summary.loaded, summary.already_loaded, summary.failed),
+        (0, objects.len(), 0),
+        "{summary:?}"
+    );
+    let bodies: Vec<String> = objects
+        .iter()
+        .map(|(_, m)| {
+            ferry_core::event::s3_event_body(
+                BUCKET,
+                &m.key,
+                m.size,
+                &m.etag,
+                "2026-11-26T00:00:00.000Z",
+            )
+        })
+        .collect();
+    rt.block_on(async {
+        assert_eq!(
+            ferry_aws::sqs::enqueue(&aws.sqs, &aws.queue, &bodies)
+                .await
+                .unwrap(),
+            bodies.len()
+        );
+        drain(&aws, &loader).await;
+    });
+    assert_eq!(
+        server.state.lock().unwrap().jobs.len(),
+        jobs_before,
+        "a repeated backfill starts no load job"
+    );
+    let late = Selection {
+        since: Some(ferry_pipeline::backfill::compact_time("2026-11-26T00:02").unwrap()),
+        ..selection
+    };
+    let recent = select(&catalog, &store, source, &late).unwrap();
+    assert!(
+        !recent.is_empty() && recent.len() < objects.len(),
+        "{} of {}",
+        recent.len(),
+        objects.len()
+    );
 
     // Ops fix the object (DMS rewrote it) and redrive: moto has no StartMessageMoveTask, so the
     // copy fallback runs; the object then loads once.

@@ -496,19 +496,9 @@ impl Warehouse for BigQueryWarehouse {
         Ok(changed)
     }
 
-    fn record(&self, event: &StatusEvent) -> Result<(), PortError> {
-        tracing::info!(
-            kind = %event.kind,
-            source = event.source.as_deref().unwrap_or(""),
-            table = event.table.as_deref().unwrap_or(""),
-            bucket = %event.bucket,
-            key = %event.key,
-            job_id = event.job_id.as_deref().unwrap_or(""),
-            rows = event.rows,
-            bytes = event.bytes,
-            message = event.message.as_deref().unwrap_or(""),
-            "object"
-        );
+    fn record(&self, _event: &StatusEvent) -> Result<(), PortError> {
+        // The pipeline logs every object (one structured line with its span) and the Lambda
+        // turns the batch into metrics; BigQuery keeps no status table of its own.
         Ok(())
     }
 }

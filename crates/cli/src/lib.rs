@@ -8,6 +8,7 @@
 //! - `commands::sim`: `ferry sim`.
 //! - `commands::local`: `ferry local run|invoke|query|verify`, `ferry status`.
 //! - `commands::demo`: `ferry demo`.
+//! - `commands::deploy`: `ferry dms table-mappings`, `ferry deploy config|bucket-notification`.
 //! - `commands::ops`: `ferry dlq inspect|redrive`, `ferry backfill`.
 
 mod commands;
@@ -56,6 +57,12 @@ enum Command {
     Dlq(commands::ops::DlqCommand),
     /// Replay a table's objects for a time range, into the queue or directly.
     Backfill(commands::ops::BackfillArgs),
+    /// DMS settings generated from the mappings.
+    #[command(subcommand)]
+    Dms(commands::deploy::DmsCommand),
+    /// Deployment files generated from the mappings.
+    #[command(subcommand)]
+    Deploy(commands::deploy::DeployCommand),
 }
 
 /// The mappings folder: `--mappings`, else `$FERRY_MAPPINGS`, else `mappings`.
@@ -103,6 +110,8 @@ where
         Command::Demo(args) => commands::demo::run(args, out, err),
         Command::Dlq(cmd) => commands::ops::dlq(cmd, out, err),
         Command::Backfill(args) => commands::ops::backfill(args, out, err),
+        Command::Dms(cmd) => commands::deploy::dms(cmd, out, err),
+        Command::Deploy(cmd) => commands::deploy::deploy(cmd, out, err),
     };
     match result {
         Ok(code) => code,

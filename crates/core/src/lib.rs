@@ -13,10 +13,13 @@
 //! - [`plan`]: the decision for one object: load (where, under which job id) or skip (why).
 //! - [`names`]: BigQuery, S3 and ferry naming rules.
 //! - [`bqtype`]: BigQuery column types.
+//! - [`deploy`]: deployment files derived from the mappings (DMS table mappings, S3 access,
+//!   bucket notifications).
 //! - [`schema`]: BigQuery table schemas and ferry's change metadata columns.
 //! - [`sql`]: the BigQuery DDL and replica MERGE ferry runs.
 
 pub mod bqtype;
+pub mod deploy;
 pub mod event;
 pub mod jobid;
 pub mod key;

@@ -4,8 +4,10 @@
 //! # Layout
 //! - [`ports`]: the object store, the warehouse and the dead-letter queue, with their contracts.
 //! - [`process`]: one object: plan, read, convert, load, record.
+//! - [`backfill`]: replaying a table and time range through the same per-object path.
 //! - [`handler`]: one SQS batch: per-message parsing, per-table order, partial-batch failures.
 
+pub mod backfill;
 pub mod handler;
 pub mod ports;
 pub mod process;

@@ -83,6 +83,9 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
     /// Processes one object and records what happened (except for retryable failures of the
     /// status store itself, which cannot be recorded).
     pub fn process_object(&self, bucket: &str, key: &str) -> ObjectResult {
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!("object", bucket, key);
+        let _entered = span.enter();
         let plan = plan_object(&self.catalog, Some(bucket), key, None);
         let mut event = StatusEvent {
             at_micros: now_micros(),
@@ -152,6 +155,17 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                 .into();
                 event.message = Some(reason.clone());
             }
+        }
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let table = event.table.as_deref().unwrap_or("");
+        let job_id = event.job_id.as_deref().unwrap_or("");
+        match &result {
+            ObjectResult::Failed { reason, retryable } => tracing::warn!(
+                outcome = %event.kind, table, retryable, reason = %reason, bytes = event.bytes, ms, "object failed"
+            ),
+            _ => tracing::info!(
+                outcome = %event.kind, table, job_id, rows = event.rows, bytes = event.bytes, ms, "object done"
+            ),
         }
         if let Err(e) = self.warehouse.record(&event) {
             // Status is best-effort; the data path's result stands.

@@ -2,6 +2,7 @@
 
 pub(crate) mod convert;
 pub(crate) mod demo;
+pub(crate) mod deploy;
 pub(crate) mod local;
 pub(crate) mod mappings;
 pub(crate) mod ops;

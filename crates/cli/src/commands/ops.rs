@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use ferry_core::event::s3_event_body;
-use ferry_core::{DmsFile, plan_object};
-use ferry_pipeline::{ObjectResult, ObjectStore, Warehouse};
+use ferry_pipeline::backfill::{Selection, compact_time, run_direct, select};
 
 use crate::{EXIT_OK, EXIT_PROBLEMS, MappingsDir};
 
@@ -142,16 +141,6 @@ pub(crate) struct BackfillArgs {
     dry_run: bool,
 }
 
-/// `2026-11-26T09:30` -> `20261126T093000000000000`, comparable with `CdcTimestamp::compact(9)`.
-fn compact_time(s: &str) -> anyhow::Result<String> {
-    let digits: String = s.chars().filter(char::is_ascii_digit).collect();
-    if digits.len() < 8 || digits.len() > 23 {
-        bail!("{s:?} is not a time: use 2026-11-26, 2026-11-26T09:30 or 2026-11-26T09:30:00 (UTC)");
-    }
-    let padded = format!("{digits:0<23}");
-    Ok(format!("{}T{}", &padded[..8], &padded[8..]))
-}
-
 pub(crate) fn backfill(
     args: BackfillArgs,
     out: &mut dyn Write,
@@ -181,51 +170,33 @@ pub(crate) fn backfill(
     if !args.dry_run && args.direct == args.enqueue {
         bail!("say how to replay: --direct (load here) or --enqueue (send to the loader's queue)");
     }
-    let since = args.since.as_deref().map(compact_time).transpose()?;
-    let until = args.until.as_deref().map(compact_time).transpose()?;
+    let selection = Selection {
+        table: args.table.clone(),
+        since: args
+            .since
+            .as_deref()
+            .map(compact_time)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        until: args
+            .until
+            .as_deref()
+            .map(compact_time)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+    };
     let rt = runtime()?;
     let config = rt.block_on(ferry_aws::config::load());
     let store = ferry_aws::S3Store::new(ferry_aws::config::s3(&config), rt.handle().clone());
-    let prefix = match &args.table {
-        Some(t) => format!("{}{}/", source.prefix(), t.replace('.', "/")),
-        None => source.prefix(),
-    };
-    let listed = store
-        .list(&source.bucket, &prefix)
-        .map_err(|e| anyhow::anyhow!(e.message))?;
-    let mut objects = Vec::new();
-    for meta in listed {
-        let plan = plan_object(&catalog, Some(&source.bucket), &meta.key, Some(&meta.etag));
-        let (Some(object), Some(table)) = (plan.object, plan.table) else {
-            continue;
-        };
-        if args
-            .table
-            .as_ref()
-            .is_some_and(|t| *t != table.source_table())
-            || plan.skip.is_some()
-        {
-            continue;
-        }
-        let keep = match &object.file {
-            DmsFile::FullLoad { .. } => since.is_none(),
-            DmsFile::Cdc { timestamp, .. } => {
-                let t = timestamp.compact(9);
-                since.as_ref().is_none_or(|s| t >= *s) && until.as_ref().is_none_or(|u| t < *u)
-            }
-        };
-        if keep {
-            objects.push((object, meta));
-        }
-    }
-    objects.sort_by(|a, b| a.0.apply_order(&b.0));
+    let objects =
+        select(&catalog, &store, source, &selection).map_err(|e| anyhow::anyhow!(e.message))?;
     let bytes: u64 = objects.iter().map(|(_, m)| m.size).sum();
     writeln!(
         err,
-        "{} object(s), {} bytes under s3://{}/{prefix}",
+        "{} object(s), {bytes} bytes in s3://{}/{}",
         objects.len(),
-        bytes,
-        source.bucket
+        source.bucket,
+        source.prefix()
     )?;
     if args.dry_run {
         for (_, m) in &objects {
@@ -266,81 +237,52 @@ pub(crate) fn backfill(
     }
     let client =
         ferry_bigquery::Client::new(bq, auth, &source.project).map_err(|e| anyhow::anyhow!(e))?;
-    let warehouse =
-        ferry_bigquery::BigQueryWarehouse::new(client, rt.handle().clone(), Default::default());
     let pipeline = ferry_pipeline::Pipeline {
         catalog: std::sync::Arc::new(catalog.clone()),
         store,
-        warehouse,
+        warehouse: ferry_bigquery::BigQueryWarehouse::new(
+            client,
+            rt.handle().clone(),
+            Default::default(),
+        ),
         work_dir: std::env::temp_dir().join("ferry-backfill"),
     };
     let started = Instant::now();
-    let (mut loaded, mut already, mut failed, mut rows, mut done_bytes) = (0, 0, 0, 0u64, 0u64);
-    let mut tables = std::collections::BTreeSet::new();
-    for (i, (object, meta)) in objects.iter().enumerate() {
-        match pipeline.process_object(&source.bucket, &meta.key) {
-            ObjectResult::Loaded { rows: r, .. } => {
-                loaded += 1;
-                rows += r;
-                tables.insert(object.source_table());
-            }
-            ObjectResult::AlreadyLoaded { .. } => {
-                already += 1;
-                tables.insert(object.source_table());
-            }
-            ObjectResult::Skipped { .. } => {}
-            ObjectResult::Failed { reason, .. } => {
-                failed += 1;
-                writeln!(err, "failed: {reason}")?;
-            }
+    let mut reported = 0;
+    let summary = run_direct(&pipeline, source, &objects, &mut |s| {
+        for reason in &s.failures[reported..] {
+            let _ = writeln!(err, "\nfailed: {reason}");
         }
-        done_bytes += meta.size;
+        reported = s.failures.len();
         let elapsed = started.elapsed().as_secs_f64();
-        let eta = if done_bytes > 0 {
-            elapsed * (bytes.saturating_sub(done_bytes)) as f64 / done_bytes as f64
+        let eta = if s.bytes_done > 0 {
+            elapsed * s.bytes_total.saturating_sub(s.bytes_done) as f64 / s.bytes_done as f64
         } else {
             0.0
         };
-        write!(
+        let _ = write!(
             err,
-            "\r[{}/{}] {loaded} loaded, {already} already loaded, {failed} failed, {rows} rows, ETA {eta:.0}s   ",
-            i + 1,
-            objects.len()
-        )?;
-    }
+            "\r[{}/{}] {} loaded, {} already loaded, {} failed, {} rows, ETA {eta:.0}s   ",
+            s.done, s.total, s.loaded, s.already_loaded, s.failed, s.rows
+        );
+    });
     writeln!(err)?;
-    for t in &tables {
-        if let Some(m) = source.tables.iter().find(|m| m.source_table() == *t)
-            && m.replica.is_some()
-            && let Err(e) = pipeline.warehouse.apply(m)
-        {
-            failed += 1;
-            writeln!(err, "applying {t} to its replica failed: {}", e.message)?;
-        }
+    for reason in &summary.failures[reported.min(summary.failures.len())..] {
+        writeln!(err, "failed: {reason}")?;
     }
     writeln!(
         out,
-        "backfill {}: {loaded} loaded, {already} already loaded, {failed} failed, {rows} rows in {:.1}s",
+        "backfill {}: {} loaded, {} already loaded, {} failed, {} rows in {:.1}s",
         source.name,
+        summary.loaded,
+        summary.already_loaded,
+        summary.failed,
+        summary.rows,
         started.elapsed().as_secs_f64()
     )?;
-    Ok(if failed > 0 { EXIT_PROBLEMS } else { EXIT_OK })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::compact_time;
-
-    #[test]
-    fn times_compare_with_file_timestamps() {
-        assert_eq!(
-            compact_time("2026-11-26").unwrap(),
-            "20261126T000000000000000"
-        );
-        assert_eq!(
-            compact_time("2026-11-26T09:30").unwrap(),
-            "20261126T093000000000000"
-        );
-        assert!(compact_time("yesterday").is_err());
-    }
+    Ok(if summary.failed > 0 {
+        EXIT_PROBLEMS
+    } else {
+        EXIT_OK
+    })
 }

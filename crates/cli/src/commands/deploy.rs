@@ -1,0 +1,199 @@
+//! `ferry dms table-mappings` and `ferry deploy config|bucket-notification`: the deployment
+//! files derived from the mappings. Generated files are committed; `--check` fails when they
+//! are stale, so a mapping change cannot reach production without them.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use ferry_core::deploy::{bucket_notification, deploy_config, dms_table_mappings};
+
+use crate::{EXIT_OK, EXIT_PROBLEMS, MappingsDir};
+
+/// `ferry dms ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum DmsCommand {
+    /// The DMS task table mappings (selection rules for the enabled mapped tables).
+    TableMappings {
+        #[command(flatten)]
+        mappings: MappingsDir,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Write `<source>.table-mappings.json` files here instead of printing.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// With --out: change nothing, fail if a file is missing or differs.
+        #[arg(long, requires = "out")]
+        check: bool,
+    },
+}
+
+/// `ferry deploy ...`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum DeployCommand {
+    /// What serverless.yml reads from the mappings: S3 read access and notifications.
+    Config {
+        #[command(flatten)]
+        mappings: MappingsDir,
+        /// Write the file here instead of printing.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// With --out: change nothing, fail if the file is missing or differs.
+        #[arg(long, requires = "out")]
+        check: bool,
+    },
+    /// The bucket notification configuration sending DMS objects to the loader's queue.
+    BucketNotification {
+        #[command(flatten)]
+        mappings: MappingsDir,
+        /// The bucket.
+        #[arg(long)]
+        bucket: String,
+        /// The loader queue's ARN.
+        #[arg(long)]
+        queue_arn: String,
+    },
+}
+
+fn pretty(v: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(v)? + "\n")
+}
+
+/// Writes or checks generated files; returns the stale ones.
+fn emit(files: &[(PathBuf, String)], check: bool) -> anyhow::Result<Vec<PathBuf>> {
+    let mut stale = Vec::new();
+    for (path, text) in files {
+        let current = std::fs::read_to_string(path).ok();
+        if current.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        if check {
+            stale.push(path.clone());
+        } else {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(stale)
+}
+
+fn report_stale(stale: &[PathBuf], regenerate: &str, err: &mut dyn Write) -> anyhow::Result<u8> {
+    if stale.is_empty() {
+        return Ok(EXIT_OK);
+    }
+    for p in stale {
+        writeln!(
+            err,
+            "{}: stale or missing (generated from the mappings)",
+            p.display()
+        )?;
+    }
+    writeln!(err, "regenerate with: {regenerate}")?;
+    Ok(EXIT_PROBLEMS)
+}
+
+pub(crate) fn dms(cmd: DmsCommand, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<u8> {
+    let DmsCommand::TableMappings {
+        mappings,
+        source,
+        out: dir,
+        check,
+    } = cmd;
+    let Some(catalog) = super::load_catalog(&mappings, err)? else {
+        return Ok(EXIT_PROBLEMS);
+    };
+    let sources: Vec<_> = catalog
+        .sources()
+        .iter()
+        .filter(|s| source.as_ref().is_none_or(|n| *n == s.name))
+        .collect();
+    if let Some(name) = &source
+        && sources.is_empty()
+    {
+        bail!("no source {name:?} in {}", mappings.dir.display());
+    }
+    match dir {
+        None => {
+            for s in sources {
+                if source.is_none() {
+                    writeln!(out, "// {}", s.name)?;
+                }
+                out.write_all(pretty(&dms_table_mappings(s))?.as_bytes())?;
+            }
+            Ok(EXIT_OK)
+        }
+        Some(dir) => {
+            let files = sources
+                .iter()
+                .map(|s| {
+                    Ok((
+                        dir.join(format!("{}.table-mappings.json", s.name)),
+                        pretty(&dms_table_mappings(s))?,
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let stale = emit(&files, check)?;
+            let regen = format!(
+                "ferry dms table-mappings --mappings {} --out {}",
+                mappings.dir.display(),
+                dir.display()
+            );
+            if !check {
+                writeln!(err, "wrote {} file(s) to {}", files.len(), dir.display())?;
+            }
+            report_stale(&stale, &regen, err)
+        }
+    }
+}
+
+pub(crate) fn deploy(
+    cmd: DeployCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    match cmd {
+        DeployCommand::Config {
+            mappings,
+            out: file,
+            check,
+        } => {
+            let Some(catalog) = super::load_catalog(&mappings, err)? else {
+                return Ok(EXIT_PROBLEMS);
+            };
+            let text = pretty(&deploy_config(&catalog))?;
+            match file {
+                None => {
+                    out.write_all(text.as_bytes())?;
+                    Ok(EXIT_OK)
+                }
+                Some(file) => {
+                    let stale = emit(&[(file.clone(), text)], check)?;
+                    let regen = format!(
+                        "ferry deploy config --mappings {} --out {}",
+                        mappings.dir.display(),
+                        file.display()
+                    );
+                    report_stale(&stale, &regen, err)
+                }
+            }
+        }
+        DeployCommand::BucketNotification {
+            mappings,
+            bucket,
+            queue_arn,
+        } => {
+            let Some(catalog) = super::load_catalog(&mappings, err)? else {
+                return Ok(EXIT_PROBLEMS);
+            };
+            if !catalog.sources().iter().any(|s| s.bucket == bucket) {
+                bail!("no mapping uses bucket {bucket}");
+            }
+            out.write_all(pretty(&bucket_notification(&catalog, &bucket, &queue_arn))?.as_bytes())?;
+            Ok(EXIT_OK)
+        }
+    }
+}

@@ -1,0 +1,303 @@
+"""Offline checks of the deployment: serverless.yml rendered by the real Serverless Framework
+(v3, `serverless package`), the CloudFormation template linted by cfn-lint, the GitHub workflows
+audited by zizmor, and ferry's own invariants asserted on the rendered template and the
+workflows. Each invariant check is also run once against a template or workflow broken on
+purpose, so a check that cannot fail is caught here.
+
+Usage: check_deploy.py SERVERLESS_BIN  (run by scripts/test)
+"""
+
+import copy
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VENV_BIN = os.path.dirname(sys.executable)
+
+
+def mapped_prefixes():
+    """(bucket, prefix) of every mapping file, read directly (not through ferry)."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "mappings", "*.json"))):
+        with open(path) as f:
+            source = json.load(f)["source"]
+        folder = source.get("folder", "").strip("/")
+        out.append((source["bucket"], folder + "/" if folder else ""))
+    return out
+
+
+def resources_of(template, kind):
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def ref_name(value):
+    """The logical id a Ref / GetAtt points to."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return value["Ref"]
+        if "Fn::GetAtt" in value:
+            return value["Fn::GetAtt"][0]
+    return None
+
+
+def as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+def template_problems(t):
+    """Every broken invariant of a rendered template, as messages."""
+    problems = []
+    functions = resources_of(t, "AWS::Lambda::Function")
+    if len(functions) != 1:
+        return [f"expected one function, found {len(functions)}"]
+    (fn_id, fn), = functions.items()
+    p = fn["Properties"]
+    if p.get("Runtime") != "provided.al2023":
+        problems.append(f"runtime is {p.get('Runtime')}, not provided.al2023")
+    if p.get("Architectures") != ["arm64"]:
+        problems.append(f"architectures {p.get('Architectures')}, not arm64")
+    if "ReservedConcurrentExecutions" not in p:
+        problems.append("no reserved concurrency")
+    timeout = p.get("Timeout", 3)
+    env = p.get("Environment", {}).get("Variables", {})
+    if "FERRY_DLQ_URL" not in env:
+        problems.append("FERRY_DLQ_URL is not set")
+    for k, v in env.items():
+        if isinstance(v, str) and any(s in k for s in ("KEY", "TOKEN", "PASSWORD")) and not k.endswith("_SECRET"):
+            problems.append(f"environment variable {k} looks like a credential")
+
+    queues = resources_of(t, "AWS::SQS::Queue")
+    mappings = resources_of(t, "AWS::Lambda::EventSourceMapping")
+    if len(mappings) != 1:
+        problems.append(f"expected one SQS event source mapping, found {len(mappings)}")
+    queue_id = None
+    for m in mappings.values():
+        mp = m["Properties"]
+        if "ReportBatchItemFailures" not in mp.get("FunctionResponseTypes", []):
+            problems.append("the event source mapping lacks ReportBatchItemFailures")
+        if mp.get("BatchSize", 10) > 10:
+            problems.append("batch size over 10")
+        queue_id = ref_name(mp.get("EventSourceArn"))
+    queue = queues.get(queue_id)
+    if queue is None:
+        problems.append("the event source is not a queue of this stack")
+        return problems
+    qp = queue["Properties"]
+    if qp.get("VisibilityTimeout", 30) < 6 * timeout:
+        problems.append(f"queue visibility {qp.get('VisibilityTimeout', 30)} s < 6 x function timeout {timeout} s")
+    redrive = qp.get("RedrivePolicy")
+    if not redrive:
+        problems.append("the queue has no dead-letter queue")
+    else:
+        dlq_id = ref_name(redrive.get("deadLetterTargetArn"))
+        if dlq_id not in queues or dlq_id == queue_id:
+            problems.append("the redrive policy does not point to a dead-letter queue of this stack")
+        if int(redrive.get("maxReceiveCount", 0)) < 1:
+            problems.append("maxReceiveCount missing")
+        if ref_name(env.get("FERRY_DLQ_URL")) != dlq_id:
+            problems.append("FERRY_DLQ_URL is not the queue's dead-letter queue")
+        alarms = resources_of(t, "AWS::CloudWatch::Alarm").values()
+        watched = {(a["Properties"]["MetricName"], ref_name(a["Properties"]["Dimensions"][0]["Value"])) for a in alarms}
+        if ("ApproximateNumberOfMessagesVisible", dlq_id) not in watched:
+            problems.append("no alarm on the dead-letter queue's depth")
+        if ("ApproximateAgeOfOldestMessage", queue_id) not in watched:
+            problems.append("no alarm on the oldest message's age")
+
+    logs = resources_of(t, "AWS::Logs::LogGroup")
+    if not logs or any("RetentionInDays" not in g["Properties"] for g in logs.values()):
+        problems.append("log group without retention")
+
+    # IAM: no wildcard actions or resources; S3 reads only under the mapped prefixes.
+    reads = set()
+    for role in resources_of(t, "AWS::IAM::Role").values():
+        for policy in role["Properties"].get("Policies", []):
+            for st in policy["PolicyDocument"]["Statement"]:
+                for a in as_list(st["Action"]):
+                    if "*" in a:
+                        problems.append(f"wildcard action {a}")
+                for r in as_list(st["Resource"]):
+                    if r == "*" or (isinstance(r, str) and r.endswith(":*")) or r == "arn:aws:s3:::*":
+                        problems.append(f"wildcard resource {r} for {st['Action']}")
+                if "s3:GetObject" in as_list(st["Action"]):
+                    reads.update(r for r in as_list(st["Resource"]) if isinstance(r, str))
+    wanted = {f"arn:aws:s3:::{b}/{p}*" for b, p in mapped_prefixes()}
+    if reads != wanted:
+        problems.append(f"S3 read access {sorted(reads)} is not exactly the mapped prefixes {sorted(wanted)}")
+
+    policies = resources_of(t, "AWS::SQS::QueuePolicy").values()
+    allows_s3 = any(
+        st.get("Principal", {}).get("Service") == "s3.amazonaws.com"
+        and "sqs:SendMessage" in as_list(st["Action"])
+        and ref_name(st["Resource"]) == queue_id
+        and "aws:SourceArn" in json.dumps(st.get("Condition", {}))
+        for qpol in policies
+        for st in qpol["Properties"]["PolicyDocument"]["Statement"]
+    )
+    if not allows_s3:
+        problems.append("no queue policy lets the DMS bucket (and only it) send notifications")
+    return problems
+
+
+def notification_problems(deploy_config):
+    """Every mapped source folder must have a notification to the loader's queue."""
+    problems = []
+    have = {(n["Bucket"], n["Prefix"]) for n in deploy_config["notifications"] if "s3:ObjectCreated:*" in n["Events"]}
+    for bucket, prefix in mapped_prefixes():
+        if (bucket, prefix) not in have:
+            problems.append(f"no notification for s3://{bucket}/{prefix}")
+    return problems
+
+
+def on_of(workflow):
+    """The `on:` block (YAML 1.1 reads the key `on` as true)."""
+    return workflow.get("on", workflow.get(True))
+
+
+def workflow_problems(ci, deploy):
+    problems = []
+    ci_on = on_of(ci)
+    if "mappings/**" not in ci_on.get("pull_request", {}).get("paths", []):
+        problems.append("ci does not run on pull requests touching mappings/**")
+    ci_runs = "\n".join(s.get("run", "") for j in ci["jobs"].values() for s in j["steps"])
+    for needed in ("mappings check --github", "dms table-mappings", "--check", "deploy config", "scripts/test"):
+        if needed not in ci_runs:
+            problems.append(f"ci never runs `{needed}`")
+    deploy_on = on_of(deploy)
+    if deploy_on.get("push", {}).get("branches") != ["main"]:
+        problems.append("deploy does not run on merges to main")
+    runs = "\n".join(s.get("run", "") for j in deploy["jobs"].values() for s in j["steps"])
+    for needed in ("cargo lambda build", "--arm64", "zip -r target/lambda/bootstrap/bootstrap.zip mappings", "serverless deploy", "apply-generated.sh"):
+        if needed not in runs:
+            problems.append(f"deploy never runs `{needed}`")
+    for wf in (ci, deploy):
+        for job in wf["jobs"].values():
+            for step in job["steps"]:
+                uses = step.get("uses")
+                if uses and len(uses.split("@")[-1]) != 40:
+                    problems.append(f"action {uses} is not pinned to a commit")
+        text = json.dumps(wf)
+        for bad in ("AKIA", "aws_secret_access_key:", "BEGIN PRIVATE KEY"):
+            if bad in text:
+                problems.append(f"a credential ({bad}...) is written in a workflow")
+    dj = deploy["jobs"]["deploy"]
+    if dj.get("permissions", {}).get("id-token") != "write" or "secrets.AWS_DEPLOY_ROLE_ARN" not in json.dumps(dj):
+        problems.append("deploy does not take AWS access from OIDC and the secret store")
+    return problems
+
+
+def mutations(t):
+    """Templates each broken in one invariant, with the message the break must produce."""
+    def fn(x):
+        return next(iter(resources_of(x, "AWS::Lambda::Function").values()))["Properties"]
+
+    def queue(x):
+        return x["Resources"]["LoaderQueue"]["Properties"]
+
+    def esm(x):
+        return next(iter(resources_of(x, "AWS::Lambda::EventSourceMapping").values()))["Properties"]
+
+    def first_statement(x, action):
+        for role in resources_of(x, "AWS::IAM::Role").values():
+            for policy in role["Properties"]["Policies"]:
+                for st in policy["PolicyDocument"]["Statement"]:
+                    if action in as_list(st["Action"]):
+                        return st
+        raise KeyError(action)
+
+    cases = [
+        ("visibility", lambda x: queue(x).update(VisibilityTimeout=fn(x)["Timeout"] * 6 - 1)),
+        ("dead-letter", lambda x: queue(x).pop("RedrivePolicy")),
+        ("ReportBatchItemFailures", lambda x: esm(x).pop("FunctionResponseTypes")),
+        ("wildcard action", lambda x: first_statement(x, "sqs:SendMessage").update(Action=["sqs:*"])),
+        ("wildcard resource", lambda x: first_statement(x, "secretsmanager:GetSecretValue").update(Resource="*")),
+        ("S3 read access", lambda x: first_statement(x, "s3:GetObject").update(Resource=["arn:aws:s3:::acme-casino-dms-cdc/*"])),
+        ("runtime", lambda x: fn(x).update(Runtime="python3.12")),
+        ("reserved concurrency", lambda x: fn(x).pop("ReservedConcurrentExecutions")),
+        ("alarm on the dead-letter", lambda x: x["Resources"].pop("DeadLetterQueueNotEmptyAlarm")),
+        ("oldest message", lambda x: x["Resources"].pop("OldestMessageAgeAlarm")),
+        ("queue policy", lambda x: x["Resources"].pop("LoaderQueuePolicy")),
+    ]
+    for name, breaker in cases:
+        broken = copy.deepcopy(t)
+        breaker(broken)
+        yield name, broken
+
+
+def main():
+    serverless = sys.argv[1]
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="ferry-deploy-") as work:
+        for rel in ("serverless.yml", "infra/generated/deploy.json"):
+            os.makedirs(os.path.dirname(os.path.join(work, rel)) or work, exist_ok=True)
+            shutil.copy(os.path.join(ROOT, rel), os.path.join(work, rel))
+        artifact = os.path.join(work, "target/lambda/bootstrap/bootstrap.zip")
+        os.makedirs(os.path.dirname(artifact))
+        with zipfile.ZipFile(artifact, "w") as z:
+            z.writestr("bootstrap", "placeholder: packaging only")
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="offline", AWS_SECRET_ACCESS_KEY="offline",
+                   SLS_TELEMETRY_DISABLED="1", SLS_NOTIFICATIONS_MODE="off", SLS_DEPRECATION_DISABLE="*")
+        for stage in ("dev", "prod"):
+            out = subprocess.run([serverless, "package", "--stage", stage], cwd=work, env=env,
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                failures.append(f"serverless package --stage {stage} failed:\n{out.stdout}\n{out.stderr}")
+                continue
+            path = os.path.join(work, ".serverless", "cloudformation-template-update-stack.json")
+            lint = subprocess.run([os.path.join(VENV_BIN, "cfn-lint"), path], capture_output=True, text=True)
+            if lint.returncode != 0:
+                failures.append(f"cfn-lint ({stage}):\n{lint.stdout}{lint.stderr}")
+            with open(path) as f:
+                template = json.load(f)
+            failures += [f"{stage}: {p}" for p in template_problems(template)]
+            if stage == "dev":
+                for name, broken in mutations(template):
+                    found = template_problems(broken)
+                    if not any(name.lower() in p.lower() for p in found):
+                        failures.append(f"breaking '{name}' went unnoticed (found: {found})")
+            print(f"ok: serverless package --stage {stage}, cfn-lint, invariants")
+
+    with open(os.path.join(ROOT, "infra/generated/deploy.json")) as f:
+        deploy_config = json.load(f)
+    failures += notification_problems(deploy_config)
+    broken = copy.deepcopy(deploy_config)
+    broken["notifications"].pop()
+    if not notification_problems(broken):
+        failures.append("removing a notification went unnoticed")
+
+    wf = {}
+    for name in ("ci", "deploy"):
+        with open(os.path.join(ROOT, ".github/workflows", f"{name}.yml")) as f:
+            wf[name] = yaml.safe_load(f)
+    failures += workflow_problems(wf["ci"], wf["deploy"])
+    for desc, breaker in [
+        ("not pinned", lambda c, d: d["jobs"]["build"]["steps"][0].update(uses="actions/checkout@v4")),
+        ("mappings/**", lambda c, d: on_of(c)["pull_request"]["paths"].remove("mappings/**")),
+        ("OIDC", lambda c, d: d["jobs"]["deploy"]["permissions"].pop("id-token")),
+        ("serverless deploy", lambda c, d: d["jobs"]["deploy"]["steps"].pop(3)),
+    ]:
+        c, d = copy.deepcopy(wf["ci"]), copy.deepcopy(wf["deploy"])
+        breaker(c, d)
+        if not any(desc.lower() in p.lower() for p in workflow_problems(c, d)):
+            failures.append(f"breaking '{desc}' in the workflows went unnoticed")
+    audit = subprocess.run([os.path.join(VENV_BIN, "zizmor"), "--offline", os.path.join(ROOT, ".github/workflows")],
+                           capture_output=True, text=True)
+    if audit.returncode != 0:
+        failures.append(f"zizmor --offline:\n{audit.stdout}{audit.stderr}")
+    else:
+        print("ok: workflows (zizmor --offline, invariants)")
+
+    for f in failures:
+        print("FAIL:", f)
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+//! Deployment files generated from the mappings: the DMS table mappings cover exactly the
+//! enabled mapped tables, the committed files are fresh, and `--check` catches stale ones.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+
+use ferry_core::Catalog;
+use ferry_tests::{TempDir, ferry, mappings_dir, repo_root};
+
+#[test]
+fn dms_table_mappings_select_exactly_the_enabled_mapped_tables() {
+    let catalog = Catalog::load_dir(&mappings_dir()).unwrap();
+    let mut disabled_seen = 0;
+    for source in catalog.sources() {
+        let doc = ferry_core::deploy::dms_table_mappings(source);
+        let selected: BTreeSet<(String, String)> = doc["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                assert_eq!(r["rule-type"], "selection");
+                assert_eq!(r["rule-action"], "include");
+                let l = &r["object-locator"];
+                (
+                    l["schema-name"].as_str().unwrap().to_owned(),
+                    l["table-name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let enabled: BTreeSet<(String, String)> = source
+            .tables
+            .iter()
+            .filter(|t| t.enabled)
+            .map(|t| (t.schema.clone(), t.table.clone()))
+            .collect();
+        assert_eq!(selected, enabled, "{}", source.name);
+        disabled_seen += source.tables.iter().filter(|t| !t.enabled).count();
+        let ids: BTreeSet<&str> = doc["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule-id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), selected.len(), "rule ids are unique");
+    }
+    assert!(
+        disabled_seen > 0,
+        "the committed mappings have a disabled table, which must not be selected"
+    );
+}
+
+#[test]
+fn committed_generated_files_are_fresh() {
+    let root = repo_root();
+    let m = root.join("mappings");
+    let (code, _, err) = ferry(&[
+        "dms",
+        "table-mappings",
+        "--mappings",
+        m.to_str().unwrap(),
+        "--out",
+        root.join("infra/dms").to_str().unwrap(),
+        "--check",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = ferry(&[
+        "deploy",
+        "config",
+        "--mappings",
+        m.to_str().unwrap(),
+        "--out",
+        root.join("infra/generated/deploy.json").to_str().unwrap(),
+        "--check",
+    ]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_mapping_change_makes_the_generated_files_stale_until_regenerated() {
+    let dir = TempDir::new("deploy-stale");
+    let maps = dir.path().join("mappings");
+    std::fs::create_dir_all(&maps).unwrap();
+    let text = std::fs::read_to_string(mappings_dir().join("slots-account.json")).unwrap();
+    std::fs::write(maps.join("slots-account.json"), &text).unwrap();
+    let out = dir.path().join("dms");
+    let args = |check: bool| {
+        let mut a = vec![
+            "dms".to_owned(),
+            "table-mappings".into(),
+            "--mappings".into(),
+            maps.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ];
+        if check {
+            a.push("--check".into());
+        }
+        a
+    };
+    let run = |check: bool| {
+        let a = args(check);
+        ferry(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    assert_eq!(run(true).0, 1, "missing files are stale");
+    assert_eq!(run(false).0, 0);
+    assert_eq!(run(true).0, 0);
+    // An analyst disables a table: the DMS selection must change with it.
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let tables = doc["tables"].as_object_mut().unwrap();
+    let first = tables.keys().next().unwrap().clone();
+    tables[&first]["enabled"] = serde_json::json!(false);
+    std::fs::write(
+        maps.join("slots-account.json"),
+        serde_json::to_string_pretty(&doc).unwrap(),
+    )
+    .unwrap();
+    let (code, _, err) = run(true);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("slots-account.table-mappings.json") && err.contains("regenerate with"),
+        "{err}"
+    );
+    assert_eq!(run(false).0, 0);
+    let generated: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("slots-account.table-mappings.json")).unwrap(),
+    )
+    .unwrap();
+    let (schema, table) = first.split_once('.').unwrap();
+    let rules = generated["rules"].as_array().unwrap();
+    assert!(
+        !rules
+            .iter()
+            .any(|r| r["object-locator"]["schema-name"] == schema
+                && r["object-locator"]["table-name"] == table),
+        "{first} is still selected"
+    );
+    assert_eq!(rules.len(), tables_count(&text) - 1 - disabled_count(&text));
+}
+
+fn tables_count(text: &str) -> usize {
+    let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+    doc["tables"].as_object().unwrap().len()
+}
+
+fn disabled_count(text: &str) -> usize {
+    let doc: serde_json::Value = serde_json::from_str(text).unwrap();
+    doc["tables"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|t| t["enabled"] == false)
+        .count()
+}
+
+#[test]
+fn bucket_notifications_cover_every_source_folder() {
+    let catalog = Catalog::load_dir(&mappings_dir()).unwrap();
+    let doc = ferry_core::deploy::bucket_notification(
+        &catalog,
+        "acme-casino-dms-cdc",
+        "arn:aws:sqs:ap-northeast-2:1:ferry-dev-loader",
+    );
+    let prefixes: BTreeSet<String> = doc["QueueConfigurations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            q["Filter"]["Key"]["FilterRules"][0]["Value"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let wanted: BTreeSet<String> = catalog.sources().iter().map(|s| s.prefix()).collect();
+    assert_eq!(prefixes, wanted);
+}
