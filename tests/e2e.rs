@@ -177,6 +177,11 @@ async fn deliver(aws: &Aws, loader: &Loader, ack: bool) -> usize {
         .handle(event, Some(Duration::from_secs(300)))
         .await
         .unwrap();
+    for (_, key, result) in &report.objects {
+        if let ferry_pipeline::ObjectResult::Failed { reason, .. } = result {
+            eprintln!("delivery: {key}: {reason}");
+        }
+    }
     if ack {
         for m in messages {
             let id = m.message_id().unwrap();
@@ -318,6 +323,11 @@ fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_th
         handle: rt.handle().clone(),
         work_dir: work.path().to_path_buf(),
         max_parallel: 2,
+        // Every batch's files of a table share one load job (the budget's combining path).
+        warehouse: ferry_bigquery::WarehouseOptions {
+            combine_from: 0.0,
+            ..ferry_bigquery::WarehouseOptions::default()
+        },
     });
 
     let corrupt = "slots/account/slots_account/players/20261126-235900000.parquet";

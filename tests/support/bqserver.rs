@@ -35,6 +35,8 @@ use serde_json::{Value, json};
 pub enum Route {
     /// Job inserts (multipart, resumable start).
     Insert,
+    /// Metadata-only job inserts (query jobs).
+    InsertJob,
     /// Resumable chunk uploads.
     Chunk,
     /// `jobs.get`.
@@ -69,6 +71,12 @@ pub struct Job {
     pub polls_left: u32,
     /// The uploaded bytes.
     pub data: Vec<u8>,
+    /// `LOAD` or `QUERY`.
+    pub kind: &'static str,
+    /// A query job's SQL.
+    pub query: Option<String>,
+    /// Creation time, ms since the epoch.
+    pub created_millis: i64,
 }
 
 #[derive(Default)]
@@ -93,12 +101,36 @@ pub struct State {
     pub queries: Vec<String>,
     /// Resumable chunk sizes received.
     pub chunks: Vec<usize>,
+    /// The answer to the load-job count query (INFORMATION_SCHEMA.JOBS_BY_PROJECT), if set.
+    pub load_job_count: Option<u64>,
 }
 
 impl State {
-    /// Jobs that ended DONE without an error: what BigQuery holds.
+    /// Load jobs that ended DONE without an error: what BigQuery holds.
     pub fn succeeded(&self) -> Vec<&Job> {
-        self.jobs.iter().filter(|j| j.error.is_none()).collect()
+        self.jobs
+            .iter()
+            .filter(|j| j.error.is_none() && j.kind == "LOAD")
+            .collect()
+    }
+
+    /// Load jobs created (failed ones included: they count against the table's quota too).
+    pub fn load_jobs(&self) -> usize {
+        self.jobs.iter().filter(|j| j.kind == "LOAD").count()
+    }
+
+    /// Adds a query job as another client would (e.g. a claim by a delivery that died).
+    pub fn add_query_job(&mut self, id: &str, sql: &str, created_millis: i64) {
+        self.jobs.push(Job {
+            id: id.to_owned(),
+            table: String::new(),
+            error: None,
+            polls_left: 0,
+            data: Vec::new(),
+            kind: "QUERY",
+            query: Some(sql.to_owned()),
+            created_millis,
+        });
     }
 }
 
@@ -217,11 +249,16 @@ fn job_json(job: &Job, project: &str) -> Value {
         status["errorResult"] = json!({"reason": reason, "message": format!("injected {reason}")});
         status["errors"] = json!([{"reason": reason, "message": format!("injected {reason}")}]);
     }
+    let mut configuration = json!({ "jobType": job.kind });
+    if let Some(q) = &job.query {
+        configuration["query"] = json!({ "query": q, "useLegacySql": false });
+    }
     json!({
         "kind": "bigquery#job",
         "jobReference": {"projectId": project, "jobId": job.id},
+        "configuration": configuration,
         "status": status,
-        "statistics": {"load": {"outputRows": "0"}},
+        "statistics": {"creationTime": job.created_millis.to_string(), "load": {"outputRows": "0"}},
     })
 }
 
@@ -366,6 +403,8 @@ fn route_of(req: &Request) -> Option<Route> {
         Some(Route::Insert)
     } else if t.contains("/jobs/") && req.method == "GET" {
         Some(Route::GetJob)
+    } else if t.split('?').next().is_some_and(|p| p.ends_with("/jobs")) && req.method == "POST" {
+        Some(Route::InsertJob)
     } else if t.contains("/queries") {
         Some(Route::Query)
     } else {
@@ -411,6 +450,13 @@ fn handle(
     }
 }
 
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response {
     let mut st = state.lock().unwrap();
     let project = resource
@@ -453,10 +499,16 @@ fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response
         dest["datasetId"].as_str().unwrap_or(""),
         dest["tableId"].as_str().unwrap_or("")
     );
+    let query = resource
+        .pointer("/configuration/query/query")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let kind = if query.is_some() { "QUERY" } else { "LOAD" };
     let error = match st
         .faults
         .iter()
         .position(|f| matches!(f, Fault::JobFails(_)))
+        .filter(|_| kind == "LOAD")
     {
         Some(i) => match st.faults.remove(i) {
             Some(Fault::JobFails(r)) => Some(r),
@@ -468,8 +520,11 @@ fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response
         id,
         table,
         error,
-        polls_left: st.running_polls,
+        polls_left: if kind == "LOAD" { st.running_polls } else { 0 },
         data,
+        kind,
+        query,
+        created_millis: now_millis(),
     };
     let body = job_json(&job, &project);
     st.jobs.push(job);
@@ -516,6 +571,17 @@ fn process(state: &Mutex<State>, url: &str, emulator: Option<&str>, req: &Reques
             }
         }
         Some(Route::Insert) => Response::error(400, "invalid", "unknown uploadType"),
+        Some(Route::InsertJob) => match serde_json::from_slice::<Value>(&req.body) {
+            Ok(resource) if resource.pointer("/configuration/query").is_some() => {
+                create_job(state, &resource, Vec::new())
+            }
+            Ok(_) => Response::error(
+                400,
+                "invalid",
+                "only query jobs can be inserted without data here (loads from gs:// are not served)",
+            ),
+            Err(_) => Response::error(400, "invalid", "job resource is not JSON"),
+        },
         Some(Route::Chunk) => {
             let sid = query
                 .split('&')
@@ -592,10 +658,24 @@ fn process(state: &Mutex<State>, url: &str, emulator: Option<&str>, req: &Reques
             }
         }
         Some(Route::Query) => {
+            let mut count_answer = None;
             if let Ok(v) = serde_json::from_slice::<Value>(&req.body)
                 && let Some(q) = v.get("query").and_then(Value::as_str)
             {
-                state.lock().unwrap().queries.push(q.to_owned());
+                let mut st = state.lock().unwrap();
+                st.queries.push(q.to_owned());
+                if q.contains("INFORMATION_SCHEMA.JOBS_BY_PROJECT") {
+                    count_answer = st.load_job_count;
+                }
+            }
+            if let Some(n) = count_answer {
+                return Response::json(
+                    200,
+                    json!({"kind": "bigquery#queryResponse", "jobComplete": true,
+                           "jobReference": {"jobId": "count"},
+                           "schema": {"fields": [{"name": "jobs", "type": "INTEGER"}]},
+                           "rows": [{"f": [{"v": n.to_string()}]}], "totalRows": "1"}),
+                );
             }
             match emulator {
                 Some(e) => forward(e, req),

@@ -36,7 +36,8 @@ impl std::fmt::Debug for Auth {
 
 impl Auth {
     /// Credentials from a Google credential JSON document: `service_account` (a key) or
-    /// `external_account` (workload identity federation, e.g. from AWS).
+    /// `external_account` (workload identity federation, e.g. from AWS). Call it within a Tokio
+    /// runtime: the token cache refreshes in a task of its own.
     pub fn from_credentials_json(json: &str) -> Result<Auth, BqError> {
         let context = "GCP credentials";
         let value: serde_json::Value = serde_json::from_str(json)
@@ -131,7 +132,14 @@ mod tests {
             "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15"
           }
         }"#;
-        let auth = Auth::from_credentials_json(config).unwrap();
+        // The token cache runs on the Tokio runtime, so credentials are built inside one.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let auth = rt
+            .block_on(async { Auth::from_credentials_json(config) })
+            .unwrap();
         assert!(matches!(auth, Auth::Google(_)));
     }
 }

@@ -70,6 +70,12 @@ pub struct JobState {
     pub error: Option<JobError>,
     /// Rows a load job wrote, when reported.
     pub output_rows: Option<u64>,
+    /// `LOAD`, `QUERY`, ... (`configuration.jobType`), when reported.
+    pub job_type: Option<String>,
+    /// A query job's SQL.
+    pub query: Option<String>,
+    /// When the job was created, ms since the epoch.
+    pub created_millis: Option<i64>,
 }
 
 impl JobState {
@@ -193,6 +199,14 @@ fn location_param(location: Option<&str>) -> String {
     location
         .map(|l| format!("location={}", encode(l)))
         .unwrap_or_default()
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A pseudo-random fraction in [0.5, 1.0) for backoff jitter (no RNG dependency needed).
@@ -482,6 +496,39 @@ impl Client {
         }
     }
 
+    /// Inserts a query job with a chosen id (metadata only). `Ok(None)` means 409: a job with
+    /// this id exists.
+    pub async fn insert_query_job(
+        &self,
+        job_id: &str,
+        location: Option<&str>,
+        sql: &str,
+        labels: &Value,
+    ) -> Result<Option<JobState>, BqError> {
+        let context = format!("query job {job_id}");
+        let configuration = json!({
+            "query": { "query": sql, "useLegacySql": false },
+            "labels": labels,
+        });
+        let body = Bytes::from(
+            self.job_resource(job_id, location, &configuration)
+                .to_string(),
+        );
+        let url = self.api(&format!("projects/{}/jobs", encode(&self.project)));
+        let reply = self
+            .send(&context, &[409], || {
+                self.http
+                    .post(&url)
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            })
+            .await?;
+        if reply.status == StatusCode::CONFLICT {
+            return Ok(None);
+        }
+        parse_job(&context, &reply.json(&context)?).map(Some)
+    }
+
     /// `jobs.get`.
     pub async fn get_job(&self, job_id: &str, location: Option<&str>) -> Result<JobState, BqError> {
         let context = format!("jobs.get {job_id}");
@@ -724,11 +771,27 @@ fn parse_job(context: &str, job: &Value) -> Result<JobState, BqError> {
             .and_then(|s| s.parse().ok())
             .or_else(|| v.as_u64())
     });
+    let number = |p: &str| {
+        job.pointer(p).and_then(|v| {
+            v.as_str()
+                .and_then(|s| s.parse().ok())
+                .or_else(|| v.as_i64())
+        })
+    };
     Ok(JobState {
         job_id,
         state,
         error,
         output_rows,
+        job_type: job
+            .pointer("/configuration/jobType")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        query: job
+            .pointer("/configuration/query/query")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        created_millis: number("/statistics/creationTime"),
     })
 }
 

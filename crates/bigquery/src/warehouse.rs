@@ -53,6 +53,17 @@ pub struct WarehouseOptions {
     pub max_attempts: u32,
     /// Longest wait for one job or statement.
     pub max_wait: Duration,
+    /// Load jobs one table may get in a rolling 24 hours (BigQuery allows about 1,500, failed
+    /// jobs included).
+    pub load_jobs_per_table_day: u32,
+    /// From this share of the budget on, several files of a table in one batch share one
+    /// load job.
+    pub combine_from: f64,
+    /// How old BigQuery's job count may get before it is read again.
+    pub budget_refresh: Duration,
+    /// A claim whose group load has not appeared after this long is a failed attempt (at least
+    /// the function timeout: by then the claiming invocation is over).
+    pub claim_grace: Duration,
 }
 
 impl Default for WarehouseOptions {
@@ -60,6 +71,10 @@ impl Default for WarehouseOptions {
         WarehouseOptions {
             max_attempts: 3,
             max_wait: Duration::from_secs(300),
+            load_jobs_per_table_day: 1_000,
+            combine_from: 0.5,
+            budget_refresh: Duration::from_secs(600),
+            claim_grace: Duration::from_secs(900),
         }
     }
 }
@@ -75,9 +90,112 @@ pub struct BigQueryWarehouse {
     replicas_ready: Mutex<HashMap<TableRef, ()>>,
     pending: Mutex<HashMap<TableRef, (ApplyWindow, Option<String>)>>,
     jobs_started: AtomicU64,
+    budget: Mutex<HashMap<TableRef, Counter>>,
 }
 
 static REQUEST: AtomicU64 = AtomicU64::new(0);
+
+/// Combined files up to this size are built in memory; larger ones in a temporary file.
+const COMBINE_IN_MEMORY_MAX: u64 = 32 << 20;
+
+/// What a used job id amounts to for an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fate {
+    /// Never used.
+    Unused,
+    /// The object's rows are in, by this load job.
+    Loaded(String),
+    /// Ended in error: nothing written.
+    Failed,
+    /// Still running.
+    Running,
+    /// Claimed by a group load that has not started (yet).
+    Claimed(String),
+}
+
+impl Fate {
+    fn of(job: &JobState) -> Fate {
+        match (job.is_done(), &job.error) {
+            (false, _) => Fate::Running,
+            (true, Some(_)) => Fate::Failed,
+            (true, None) => Fate::Loaded(job.job_id.clone()),
+        }
+    }
+}
+
+/// Where an object's chain stands.
+enum Walk {
+    /// The first unused id.
+    Free(JobId),
+    /// Loaded by this job.
+    Loaded(String),
+    /// A job of it is running.
+    Busy(String),
+    /// Its id `id` is claimed by group load `group`, which has not started.
+    Claimed {
+        /// The claimed id.
+        id: JobId,
+        /// The group load's job id.
+        group: String,
+    },
+}
+
+/// Per-table load-job counting for the budget.
+#[derive(Debug, Default)]
+struct Counter {
+    seed: u64,
+    seeded_at: Option<std::time::Instant>,
+    local: std::collections::VecDeque<std::time::Instant>,
+}
+
+/// A temporary file removed on drop.
+struct ScratchFile(std::path::PathBuf);
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The group load job id a claim names, from the claim's SQL.
+fn claimed_group(sql: &str) -> Option<String> {
+    let rest = sql.strip_prefix("SELECT '")?;
+    let (id, tail) = rest.split_once('\'')?;
+    (tail == " AS ferry_group_load" && id.starts_with("ferry_")).then(|| id.to_owned())
+}
+
+/// The group load's job id: the table's readable name and a hash of the members' job ids.
+fn group_job_id(table: &TableRef, member_ids: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"ferry-group-v1");
+    for id in member_ids {
+        h.update((id.len() as u64).to_le_bytes());
+        h.update(id.as_bytes());
+    }
+    let hex: String = h
+        .finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let name: String = table
+        .table
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(64)
+        .collect();
+    format!("ferry_group_{name}_{}_{hex}", member_ids.len())
+}
+
+fn destination_of(configuration: &Value) -> Option<TableRef> {
+    let d = configuration.pointer("/load/destinationTable")?;
+    Some(TableRef {
+        project: d.get("projectId")?.as_str()?.to_owned(),
+        dataset: d.get("datasetId")?.as_str()?.to_owned(),
+        table: d.get("tableId")?.as_str()?.to_owned(),
+    })
+}
 
 fn request_id(kind: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -217,6 +335,7 @@ impl BigQueryWarehouse {
             replicas_ready: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             jobs_started: AtomicU64::new(0),
+            budget: Mutex::new(HashMap::new()),
         }
     }
 
@@ -319,34 +438,40 @@ impl BigQueryWarehouse {
         location: Option<&str>,
         configuration: &Value,
         data: Upload<'_>,
-    ) -> Result<(LoadOutcome, JobState), BqError> {
+    ) -> Result<LoadOutcome, BqError> {
         let mut id = base.clone();
         let mut started_here = 0;
         loop {
             let name = id.to_string();
-            let (state, existed) = match self
+            let Some(state) = self
                 .client
                 .insert_load_job(&name, location, configuration, data)
                 .await?
-            {
-                Some(state) => {
-                    self.jobs_started.fetch_add(1, Ordering::Relaxed);
-                    started_here += 1;
-                    (state, false)
+            else {
+                // 409: this id was used before (a load of this object, or a claim by a group
+                // load): its fate decides.
+                match self.settle(&name, location).await? {
+                    Fate::Loaded(by) => return Ok(LoadOutcome::AlreadyLoaded { job_id: by }),
+                    _ => {
+                        // An earlier delivery's attempt failed and wrote nothing: this delivery
+                        // tries the next id.
+                        tracing::info!(job_id = %name, "earlier attempt failed; trying the next id");
+                        id = id.next_attempt();
+                        continue;
+                    }
                 }
-                None => (self.client.get_job(&name, location).await?, true),
             };
+            self.count_job(configuration);
+            started_here += 1;
             let state = self
                 .client
                 .wait_job(state, location, self.options.max_wait)
                 .await?;
             let Some(error) = state.error.clone() else {
-                let outcome = if existed {
-                    LoadOutcome::AlreadyLoaded { job_id: name }
-                } else {
-                    LoadOutcome::Loaded { job_id: name }
-                };
-                return Ok((outcome, state));
+                if let Some(rows) = state.output_rows {
+                    tracing::debug!(job_id = %name, rows, "load job done");
+                }
+                return Ok(LoadOutcome::Loaded { job_id: name });
             };
             let failure = BqError::from_response(
                 format!("load job {name}"),
@@ -354,47 +479,433 @@ impl BigQueryWarehouse {
                 error.reason.clone(),
                 error.message.clone(),
             );
-            if existed {
-                // An earlier delivery's attempt failed and wrote nothing: this delivery tries
-                // the next id.
-                tracing::info!(job_id = %name, error = %failure, "earlier attempt failed; trying the next id");
-            } else if failure.class != ErrorClass::Retryable
-                || started_here >= self.options.max_attempts
-            {
+            if failure.class != ErrorClass::Retryable || started_here >= self.options.max_attempts {
                 return Err(failure);
-            } else {
-                tracing::warn!(job_id = %name, error = %failure, "load attempt failed; retrying with the next id");
-                self.client.backoff(started_here - 1).await;
             }
+            tracing::warn!(job_id = %name, error = %failure, "load attempt failed; retrying with the next id");
+            self.client.backoff(started_here - 1).await;
             id = id.next_attempt();
+        }
+    }
+
+    /// What a used job id amounts to for the object whose chain it is in. A claim (a query job
+    /// a group load made under the object's id) amounts to its group load's fate; a claim whose
+    /// group load never started counts as failed once it is older than `claim_grace` (its
+    /// invocation is over), and as busy before.
+    async fn fate(&self, id: &str, location: Option<&str>) -> Result<Fate, BqError> {
+        let job = match self.client.get_job(id, location).await {
+            Ok(job) => job,
+            Err(e) if e.status == Some(404) => return Ok(Fate::Unused),
+            Err(e) => return Err(e),
+        };
+        let Some(group) = job.query.as_deref().and_then(claimed_group) else {
+            return Ok(Fate::of(&job));
+        };
+        match self.client.get_job(&group, location).await {
+            Ok(g) => Ok(Fate::of(&g)),
+            Err(e) if e.status == Some(404) => {
+                let age = crate::client::now_millis() - job.created_millis.unwrap_or(0);
+                if age > i64::try_from(self.options.claim_grace.as_millis()).unwrap_or(i64::MAX) {
+                    Ok(Fate::Failed)
+                } else {
+                    Ok(Fate::Claimed(group))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`Self::fate`], waiting while the job runs.
+    async fn settle(&self, id: &str, location: Option<&str>) -> Result<Fate, BqError> {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.fate(id, location).await? {
+                Fate::Running if started.elapsed() < self.options.max_wait => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Fate::Running => {
+                    return Err(BqError::transport(format!("job {id}"), "still running"));
+                }
+                Fate::Claimed(group) => {
+                    return Err(BqError::transport(
+                        format!("job {id}"),
+                        format!(
+                            "claimed by group load {group}, which has not started yet (another delivery is loading this object)"
+                        ),
+                    ));
+                }
+                fate => return Ok(fate),
+            }
+        }
+    }
+
+    /// Walks an object's job-id chain to its first unused id (or to the job that loaded it).
+    async fn walk(&self, base: &JobId, location: Option<&str>) -> Result<Walk, BqError> {
+        let mut id = base.clone();
+        loop {
+            match self.fate(&id.to_string(), location).await? {
+                Fate::Unused => return Ok(Walk::Free(id)),
+                Fate::Loaded(by) => return Ok(Walk::Loaded(by)),
+                Fate::Failed => id = id.next_attempt(),
+                Fate::Running => return Ok(Walk::Busy(id.to_string())),
+                Fate::Claimed(group) => return Ok(Walk::Claimed { id, group }),
+            }
+        }
+    }
+
+    /// Counts a load job against its table's budget.
+    fn count_job(&self, configuration: &Value) {
+        self.jobs_started.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = destination_of(configuration)
+            && let Ok(mut b) = self.budget.lock()
+        {
+            let c = b.entry(t).or_default();
+            c.local.push_back(std::time::Instant::now());
+        }
+    }
+
+    /// Load jobs of `table` in the last 24 hours: BigQuery's count (INFORMATION_SCHEMA, at
+    /// most `budget_refresh` old) plus the jobs this process started since.
+    async fn jobs_last_day(&self, table: &TableRef, location: Option<&str>) -> u64 {
+        let day = Duration::from_secs(24 * 3600);
+        let needs_seed = self
+            .budget
+            .lock()
+            .map(|b| {
+                b.get(table)
+                    .and_then(|c| c.seeded_at)
+                    .is_none_or(|t| t.elapsed() > self.options.budget_refresh)
+            })
+            .unwrap_or(false);
+        if needs_seed && let Some(loc) = location {
+            let sql = sql::load_jobs_last_day(self.client.project(), loc, table);
+            let seed = match self
+                .client
+                .query(&sql, location, &request_id("budget"), self.options.max_wait)
+                .await
+            {
+                Ok(r) => r
+                    .rows
+                    .first()
+                    .and_then(|row| row.first())
+                    .and_then(|v| {
+                        v.as_str()
+                            .and_then(|s| s.parse().ok())
+                            .or_else(|| v.as_u64())
+                    })
+                    .unwrap_or(0),
+                Err(e) => {
+                    tracing::warn!(table = %table, error = %e, "cannot count load jobs in INFORMATION_SCHEMA (needs bigquery.jobs.listAll); counting this process's jobs only");
+                    0
+                }
+            };
+            if let Ok(mut b) = self.budget.lock() {
+                let c = b.entry(table.clone()).or_default();
+                c.seed = seed;
+                c.seeded_at = Some(std::time::Instant::now());
+                c.local.clear();
+            }
+        }
+        self.budget
+            .lock()
+            .map(|mut b| {
+                let c = b.entry(table.clone()).or_default();
+                while c.local.front().is_some_and(|t| t.elapsed() > day) {
+                    c.local.pop_front();
+                }
+                c.seed + c.local.len() as u64
+            })
+            .unwrap_or(0)
+    }
+
+    /// Refuses a new load job when the table's budget is used up (retry later: the objects
+    /// wait in the queue, and are combined into fewer jobs when they come back).
+    async fn check_budget(&self, table: &TableRef, location: Option<&str>) -> Result<u64, BqError> {
+        let used = self.jobs_last_day(table, location).await;
+        if used >= u64::from(self.options.load_jobs_per_table_day) {
+            return Err(BqError {
+                context: format!("table {table}"),
+                status: None,
+                reason: Some("ferryLoadJobBudget".into()),
+                message: format!(
+                    "{used} load jobs in the last 24 hours, budget {}: waiting for the window to move",
+                    self.options.load_jobs_per_table_day
+                ),
+                class: ErrorClass::RetryLater,
+            });
+        }
+        Ok(used)
+    }
+
+    /// Loads several converted files of one table as one load job, exactly once per object:
+    /// each object's next unused job id is claimed for the group (a query job under that id
+    /// naming the group's load job), then the concatenated file is loaded under the group's id.
+    /// Whoever later finds one of those ids used (a redelivery loading the object alone, or in
+    /// another group) reads the claim and follows it to the group load's outcome.
+    pub async fn load_group_async(
+        &self,
+        requests: &[LoadRequest<'_>],
+    ) -> Vec<Result<LoadOutcome, BqError>> {
+        let n = requests.len();
+        let Some(last) = requests.last() else {
+            return Vec::new();
+        };
+        let location = last.source.location.as_deref();
+        let table = &last.table.changelog;
+        if let Err(e) = self.prepare_tables(last).await {
+            return vec![Err(e); n];
+        }
+        let mut results: Vec<Option<Result<LoadOutcome, BqError>>> = vec![None; n];
+        let mut rounds = 0;
+        loop {
+            let mut members: Vec<(usize, JobId)> = Vec::new();
+            let mut claimed: Vec<(usize, JobId, String)> = Vec::new();
+            for (i, r) in requests.iter().enumerate() {
+                if results[i].is_some() {
+                    continue;
+                }
+                match self.walk(r.job_id, location).await {
+                    Ok(Walk::Free(id)) => members.push((i, id)),
+                    Ok(Walk::Claimed { id, group }) => claimed.push((i, id, group)),
+                    Ok(Walk::Loaded(by)) => {
+                        results[i] = Some(Ok(LoadOutcome::AlreadyLoaded { job_id: by }))
+                    }
+                    Ok(Walk::Busy(id)) => {
+                        results[i] = Some(Err(BqError::transport(
+                            format!("load of {}", r.object.key),
+                            format!(
+                                "job {id} of this object is still running or claimed by another delivery"
+                            ),
+                        )))
+                    }
+                    Err(e) => results[i] = Some(Err(e)),
+                }
+            }
+            // Claims of exactly these objects for a group load that never started (its
+            // insert failed, or its invocation died): the same group, so it is loaded now
+            // (if the first claimer is alive after all, one of the two inserts gets 409).
+            let resume = claimed.first().map(|(_, _, g)| g.clone()).filter(|g| {
+                members.is_empty()
+                    && claimed.iter().all(|(_, _, other)| other == g)
+                    && group_job_id(
+                        table,
+                        &claimed
+                            .iter()
+                            .map(|(_, id, _)| id.to_string())
+                            .collect::<Vec<_>>(),
+                    ) == *g
+            });
+            if resume.is_none() {
+                for (i, id, group) in claimed.drain(..) {
+                    results[i] = Some(Err(BqError::transport(
+                        format!("load of {}", requests[i].object.key),
+                        format!(
+                            "job id {id} is claimed by group load {group}, which has not started (another delivery is loading this object)"
+                        ),
+                    )));
+                }
+            } else {
+                members = claimed.iter().map(|(i, id, _)| (*i, id.clone())).collect();
+            }
+            if members.is_empty() {
+                break;
+            }
+            if let Err(e) = self.check_budget(table, location).await {
+                for (i, _) in &members {
+                    results[*i] = Some(Err(e.clone()));
+                }
+                break;
+            }
+            if members.len() == 1 && resume.is_none() {
+                let (i, id) = &members[0];
+                results[*i] = Some(self.load_one(&requests[*i], id).await);
+                break;
+            }
+            let ids: Vec<String> = members.iter().map(|(_, id)| id.to_string()).collect();
+            let group = group_job_id(table, &ids);
+            let claim = format!("SELECT {} AS ferry_group_load", sql::string_literal(&group));
+            let mut conflict = None;
+            let to_claim = if resume.is_some() {
+                &[][..]
+            } else {
+                &members[..]
+            };
+            for (_, id) in to_claim {
+                let name = id.to_string();
+                match self
+                    .client
+                    .insert_query_job(&name, location, &claim, &json!({"ferry_claim": "true"}))
+                    .await
+                {
+                    Ok(Some(_)) => {}
+                    Ok(None) => match self.client.get_job(&name, location).await {
+                        Ok(j) if j.query.as_deref() == Some(claim.as_str()) => {}
+                        Ok(_) => {
+                            conflict = Some(format!("job id {name} was taken by another delivery"))
+                        }
+                        Err(e) => conflict = Some(e.to_string()),
+                    },
+                    Err(e) => conflict = Some(e.to_string()),
+                }
+                if conflict.is_some() {
+                    break;
+                }
+            }
+            if let Some(why) = conflict {
+                // Claims already made point to a group load that will not start: after the
+                // grace period they count as failed attempts.
+                for (i, r) in members.iter().map(|(i, _)| (*i, &requests[*i])) {
+                    results[i] = Some(Err(BqError::transport(
+                        format!("load of {}", r.object.key),
+                        format!("group load not started: {why}"),
+                    )));
+                }
+                break;
+            }
+            let files: Vec<&Converted> = members.iter().map(|(i, _)| requests[*i].file).collect();
+            let outcome = self
+                .load_combined(&group, location, &load_configuration(last), &files)
+                .await;
+            let failed_retryably = match outcome {
+                Ok(outcome) => {
+                    for (i, _) in &members {
+                        results[*i] = Some(Ok(match &outcome {
+                            LoadOutcome::Loaded { job_id } => LoadOutcome::Loaded {
+                                job_id: job_id.clone(),
+                            },
+                            LoadOutcome::AlreadyLoaded { job_id } => LoadOutcome::AlreadyLoaded {
+                                job_id: job_id.clone(),
+                            },
+                        }));
+                    }
+                    false
+                }
+                Err(e)
+                    if e.class == ErrorClass::Retryable
+                        && rounds + 1 < self.options.max_attempts =>
+                {
+                    tracing::warn!(job_id = %group, error = %e, "group load failed; retrying under the next ids");
+                    true
+                }
+                Err(e) => {
+                    for (i, _) in &members {
+                        results[*i] = Some(Err(e.clone()));
+                    }
+                    false
+                }
+            };
+            if !failed_retryably {
+                break;
+            }
+            rounds += 1;
+            self.client.backoff(rounds - 1).await;
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BqError::transport("group load", "no outcome"))))
+            .collect()
+    }
+
+    /// One object through its own chain, from its first unused id.
+    async fn load_one(
+        &self,
+        request: &LoadRequest<'_>,
+        from: &JobId,
+    ) -> Result<LoadOutcome, BqError> {
+        let configuration = load_configuration(request);
+        let location = request.source.location.as_deref();
+        match request.file {
+            Converted::InMemory(bytes) => {
+                self.load_exactly_once(from, location, &configuration, Upload::Bytes(bytes))
+                    .await
+            }
+            Converted::OnDisk(path) => {
+                self.load_exactly_once(from, location, &configuration, Upload::File(path))
+                    .await
+            }
+        }
+    }
+
+    /// The group's load job over the concatenated files (no attempts: a failed group load is
+    /// retried as a new group, under the members' next ids).
+    async fn load_combined(
+        &self,
+        group: &str,
+        location: Option<&str>,
+        configuration: &Value,
+        files: &[&Converted],
+    ) -> Result<LoadOutcome, BqError> {
+        let context = format!("group load {group}");
+        let sources = files
+            .iter()
+            .map(|f| {
+                f.source()
+                    .map_err(|e| BqError::transport(&context, e.message))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: u64 = files.iter().map(|f| f.len()).sum();
+        let scratch;
+        let data = if total <= COMBINE_IN_MEMORY_MAX {
+            let mut buf = Vec::with_capacity(usize::try_from(total).unwrap_or(0) + 4096);
+            ferry_convert::concat(&sources, &mut buf)
+                .map_err(|e| BqError::permanent(&context, e.to_string()))?;
+            Converted::InMemory(buf.into())
+        } else {
+            scratch = ScratchFile(std::env::temp_dir().join(format!("{group}.parquet")));
+            let f = std::fs::File::create(&scratch.0)
+                .map_err(|e| BqError::transport(&context, e.to_string()))?;
+            ferry_convert::concat(&sources, std::io::BufWriter::new(f))
+                .map_err(|e| BqError::permanent(&context, e.to_string()))?;
+            Converted::OnDisk(scratch.0.clone())
+        };
+        let upload = match &data {
+            Converted::InMemory(b) => Upload::Bytes(b),
+            Converted::OnDisk(p) => Upload::File(p),
+        };
+        match self
+            .client
+            .insert_load_job(group, location, configuration, upload)
+            .await?
+        {
+            Some(state) => {
+                self.count_job(configuration);
+                let state = self
+                    .client
+                    .wait_job(state, location, self.options.max_wait)
+                    .await?;
+                match state.error {
+                    None => Ok(LoadOutcome::Loaded {
+                        job_id: group.to_owned(),
+                    }),
+                    Some(e) => Err(BqError::from_response(context, None, e.reason, e.message)),
+                }
+            }
+            None => match self.settle(group, location).await? {
+                Fate::Loaded(by) => Ok(LoadOutcome::AlreadyLoaded { job_id: by }),
+                _ => Err(BqError::transport(
+                    context,
+                    "an earlier run of this group load failed",
+                )),
+            },
         }
     }
 
     async fn load_async(&self, request: &LoadRequest<'_>) -> Result<LoadOutcome, BqError> {
         self.prepare_tables(request).await?;
-        let configuration = load_configuration(request);
         let location = request.source.location.as_deref();
-        let (outcome, state) = match request.file {
-            Converted::InMemory(bytes) => {
-                self.load_exactly_once(
-                    request.job_id,
-                    location,
-                    &configuration,
-                    Upload::Bytes(bytes),
-                )
-                .await?
+        // A redelivered object that is loaded already needs no budget.
+        match self.walk(request.job_id, location).await? {
+            Walk::Loaded(by) => Ok(LoadOutcome::AlreadyLoaded { job_id: by }),
+            Walk::Free(id) => {
+                self.check_budget(&request.table.changelog, location)
+                    .await?;
+                self.load_one(request, &id).await
             }
-            Converted::OnDisk(path) => {
-                self.load_exactly_once(request.job_id, location, &configuration, Upload::File(path))
-                    .await?
-            }
-        };
-        if let (LoadOutcome::Loaded { job_id }, Some(rows)) = (&outcome, state.output_rows)
-            && rows != request.rows
-        {
-            tracing::warn!(job_id = %job_id, expected = request.rows, loaded = rows, "load job wrote another row count than the file holds");
+            // Running or claimed: the insert's 409 path waits for it or reports it.
+            Walk::Busy(_) | Walk::Claimed { .. } => self.load_one(request, request.job_id).await,
         }
-        Ok(outcome)
     }
 
     fn remember_for_apply(&self, request: &LoadRequest<'_>) {
@@ -472,6 +983,32 @@ impl Warehouse for BigQueryWarehouse {
         let outcome = self.block(self.load_async(request))?;
         self.remember_for_apply(request);
         Ok(outcome)
+    }
+
+    fn load_group(&self, requests: &[LoadRequest<'_>]) -> Vec<Result<LoadOutcome, PortError>> {
+        let Some(last) = requests.last() else {
+            return Vec::new();
+        };
+        // Below `combine_from` of the budget every object gets its own load job (the simplest
+        // path, and the freshest data); above it, one job carries the whole run.
+        let used = self
+            .handle
+            .block_on(self.jobs_last_day(&last.table.changelog, last.source.location.as_deref()));
+        let hot = used as f64
+            >= self.options.combine_from * f64::from(self.options.load_jobs_per_table_day);
+        if !hot || requests.len() < 2 {
+            return requests.iter().map(|r| self.load(r)).collect();
+        }
+        let results = self.handle.block_on(self.load_group_async(requests));
+        requests
+            .iter()
+            .zip(results)
+            .map(|(r, result)| {
+                let outcome = result.map_err(port_error)?;
+                self.remember_for_apply(r);
+                Ok(outcome)
+            })
+            .collect()
     }
 
     fn apply(&self, table: &TableMapping) -> Result<u64, PortError> {

@@ -12,10 +12,12 @@
 //! - `derive`: per-column type planning (copy, relabel or convert).
 //! - `transform`: value conversions (BIT, unsigned, TINYINT(1), TIME, text dates).
 //! - [`convert`]: the streaming converter.
+//! - [`concat`]: several converted files of a table as one, chunks copied (one load job).
 //! - [`error`]: errors, retryable or permanent.
 //! - `timefmt`: date and time text.
 
 pub mod canonical;
+pub mod concat;
 pub mod convert;
 mod derive;
 pub mod error;
@@ -23,6 +25,7 @@ pub mod source;
 mod timefmt;
 mod transform;
 
+pub use concat::concat;
 pub use convert::{Conversion, ConvertOutcome, ConvertRequest, convert};
 pub use error::ConvertError;
 pub use ferry_core::schema::OpCounts;

@@ -220,6 +220,25 @@ pub fn add_columns(table: &TableRef, added: &[BqField]) -> Vec<String> {
         .collect()
 }
 
+/// Load jobs into `table` in the last 24 hours, failed ones included (they count against
+/// BigQuery's per-table limit too), from the region's `INFORMATION_SCHEMA.JOBS_BY_PROJECT`
+/// (needs `bigquery.jobs.listAll` on the project).
+pub fn load_jobs_last_day(project: &str, location: &str, table: &TableRef) -> String {
+    format!(
+        "SELECT COUNT(*) AS jobs FROM {}.{}.INFORMATION_SCHEMA.JOBS_BY_PROJECT\n\
+         WHERE creation_time > TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 24 HOUR)\n  \
+         AND job_type = 'LOAD'\n  \
+         AND destination_table.project_id = {}\n  \
+         AND destination_table.dataset_id = {}\n  \
+         AND destination_table.table_id = {}",
+        ident(project),
+        ident(&format!("region-{}", location.to_ascii_lowercase())),
+        string_literal(&table.project),
+        string_literal(&table.dataset),
+        string_literal(&table.table),
+    )
+}
+
 /// What one apply covers: the change-log files loaded since the last apply, and their commit
 /// time range (µs since the epoch) for partition pruning.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,8 @@
 //! - `FERRY_BQ_BASE_URL`: BigQuery endpoint override (test servers, emulators).
 //! - `FERRY_BQ_PROJECT`: the project load jobs run in (default: the first mapping's project).
 //! - `FERRY_MAX_PARALLEL` (tables at once, default 4), `FERRY_WORK_DIR` (default `/tmp/ferry`).
+//! - `FERRY_LOAD_JOBS_PER_TABLE_DAY` (default 1,000), `FERRY_COMBINE_FROM` (default 0.5): the
+//!   load-job budget (see `ferry_bigquery::warehouse`).
 //!
 //! # Layout
 //! - [`Loader`]: the set-up pipeline and its handler.
@@ -114,6 +116,8 @@ pub struct LoaderParts {
     pub work_dir: PathBuf,
     /// Tables processed at once.
     pub max_parallel: usize,
+    /// Load attempts, waits and the load-job budget.
+    pub warehouse: WarehouseOptions,
 }
 
 impl Loader {
@@ -122,7 +126,7 @@ impl Loader {
         let warehouse = Arc::new(BigQueryWarehouse::new(
             parts.bigquery,
             parts.handle.clone(),
-            WarehouseOptions::default(),
+            parts.warehouse,
         ));
         Loader {
             pipeline: Arc::new(Pipeline {
@@ -163,6 +167,7 @@ impl Loader {
             handle: tokio::runtime::Handle::current(),
             work_dir,
             max_parallel,
+            warehouse: warehouse_options_from_env()?,
         }))
     }
 
@@ -200,6 +205,26 @@ impl Loader {
         );
         Ok(report)
     }
+}
+
+/// The load-job budget from the environment: `FERRY_LOAD_JOBS_PER_TABLE_DAY` (default 1,000)
+/// and `FERRY_COMBINE_FROM` (share of the budget from which a batch's files of a table share one
+/// load job, default 0.5).
+pub fn warehouse_options_from_env() -> Result<WarehouseOptions, String> {
+    let mut o = WarehouseOptions::default();
+    if let Some(v) = env("FERRY_LOAD_JOBS_PER_TABLE_DAY") {
+        o.load_jobs_per_table_day = v
+            .parse()
+            .map_err(|_| format!("FERRY_LOAD_JOBS_PER_TABLE_DAY={v:?} is not a number"))?;
+    }
+    if let Some(v) = env("FERRY_COMBINE_FROM") {
+        o.combine_from = v
+            .parse()
+            .ok()
+            .filter(|f: &f64| (0.0..=1.0).contains(f))
+            .ok_or_else(|| format!("FERRY_COMBINE_FROM={v:?} is not a share between 0 and 1"))?;
+    }
+    Ok(o)
 }
 
 /// Milliseconds since the epoch.

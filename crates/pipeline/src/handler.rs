@@ -131,24 +131,42 @@ where
                     let Some(tasks) = next else { break };
                     let mut loaded_tables = BTreeMap::new();
                     let mut group_results = Vec::new();
+                    // Objects not started near the deadline fail (retryable); the rest of the
+                    // table's objects are processed together, in apply order.
+                    let late = options
+                        .deadline
+                        .is_some_and(|d| Instant::now() + options.safety_margin >= d);
+                    let mut started: Vec<Task> = Vec::new();
                     for task in tasks {
-                        let late = options.deadline.is_some_and(|d| Instant::now() + options.safety_margin >= d);
-                        let result = if late {
-                            ObjectResult::Failed {
-                                reason: format!("s3://{}/{}: not started, too close to the invocation deadline", task.bucket, task.key),
-                                retryable: true,
-                            }
+                        if late {
+                            let reason = format!("s3://{}/{}: not started, too close to the invocation deadline", task.bucket, task.key);
+                            group_results.push((task.message, task.key, ObjectResult::Failed { reason, retryable: true }));
                         } else {
-                            pipeline.process_object(&task.bucket, &task.key)
-                        };
-                        // Already-loaded objects apply too: an earlier delivery may have
-                        // loaded them and then failed to apply.
-                        if let ObjectResult::Loaded { table, source, .. }
-                        | ObjectResult::AlreadyLoaded { table, source, .. } = &result
-                        {
-                            loaded_tables.insert((source.clone(), table.clone()), ());
+                            started.push(task);
                         }
-                        group_results.push((task.message, task.key, result));
+                    }
+                    // One bucket per call (tasks without a parsed key may come from several).
+                    let mut rest = started.as_slice();
+                    while let Some(first) = rest.first() {
+                        let n = if first.order.is_some() {
+                            rest.iter().take_while(|t| t.bucket == first.bucket && t.order.is_some()).count()
+                        } else {
+                            1
+                        };
+                        let (run, tail) = rest.split_at(n);
+                        rest = tail;
+                        let keys: Vec<String> = run.iter().map(|t| t.key.clone()).collect();
+                        let results = pipeline.process_objects(&first.bucket, &keys);
+                        for (task, result) in run.iter().zip(results) {
+                            if let ObjectResult::Loaded { table, source, .. }
+                            | ObjectResult::AlreadyLoaded { table, source, .. } = &result
+                            {
+                                // Already-loaded objects apply too: an earlier delivery may
+                                // have loaded them and then failed to apply.
+                                loaded_tables.insert((source.clone(), table.clone()), ());
+                            }
+                            group_results.push((task.message, task.key.clone(), result));
+                        }
                     }
                     // The replica catches up once per table per batch.
                     if !options.apply_replicas {

@@ -161,6 +161,12 @@ pub trait Warehouse: Send + Sync {
     fn table_schema(&self, table: &TableMapping) -> Result<Option<TableSchema>, PortError>;
     /// Loads a converted file, creating or widening the tables as needed.
     fn load(&self, request: &LoadRequest<'_>) -> Result<LoadOutcome, PortError>;
+    /// Loads several converted files of one table (same columns, in apply order), as one
+    /// load job where the warehouse can, keeping `load`'s exactly-once contract per object.
+    /// Returns one result per request, in order. The default loads them one by one.
+    fn load_group(&self, requests: &[LoadRequest<'_>]) -> Vec<Result<LoadOutcome, PortError>> {
+        requests.iter().map(|r| self.load(r)).collect()
+    }
     /// Applies change-log rows not applied yet to the replica (replica mode).
     fn apply(&self, table: &TableMapping) -> Result<u64, PortError>;
     /// Records what happened to an object, for status.
@@ -226,6 +232,9 @@ impl<T: Warehouse + ?Sized> Warehouse for Arc<T> {
     }
     fn load(&self, request: &LoadRequest<'_>) -> Result<LoadOutcome, PortError> {
         (**self).load(request)
+    }
+    fn load_group(&self, requests: &[LoadRequest<'_>]) -> Vec<Result<LoadOutcome, PortError>> {
+        (**self).load_group(requests)
     }
     fn apply(&self, table: &TableMapping) -> Result<u64, PortError> {
         (**self).apply(table)

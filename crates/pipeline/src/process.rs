@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferry_convert::{Conversion, ConvertRequest, RangeReader};
-use ferry_core::mapping::{Catalog, TableMapping};
-use ferry_core::plan_object;
+use ferry_convert::{Conversion, ConvertOutcome, ConvertRequest, RangeReader};
+use ferry_core::key::DmsObject;
+use ferry_core::mapping::{Catalog, Source, TableMapping};
+use ferry_core::{JobId, plan_object};
 
 use crate::ports::{
     Converted, LoadOutcome, LoadRequest, ObjectStore, PortError, StatusEvent, Warehouse,
@@ -69,7 +70,7 @@ pub enum ObjectResult {
 static SCRATCH: AtomicU64 = AtomicU64::new(0);
 
 /// Objects up to this size are converted in memory.
-const IN_MEMORY_MAX: u64 = 16 << 20;
+const IN_MEMORY_MAX: u64 = 8 << 20;
 
 /// Microseconds since the epoch, now.
 pub fn now_micros() -> i64 {
@@ -79,15 +80,126 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
+/// An object converted and ready to load.
+struct Prepared<'c> {
+    source: &'c Source,
+    table: &'c TableMapping,
+    object: DmsObject,
+    job_id: JobId,
+    outcome: ConvertOutcome,
+    file: Converted,
+    _scratch: Option<Scratch>,
+}
+
+/// One object's progress through the pipeline.
+struct Tracked<'c> {
+    key: String,
+    started: std::time::Instant,
+    event: StatusEvent,
+    state: Result<Prepared<'c>, ObjectResult>,
+}
+
 impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
-    /// Processes one object and records what happened (except for retryable failures of the
-    /// status store itself, which cannot be recorded).
+    /// Processes one object and records what happened (never fails: failures are results).
+    /// Recording is best effort: a status write that fails is logged, not retried (the object's
+    /// outcome does not depend on it).
     pub fn process_object(&self, bucket: &str, key: &str) -> ObjectResult {
-        let started = std::time::Instant::now();
-        let span = tracing::info_span!("object", bucket, key);
-        let _entered = span.enter();
+        self.process_objects(bucket, &[key.to_owned()])
+            .pop()
+            .unwrap_or(ObjectResult::Failed {
+                reason: format!("s3://{bucket}/{key}: not processed"),
+                retryable: true,
+            })
+    }
+
+    /// Processes objects of one table, given in apply order, and returns their results in the
+    /// same order. Consecutive objects whose converted files have the same columns are loaded
+    /// together (one load job, see `Warehouse::load_group`) when the warehouse combines loads.
+    pub fn process_objects(&self, bucket: &str, keys: &[String]) -> Vec<ObjectResult> {
+        let mut tracked: Vec<Tracked<'_>> = keys
+            .iter()
+            .map(|key| {
+                let started = std::time::Instant::now();
+                let span = tracing::info_span!("object", bucket, key = key.as_str());
+                let _entered = span.enter();
+                let mut event = self.new_event(bucket, key);
+                let state = self.prepare(bucket, key, &mut event);
+                Tracked {
+                    key: key.clone(),
+                    started,
+                    event,
+                    state,
+                }
+            })
+            .collect();
+        // Runs of prepared objects of one table with the same columns load together.
+        let mut results: Vec<Option<ObjectResult>> = tracked
+            .iter()
+            .map(|t| t.state.as_ref().err().cloned())
+            .collect();
+        let mut i = 0;
+        while i < tracked.len() {
+            let Ok(first) = &tracked[i].state else {
+                i += 1;
+                continue;
+            };
+            let mut j = i + 1;
+            while j < tracked.len()
+                && matches!(&tracked[j].state, Ok(p) if p.table.changelog == first.table.changelog
+                    && p.outcome.schema == first.outcome.schema)
+            {
+                j += 1;
+            }
+            let requests: Vec<LoadRequest<'_>> = tracked[i..j]
+                .iter()
+                .filter_map(|t| t.state.as_ref().ok())
+                .map(|p| p.request(bucket))
+                .collect();
+            let outcomes = if requests.len() == 1 {
+                vec![self.warehouse.load(&requests[0])]
+            } else {
+                self.warehouse.load_group(&requests)
+            };
+            for (k, outcome) in outcomes.into_iter().enumerate() {
+                let t = &tracked[i + k];
+                let Ok(p) = &t.state else { continue };
+                results[i + k] = Some(match outcome {
+                    Ok(LoadOutcome::Loaded { job_id }) => ObjectResult::Loaded {
+                        job_id,
+                        rows: p.outcome.rows,
+                        table: p.table.source_table(),
+                        source: p.source.name.clone(),
+                    },
+                    Ok(LoadOutcome::AlreadyLoaded { job_id }) => ObjectResult::AlreadyLoaded {
+                        job_id,
+                        table: p.table.source_table(),
+                        source: p.source.name.clone(),
+                    },
+                    Err(e) => ObjectResult::Failed {
+                        reason: format!("s3://{bucket}/{}: {}", t.key, e.message),
+                        retryable: e.retryable,
+                    },
+                });
+            }
+            i = j;
+        }
+        tracked
+            .iter_mut()
+            .zip(results)
+            .map(|(t, result)| {
+                let result = result.unwrap_or(ObjectResult::Failed {
+                    reason: format!("s3://{bucket}/{}: the warehouse gave no result", t.key),
+                    retryable: true,
+                });
+                self.finish(t, &result);
+                result
+            })
+            .collect()
+    }
+
+    fn new_event(&self, bucket: &str, key: &str) -> StatusEvent {
         let plan = plan_object(&self.catalog, Some(bucket), key, None);
-        let mut event = StatusEvent {
+        StatusEvent {
             at_micros: now_micros(),
             kind: String::new(),
             source: plan.source.map(|s| s.name.clone()),
@@ -100,38 +212,98 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
             bytes: 0,
             commit_ts_max: None,
             message: None,
-        };
-        let result = match (&plan.skip, plan.source, plan.table, plan.object.as_ref()) {
-            (Some(skip), ..) => ObjectResult::Skipped {
-                code: skip.code().to_owned(),
-                reason: skip.to_string(),
-            },
-            (None, Some(source), Some(table), Some(object)) => {
-                match self.load(bucket, key, source, table, object, &mut event) {
-                    Ok(LoadOutcome::Loaded { job_id }) => ObjectResult::Loaded {
-                        job_id,
-                        rows: event.rows,
-                        table: table.source_table(),
-                        source: source.name.clone(),
-                    },
-                    Ok(LoadOutcome::AlreadyLoaded { job_id }) => ObjectResult::AlreadyLoaded {
-                        job_id,
-                        table: table.source_table(),
-                        source: source.name.clone(),
-                    },
-                    Err(e) => ObjectResult::Failed {
-                        reason: format!("s3://{bucket}/{key}: {}", e.message),
-                        retryable: e.retryable,
-                    },
-                }
+        }
+    }
+
+    /// Plans, reads and converts one object; `Err` is its final result (skipped or failed).
+    fn prepare(
+        &self,
+        bucket: &str,
+        key: &str,
+        event: &mut StatusEvent,
+    ) -> Result<Prepared<'_>, ObjectResult> {
+        let plan = plan_object(&self.catalog, Some(bucket), key, None);
+        let (source, table, object) = match (&plan.skip, plan.source, plan.table, plan.object) {
+            (Some(skip), ..) => {
+                return Err(ObjectResult::Skipped {
+                    code: skip.code().to_owned(),
+                    reason: skip.to_string(),
+                });
             }
-            _ => ObjectResult::Failed {
-                reason: format!("s3://{bucket}/{key}: planning failed"),
-                retryable: false,
-            },
+            (None, Some(source), Some(table), Some(object)) => (source, table, object),
+            _ => {
+                return Err(ObjectResult::Failed {
+                    reason: format!("s3://{bucket}/{key}: planning failed"),
+                    retryable: false,
+                });
+            }
         };
+        let failed = |e: PortError| ObjectResult::Failed {
+            reason: format!("s3://{bucket}/{key}: {}", e.message),
+            retryable: e.retryable,
+        };
+        let meta = self
+            .store
+            .head(bucket, key)
+            .map_err(failed)?
+            .ok_or_else(|| {
+                failed(PortError::permanent(
+                    "the object no longer exists (deleted by a DMS truncate or by hand); nothing was removed from the warehouse",
+                ))
+            })?;
+        event.bytes = meta.size;
+        let job_id = JobId::for_object(bucket, &object, Some(&meta.etag), &table.changelog, 0);
+        let known = self.warehouse.table_schema(table).map_err(failed)?;
+        let input = RangeReader::new(self.store.open(bucket, key, &meta).map_err(failed)?);
+        let request = ConvertRequest {
+            source,
+            table,
+            object: &object,
+            object_time_micros: meta.last_modified_micros,
+            known: known.as_ref(),
+        };
+        let classify = |e: ferry_convert::ConvertError| {
+            failed(PortError {
+                message: e.to_string(),
+                retryable: e.is_retryable(),
+            })
+        };
+        let conversion = Conversion::plan(&input, &request).map_err(classify)?;
+        let (outcome, file, scratch) = if meta.size <= IN_MEMORY_MAX {
+            let mut buf = Vec::with_capacity(usize::try_from(meta.size).unwrap_or(0) + (64 << 10));
+            let outcome = conversion
+                .write(&input, &request, &mut buf)
+                .map_err(classify)?;
+            (outcome, Converted::InMemory(buf.into()), None)
+        } else {
+            let scratch = Scratch::new(&self.work_dir, job_id.base()).map_err(failed)?;
+            let file = BufWriter::with_capacity(
+                1 << 20,
+                File::create(&scratch.0).map_err(|e| failed(io_retryable(e)))?,
+            );
+            let outcome = conversion.write(&input, &request, file).map_err(classify)?;
+            (outcome, Converted::OnDisk(scratch.0.clone()), Some(scratch))
+        };
+        event.rows = outcome.rows;
+        event.commit_ts_max = outcome.commit_ts_max;
+        Ok(Prepared {
+            source,
+            table,
+            object,
+            job_id,
+            outcome,
+            file,
+            _scratch: scratch,
+        })
+    }
+
+    /// Records and logs one object's result.
+    fn finish(&self, t: &mut Tracked<'_>, result: &ObjectResult) {
+        let span = tracing::info_span!("object", bucket = %t.event.bucket, key = %t.key);
+        let _entered = span.enter();
+        let event = &mut t.event;
         event.at_micros = now_micros();
-        match &result {
+        match result {
             ObjectResult::Loaded { job_id, .. } => {
                 event.kind = "loaded".into();
                 event.job_id = Some(job_id.clone());
@@ -156,10 +328,10 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                 event.message = Some(reason.clone());
             }
         }
-        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = u64::try_from(t.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let table = event.table.as_deref().unwrap_or("");
         let job_id = event.job_id.as_deref().unwrap_or("");
-        match &result {
+        match result {
             ObjectResult::Failed { reason, retryable } => tracing::warn!(
                 outcome = %event.kind, table, retryable, reason = %reason, bytes = event.bytes, ms, "object failed"
             ),
@@ -167,75 +339,28 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                 outcome = %event.kind, table, job_id, rows = event.rows, bytes = event.bytes, ms, "object done"
             ),
         }
-        if let Err(e) = self.warehouse.record(&event) {
-            // Status is best-effort; the data path's result stands.
-            tracing::warn!(bucket, key, error = %e, "status not recorded");
+        if let Err(e) = self.warehouse.record(event) {
+            tracing::warn!(key = %t.key, error = %e, "status not recorded");
         }
-        result
     }
+}
 
-    fn load(
-        &self,
-        bucket: &str,
-        key: &str,
-        source: &ferry_core::Source,
-        table: &TableMapping,
-        object: &ferry_core::DmsObject,
-        event: &mut StatusEvent,
-    ) -> Result<LoadOutcome, PortError> {
-        let meta = self.store.head(bucket, key)?.ok_or_else(|| {
-            PortError::permanent(
-                "the object no longer exists (deleted by a DMS truncate or by hand); nothing was removed from the warehouse",
-            )
-        })?;
-        event.bytes = meta.size;
-        let job_id =
-            ferry_core::JobId::for_object(bucket, object, Some(&meta.etag), &table.changelog, 0);
-        let known = self.warehouse.table_schema(table)?;
-        let input = RangeReader::new(self.store.open(bucket, key, &meta)?);
-        let request = ConvertRequest {
-            source,
-            table,
-            object,
-            object_time_micros: meta.last_modified_micros,
-            known: known.as_ref(),
-        };
-        let classify = |e: ferry_convert::ConvertError| PortError {
-            message: e.to_string(),
-            retryable: e.is_retryable(),
-        };
-        let conversion = Conversion::plan(&input, &request).map_err(classify)?;
-        // Small objects convert in memory; large ones to a scratch file, so memory stays bounded.
-        let scratch;
-        let (outcome, converted) = if meta.size <= IN_MEMORY_MAX {
-            let mut buf = Vec::with_capacity(usize::try_from(meta.size).unwrap_or(0) + (64 << 10));
-            let outcome = conversion
-                .write(&input, &request, &mut buf)
-                .map_err(classify)?;
-            (outcome, Converted::InMemory(buf.into()))
-        } else {
-            scratch = Scratch::new(&self.work_dir, job_id.base())?;
-            let file =
-                BufWriter::with_capacity(1 << 20, File::create(&scratch.0).map_err(io_retryable)?);
-            let outcome = conversion.write(&input, &request, file).map_err(classify)?;
-            (outcome, Converted::OnDisk(scratch.0.clone()))
-        };
-        event.rows = outcome.rows;
-        event.commit_ts_max = outcome.commit_ts_max;
-        self.warehouse.load(&LoadRequest {
-            job_id: &job_id,
-            source,
-            table,
-            object,
+impl Prepared<'_> {
+    fn request<'a>(&'a self, bucket: &'a str) -> LoadRequest<'a> {
+        LoadRequest {
+            job_id: &self.job_id,
+            source: self.source,
+            table: self.table,
+            object: &self.object,
             bucket,
-            schema: &outcome.schema,
-            added: &outcome.added,
-            file: &converted,
-            rows: outcome.rows,
-            ops: outcome.ops,
-            commit_ts_min: outcome.commit_ts_min,
-            commit_ts_max: outcome.commit_ts_max,
-        })
+            schema: &self.outcome.schema,
+            added: &self.outcome.added,
+            file: &self.file,
+            rows: self.outcome.rows,
+            ops: self.outcome.ops,
+            commit_ts_min: self.outcome.commit_ts_min,
+            commit_ts_max: self.outcome.commit_ts_max,
+        }
     }
 }
 
