@@ -122,7 +122,7 @@ pub mod meta {
             f(
                 ROW,
                 BqType::Int64,
-                "ferry: the row's position in its file; apply order is (_ferry_file_seq, _ferry_row)",
+                "ferry: the row's position in its file; apply order is (_ferry_commit_ts, _ferry_file_seq, _ferry_row)",
             ),
             f(FILE, BqType::String, "ferry: S3 key of the source file"),
             f(

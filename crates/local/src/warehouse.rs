@@ -400,7 +400,11 @@ impl Warehouse for SqliteWarehouse {
         let cols: Vec<String> = schema.fields.iter().map(|f| quote(&f.name)).collect();
         let col_list = cols.join(", ");
         let deleted = format!("{} = '{}'", quote(meta::OP), meta::op::DELETE);
-        let (seq, row) = (quote(meta::FILE_SEQ), quote(meta::ROW));
+        let (ts, seq, row) = (
+            quote(meta::COMMIT_TS),
+            quote(meta::FILE_SEQ),
+            quote(meta::ROW),
+        );
         // Deleted keys keep their version in a tombstone table (soft-delete replicas keep the
         // flagged row instead), so that a late, older insert cannot resurrect them.
         let tombstones = format!("{replica}__ferry_tombstones");
@@ -412,7 +416,9 @@ impl Warehouse for SqliteWarehouse {
                 schema
                     .fields
                     .iter()
-                    .filter(|f| f.name == meta::FILE_SEQ || f.name == meta::ROW)
+                    .filter(|f| {
+                        f.name == meta::COMMIT_TS || f.name == meta::FILE_SEQ || f.name == meta::ROW
+                    })
                     .cloned(),
             )
             .collect();
@@ -424,21 +430,22 @@ impl Warehouse for SqliteWarehouse {
                 .join(" AND ")
         };
         // The latest change per key among the rows loaded since the last apply wins where it is
-        // newer (by `(_ferry_file_seq, _ferry_row)`) than what the replica or a tombstone holds:
+        // newer (by `(_ferry_commit_ts, _ferry_file_seq, _ferry_row)`, source commit order, as
+        // BigQuery's MERGE orders) than what the replica or a tombstone holds:
         // the work is proportional to the new rows, and the order of arrival never matters.
         tx.execute_batch(&format!(
             "DROP TABLE IF EXISTS temp._ferry_cand;
              CREATE TEMP TABLE _ferry_cand AS SELECT * FROM (
-               SELECT c.*, row_number() OVER (PARTITION BY {c_keys} ORDER BY c.{seq} DESC, c.{row} DESC) AS _ferry_rank
+               SELECT c.*, row_number() OVER (PARTITION BY {c_keys} ORDER BY c.{ts} DESC, c.{seq} DESC, c.{row} DESC) AS _ferry_rank
                FROM {cl} c WHERE c.rowid > {last} AND c.rowid <= {max}
              ) WHERE _ferry_rank = 1;
              DELETE FROM temp._ferry_cand
-               WHERE EXISTS (SELECT 1 FROM {rp} r WHERE {r_match} AND (r.{seq}, r.{row}) >= (_ferry_cand.{seq}, _ferry_cand.{row}))
-                  OR EXISTS (SELECT 1 FROM {tb} t WHERE {t_match} AND (t.{seq}, t.{row}) >= (_ferry_cand.{seq}, _ferry_cand.{row}));
+               WHERE EXISTS (SELECT 1 FROM {rp} r WHERE {r_match} AND (r.{ts}, r.{seq}, r.{row}) >= (_ferry_cand.{ts}, _ferry_cand.{seq}, _ferry_cand.{row}))
+                  OR EXISTS (SELECT 1 FROM {tb} t WHERE {t_match} AND (t.{ts}, t.{seq}, t.{row}) >= (_ferry_cand.{ts}, _ferry_cand.{seq}, _ferry_cand.{row}));
              DELETE FROM {rp} WHERE ({key_list}) IN (SELECT {key_list} FROM temp._ferry_cand);
              DELETE FROM {tb} WHERE ({key_list}) IN (SELECT {key_list} FROM temp._ferry_cand);
              INSERT INTO {rp} (_ferry_deleted, {col_list}) SELECT {deleted}, {col_list} FROM temp._ferry_cand {keep_deleted};
-             INSERT INTO {tb} ({key_list}, {seq}, {row}) SELECT {key_list}, {seq}, {row} FROM temp._ferry_cand WHERE {deleted} {tombstone_rows};
+             INSERT INTO {tb} ({key_list}, {ts}, {seq}, {row}) SELECT {key_list}, {ts}, {seq}, {row} FROM temp._ferry_cand WHERE {deleted} {tombstone_rows};
              DROP TABLE temp._ferry_cand;",
             cl = quote(&changelog),
             rp = quote(&replica),

@@ -155,7 +155,8 @@ pub enum LoadOutcome {
 /// Contract: `load` is exactly-once per job id base: whatever the sequence of calls and
 /// failures, an object's rows are written at most once, and a call that returns `Ok` means they
 /// are written. `apply` is idempotent and order-independent: it brings the replica to the
-/// latest change per key over the whole change log, by `(_ferry_file_seq, _ferry_row)`.
+/// latest change per key over the whole change log, in source commit order:
+/// `(_ferry_commit_ts, _ferry_file_seq, _ferry_row)`.
 pub trait Warehouse: Send + Sync {
     /// The change-log table's schema, or `None` before its first load.
     fn table_schema(&self, table: &TableMapping) -> Result<Option<TableSchema>, PortError>;
