@@ -30,11 +30,7 @@ fn fixture() -> Fixture {
     let dir = TempDir::new("bq-mapping");
     std::fs::write(dir.path().join("games.json"), MAPPING).unwrap();
     let catalog = Catalog::load_dir(dir.path()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = ferry_tests::runtime();
     Fixture {
         _dir: dir,
         catalog,

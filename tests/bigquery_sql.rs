@@ -38,11 +38,7 @@ fn env(dataset: &str) -> Env {
     );
     std::fs::write(dir.path().join("games.json"), mapping).unwrap();
     let catalog = Catalog::load_dir(dir.path()).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = ferry_tests::runtime();
     let config = ClientConfig {
         base_url: bqemulator().to_owned(),
         initial_backoff: Duration::from_millis(50),

@@ -56,16 +56,7 @@ async fn aws(rt_label: &str) -> Aws {
         .unwrap()
         .queue_url
         .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
+    let dlq_arn = queue_arn(&sqs, &dlq).await;
     let queue = sqs
         .create_queue()
         .queue_name(rt_label.to_owned())
@@ -79,16 +70,7 @@ async fn aws(rt_label: &str) -> Aws {
         .unwrap()
         .queue_url
         .unwrap();
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
+    let queue_arn = queue_arn(&sqs, &queue).await;
     s3.create_bucket().bucket(BUCKET).send().await.unwrap();
     let filter = aws_sdk_s3::types::NotificationConfigurationFilter::builder()
         .key(
@@ -125,6 +107,29 @@ async fn aws(rt_label: &str) -> Aws {
         queue,
         dlq,
     }
+}
+
+async fn put(aws: &Aws, key: &str, body: Vec<u8>) {
+    aws.s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone()
 }
 
 fn files_under(dir: &Path, root: &Path, out: &mut Vec<String>) {
@@ -262,11 +267,7 @@ fn loaded_files(server: &BqServer) -> BTreeMap<String, Vec<(String, usize)>> {
 
 #[test]
 fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_them() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = ferry_tests::runtime();
     let aws = rt.block_on(aws("loader-e2e"));
 
     // The simulator writes the DMS tree of two mapped tables.
@@ -336,28 +337,14 @@ fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_th
     rt.block_on(async {
         for key in &keys {
             let body = std::fs::read(tree.path().join(key)).unwrap();
-            aws.s3
-                .put_object()
-                .bucket(BUCKET)
-                .key(key)
-                .body(ByteStream::from(body))
-                .send()
-                .await
-                .unwrap();
+            put(&aws, key, body).await;
         }
         for (key, body) in [
             (corrupt, b"PAR1 this is not parquet PAR1".to_vec()),
             (unmapped, std::fs::read(tree.path().join(&keys[0])).unwrap()),
             (hostile, b"not parquet either".to_vec()),
         ] {
-            aws.s3
-                .put_object()
-                .bucket(BUCKET)
-                .key(key)
-                .body(ByteStream::from(body))
-                .send()
-                .await
-                .unwrap();
+            put(&aws, key, body).await;
         }
         // One invocation dies after loading, before answering: its messages come back.
         deliver(&aws, &loader, false).await;
@@ -492,14 +479,7 @@ fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_th
         .unwrap();
     rt.block_on(async {
         let body = std::fs::read(tree.path().join(good)).unwrap();
-        aws.s3
-            .put_object()
-            .bucket(BUCKET)
-            .key(corrupt)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .unwrap();
+        put(&aws, corrupt, body).await;
         // The overwrite's own notification is delivered and loads the new version.
         drain(&aws, &loader).await;
         let r = ferry_aws::sqs::redrive(&aws.sqs, &aws.dlq, &aws.queue, None, true)

@@ -105,6 +105,14 @@ fn cluster_clause(columns: &[String]) -> String {
     format!("\nCLUSTER BY {}", cols.join(", "))
 }
 
+/// `<what> schema.table[: the mapping's description]`.
+fn described(what: &str, table: &TableMapping) -> String {
+    match &table.description {
+        Some(d) => format!("{what} {}: {d}", table.source_table()),
+        None => format!("{what} {}", table.source_table()),
+    }
+}
+
 fn cluster_columns(table: &TableMapping) -> Vec<String> {
     if table.cluster_by.is_empty() {
         table.primary_key.iter().take(4).cloned().collect()
@@ -129,15 +137,7 @@ pub fn create_changelog(table: &TableMapping, schema: &TableSchema) -> String {
     let _ = write!(
         sql,
         "\nOPTIONS(description={})",
-        string_literal(&format!(
-            "ferry change log of {}{}",
-            table.source_table(),
-            table
-                .description
-                .as_deref()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default()
-        ))
+        string_literal(&described("ferry change log of", table))
     );
     sql
 }
@@ -172,15 +172,7 @@ pub fn create_replica(table: &TableMapping, changelog: &TableSchema) -> Vec<Stri
         table_path(replica),
         column_defs(&schema.fields),
         cluster_clause(&cluster_columns(table)),
-        string_literal(&format!(
-            "ferry replica of {}{}",
-            table.source_table(),
-            table
-                .description
-                .as_deref()
-                .map(|d| format!(": {d}"))
-                .unwrap_or_default()
-        )),
+        string_literal(&described("ferry replica of", table)),
     )];
     if !table.soft_delete {
         let fields: Vec<BqField> = table

@@ -43,56 +43,66 @@ pub fn per_table(report: &BatchReport) -> BTreeMap<String, TableCounts> {
     out
 }
 
+/// One EMF line: `values` are (name, unit, value); `dimension` an optional (name, value).
+fn emf(now_millis: i64, dimension: Option<(&str, &str)>, values: &[(&str, &str, u64)]) -> String {
+    let mut line = serde_json::Map::new();
+    let dims: Vec<&str> = dimension.iter().map(|(name, _)| *name).collect();
+    let metrics: Vec<serde_json::Value> = values
+        .iter()
+        .map(|(name, unit, _)| json!({"Name": name, "Unit": unit}))
+        .collect();
+    line.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": now_millis,
+            "CloudWatchMetrics": [{"Namespace": "ferry", "Dimensions": [dims], "Metrics": metrics}],
+        }),
+    );
+    if let Some((name, value)) = dimension {
+        line.insert(name.into(), json!(value));
+    }
+    for (name, _, value) in values {
+        line.insert((*name).into(), json!(value));
+    }
+    serde_json::Value::Object(line).to_string()
+}
+
 /// The EMF lines of a batch: one per table, plus one for the batch.
 pub fn lines(report: &BatchReport, elapsed: Duration, now_millis: i64) -> Vec<String> {
-    let mut out = Vec::new();
-    for (table, c) in per_table(report) {
-        out.push(
-            json!({
-                "_aws": {
-                    "Timestamp": now_millis,
-                    "CloudWatchMetrics": [{
-                        "Namespace": "ferry",
-                        "Dimensions": [["Table"]],
-                        "Metrics": [
-                            {"Name": "Files", "Unit": "Count"},
-                            {"Name": "Rows", "Unit": "Count"},
-                            {"Name": "AlreadyLoaded", "Unit": "Count"},
-                            {"Name": "Skipped", "Unit": "Count"},
-                            {"Name": "Failures", "Unit": "Count"},
-                        ],
-                    }],
-                },
-                "Table": table,
-                "Files": c.files,
-                "Rows": c.rows,
-                "AlreadyLoaded": c.already_loaded,
-                "Skipped": c.skipped,
-                "Failures": c.failures,
-            })
-            .to_string(),
-        );
-    }
-    out.push(
-        json!({
-            "_aws": {
-                "Timestamp": now_millis,
-                "CloudWatchMetrics": [{
-                    "Namespace": "ferry",
-                    "Dimensions": [[]],
-                    "Metrics": [
-                        {"Name": "BatchMs", "Unit": "Milliseconds"},
-                        {"Name": "DeadLettered", "Unit": "Count"},
-                        {"Name": "RetriedMessages", "Unit": "Count"},
-                    ],
-                }],
-            },
-            "BatchMs": u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            "DeadLettered": report.dead_lettered.len(),
-            "RetriedMessages": report.response.batch_item_failures.len(),
+    let count = "Count";
+    let mut out: Vec<String> = per_table(report)
+        .into_iter()
+        .map(|(table, c)| {
+            emf(
+                now_millis,
+                Some(("Table", &table)),
+                &[
+                    ("Files", count, c.files),
+                    ("Rows", count, c.rows),
+                    ("AlreadyLoaded", count, c.already_loaded),
+                    ("Skipped", count, c.skipped),
+                    ("Failures", count, c.failures),
+                ],
+            )
         })
-        .to_string(),
-    );
+        .collect();
+    out.push(emf(
+        now_millis,
+        None,
+        &[
+            (
+                "BatchMs",
+                "Milliseconds",
+                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            ),
+            ("DeadLettered", count, report.dead_lettered.len() as u64),
+            (
+                "RetriedMessages",
+                count,
+                report.response.batch_item_failures.len() as u64,
+            ),
+        ],
+    ));
     out
 }
 
@@ -126,7 +136,17 @@ mod tests {
         assert_eq!(t["-"].failures, 1);
         let lines = lines(&report, Duration::from_millis(5), 1);
         assert_eq!(lines.len(), 3);
-        let v: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        let v: serde_json::Value = lines
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["Table"] == "casino.bets")
+            .unwrap();
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Table"]])
+        );
+        assert_eq!(v["Table"], "casino.bets");
+        assert_eq!(v["Rows"], 7);
         let metrics = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
             .as_array()
             .unwrap();
