@@ -6,7 +6,8 @@
 //!   deployment package). Loaded and validated at cold start; a bad set fails init.
 //! - `FERRY_DLQ_URL`: the dead-letter queue permanent failures are sent to (required).
 //! - GCP credentials, first found: `FERRY_GCP_CREDENTIALS_SECRET` (a Secrets Manager secret id
-//!   holding a credential JSON), `FERRY_GCP_CREDENTIALS_FILE` or `GOOGLE_APPLICATION_CREDENTIALS`
+//!   holding a credential JSON), `FERRY_GCP_CREDENTIALS` (the JSON itself, from the environment),
+//!   `FERRY_GCP_CREDENTIALS_FILE` or `GOOGLE_APPLICATION_CREDENTIALS`
 //!   (a credential file, e.g. the packaged workload-identity `external_account` configuration,
 //!   which holds no secret), `FERRY_BQ_TOKEN` (a bearer token, for emulators; `none` sends none).
 //! - `FERRY_BQ_BASE_URL`: BigQuery endpoint override (test servers, emulators).
@@ -84,6 +85,9 @@ pub async fn auth_from_env(aws: &ferry_aws::config::SdkConfig) -> Result<Auth, S
         let json = ferry_aws::config::secret_string(&client, &secret).await?;
         return Auth::from_credentials_json(&json).map_err(|e| e.to_string());
     }
+    if let Some(json) = env("FERRY_GCP_CREDENTIALS") {
+        return Auth::from_credentials_json(&json).map_err(|e| e.to_string());
+    }
     if let Some(path) =
         env("FERRY_GCP_CREDENTIALS_FILE").or_else(|| env("GOOGLE_APPLICATION_CREDENTIALS"))
     {
@@ -94,7 +98,7 @@ pub async fn auth_from_env(aws: &ferry_aws::config::SdkConfig) -> Result<Auth, S
     match env("FERRY_BQ_TOKEN").as_deref() {
         Some("none") => Ok(Auth::None),
         Some(token) => Ok(Auth::Static(token.to_owned())),
-        None => Err("no GCP credentials: set FERRY_GCP_CREDENTIALS_SECRET, FERRY_GCP_CREDENTIALS_FILE or GOOGLE_APPLICATION_CREDENTIALS".into()),
+        None => Err("no GCP credentials: set FERRY_GCP_CREDENTIALS_SECRET, FERRY_GCP_CREDENTIALS, FERRY_GCP_CREDENTIALS_FILE or GOOGLE_APPLICATION_CREDENTIALS".into()),
     }
 }
 
