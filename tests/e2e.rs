@@ -403,6 +403,15 @@ fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_th
             .any(|d| d.objects.iter().any(|o| o.ends_with(unmapped))),
         "unmapped objects are acknowledged, not dead-lettered"
     );
+    let foreign = letters
+        .iter()
+        .find(|d| d.objects.iter().any(|o| o.ends_with(hostile)))
+        .unwrap_or_else(|| panic!("hostile key not dead-lettered: {letters:#?}"));
+    assert!(
+        foreign.reason.contains("not a key DMS writes"),
+        "{}",
+        foreign.reason
+    );
     assert_eq!(rt.block_on(queue_depth(&aws, &aws.queue)), 0);
 
     // A backfill of one table, directly and through the queue, replays through the same path

@@ -273,7 +273,7 @@ fn bad_objects_go_to_the_dead_letter_queue_with_their_reason_and_the_rest_loads(
             )
         })
         .collect();
-    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    assert_eq!(reasons.len(), 4, "{reasons:#?}");
     let reason_of = |id: &str| {
         reasons
             .iter()
@@ -293,13 +293,10 @@ fn bad_objects_go_to_the_dead_letter_queue_with_their_reason_and_the_rest_loads(
         "{}",
         reason_of("m3")
     );
-    // The key with `..` is not a DMS layout: skipped with its reason, never read.
-    assert_eq!(
-        count(
-            &p,
-            "SELECT count(*) FROM _ferry_events WHERE kind = 'skipped' AND code = 'unexpected_folders'"
-        ),
-        1
+    // The key with `..` is not a DMS layout: dead-lettered as a poison object, never read.
+    assert!(
+        reason_of("m4").contains("not a key DMS writes (unexpected_folders)"),
+        "{reasons:#?}"
     );
     assert!(
         reason_of("m-garbage").contains("not JSON"),
@@ -329,7 +326,7 @@ fn bad_objects_go_to_the_dead_letter_queue_with_their_reason_and_the_rest_loads(
         .find(|t| t.table == "lab.accounts")
         .unwrap();
     assert_eq!((acc.files_24h, acc.failures_24h), (1, 2), "{acc:?}");
-    assert_eq!(status.dead_letters, 3);
+    assert_eq!(status.dead_letters, 4);
 }
 
 /// A warehouse that fails its first `n` loads with a retryable error, like a BigQuery 503.

@@ -27,6 +27,23 @@ pub enum PlanSkip {
 }
 
 impl PlanSkip {
+    /// Whether the key has a shape no DMS task writes under a mapped folder (a foreign or
+    /// hostile key, an ambiguous mapping): a poison object for the dead-letter queue, not a
+    /// quiet skip. Folder markers, transaction files, other formats and unmapped or disabled
+    /// tables are ordinary skips: acknowledged and counted.
+    pub fn is_poison(&self) -> bool {
+        matches!(
+            self,
+            PlanSkip::AmbiguousSource { .. }
+                | PlanSkip::Key(
+                    SkipReason::UnknownFileName { .. }
+                        | SkipReason::NotUnderTableFolder
+                        | SkipReason::OutsideBucketFolder { .. }
+                        | SkipReason::UnexpectedFolders { .. }
+                )
+        )
+    }
+
     /// A stable snake-case code for metrics and status.
     pub fn code(&self) -> &'static str {
         match self {

@@ -224,6 +224,15 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
     ) -> Result<Prepared<'_>, ObjectResult> {
         let plan = plan_object(&self.catalog, Some(bucket), key, None);
         let (source, table, object) = match (&plan.skip, plan.source, plan.table, plan.object) {
+            (Some(skip), ..) if skip.is_poison() => {
+                return Err(ObjectResult::Failed {
+                    reason: format!(
+                        "s3://{bucket}/{key}: not a key DMS writes ({}): {skip}",
+                        skip.code()
+                    ),
+                    retryable: false,
+                });
+            }
             (Some(skip), ..) => {
                 return Err(ObjectResult::Skipped {
                     code: skip.code().to_owned(),
