@@ -579,7 +579,9 @@ impl BigQueryWarehouse {
                     .is_none_or(|t| t.elapsed() > self.options.budget_refresh)
             })
             .unwrap_or(false);
-        if needs_seed && let Some(loc) = location {
+        if needs_seed {
+            // Datasets without a location live in the US multi-region.
+            let loc = location.unwrap_or("US");
             let sql = sql::load_jobs_last_day(self.client.project(), loc, table);
             let seed = match self
                 .client
@@ -732,25 +734,33 @@ impl BigQueryWarehouse {
             } else {
                 &members[..]
             };
+            // The claims go out together (each is one small request; none waits for the others).
+            let mut claims = tokio::task::JoinSet::new();
             for (_, id) in to_claim {
-                let name = id.to_string();
-                match self
-                    .client
-                    .insert_query_job(&name, location, &claim, &json!({"ferry_claim": "true"}))
-                    .await
-                {
-                    Ok(Some(_)) => {}
-                    Ok(None) => match self.client.get_job(&name, location).await {
-                        Ok(j) if j.query.as_deref() == Some(claim.as_str()) => {}
-                        Ok(_) => {
-                            conflict = Some(format!("job id {name} was taken by another delivery"))
-                        }
-                        Err(e) => conflict = Some(e.to_string()),
-                    },
-                    Err(e) => conflict = Some(e.to_string()),
-                }
-                if conflict.is_some() {
-                    break;
+                let (client, name, claim) = (self.client.clone(), id.to_string(), claim.clone());
+                let location = location.map(str::to_owned);
+                claims.spawn(async move {
+                    let location = location.as_deref();
+                    let labels = json!({"ferry_claim": "true"});
+                    match client
+                        .insert_query_job(&name, location, &claim, &labels)
+                        .await
+                    {
+                        Ok(Some(_)) => None,
+                        // Taken meanwhile: ours from an earlier try of this group, or not.
+                        Ok(None) => match client.get_job(&name, location).await {
+                            Ok(j) if j.query.as_deref() == Some(claim.as_str()) => None,
+                            Ok(_) => Some(format!("job id {name} was taken by another delivery")),
+                            Err(e) => Some(e.to_string()),
+                        },
+                        Err(e) => Some(e.to_string()),
+                    }
+                });
+            }
+            while let Some(done) = claims.join_next().await {
+                let failed = done.unwrap_or_else(|e| Some(format!("claim task failed: {e}")));
+                if conflict.is_none() {
+                    conflict = failed;
                 }
             }
             if let Some(why) = conflict {
