@@ -2,19 +2,32 @@
 //!
 //! # Exactly-once loads
 //! An object's load job ids form a chain: `<base>_a0`, `<base>_a1`, ... (see
-//! [`ferry_core::JobId`]). A load walks the chain from attempt 0:
-//! - insert attempt n with its data; BigQuery answers 409 when a job with that id exists, and
-//!   the job is looked up instead;
-//! - a job still running is waited for;
-//! - `DONE` without an error: the rows are in (by this call: `Loaded`; by an earlier one:
-//!   `AlreadyLoaded`). Load jobs are atomic, so nothing else needs checking;
-//! - `DONE` with an error: that attempt wrote nothing. If this call ran it, a retryable error
-//!   moves on to attempt n+1 (up to `max_attempts` per call) and any other error is returned;
-//!   if an earlier delivery ran it, the chain moves on to n+1: a message delivered again (SQS
-//!   retry, or a redrive after a fix) is a new decision to load.
+//! [`ferry_core::JobId`]). Before loading, the writer walks the chain from attempt 0 with
+//! `jobs.get`:
+//! - an unused id is where the object loads (a redelivery of a loaded object uploads nothing);
+//! - `DONE` without an error: the rows are in (load jobs are atomic, nothing else needs checking);
+//! - `DONE` with an error: that attempt wrote nothing; the chain moves on to n+1 (a message
+//!   delivered again, by an SQS retry or a redrive after a fix, is a new decision to load);
+//! - running: waited for.
 //!
-//! Attempt n+1 is only ever created after attempt n ended in error, so at most one attempt of
-//! an object succeeds, whatever the sequence of crashes, timeouts, duplicates and redrives.
+//! Inserting answers 409 when the id was used meanwhile (a retried insert whose first answer was
+//! lost); the id's job is then looked up the same way. A load this call started that fails with a
+//! retryable error moves on to n+1 at once (up to `max_attempts` per call); any other error is
+//! returned. Attempt n+1 is only ever created after attempt n ended in error, so at most one
+//! attempt of an object succeeds, whatever the sequence of crashes, timeouts, duplicates and
+//! redrives.
+//!
+//! # Load-job budget and group loads
+//! BigQuery allows about 1,500 load jobs per table per rolling 24 hours, failed ones included.
+//! The writer counts a table's jobs (INFORMATION_SCHEMA, refreshed every `budget_refresh`, plus
+//! its own since), defers new loads when `load_jobs_per_table_day` is used up, and from
+//! `combine_from` of it on loads a batch's files of the table as one job: it claims each
+//! object's next unused id with a query job naming the group load
+//! (`SELECT '<group id>' AS ferry_group_load`), then loads the concatenated files under the
+//! group's id. Any later walk of an object's chain follows a claim to its group load's outcome,
+//! so the chain semantics above hold for grouped objects too. A claim whose group load does not
+//! exist is resumed by a delivery of the same objects (same ids, same group id) or, after
+//! `claim_grace`, counts as a failed attempt.
 //!
 //! # Tables
 //! Created with DDL (`CREATE TABLE IF NOT EXISTS`, see [`ferry_core::sql`]) before the first
@@ -409,16 +422,33 @@ impl BigQueryWarehouse {
                 .lock()
                 .map(|r| r.contains_key(replica))
                 .unwrap_or(false);
-            if !ready {
-                for ddl in sql::create_replica(table, &schema) {
-                    self.run(&ddl, location, "ddl").await?;
+            if ready {
+                for alter in sql::add_columns(replica, &missing) {
+                    self.run(&alter, location, "ddl").await?;
+                }
+            } else {
+                // Once per process: the replica (and its tombstones) exist with every change-log
+                // column, also after a mode switch or an addition interrupted half way.
+                let tombstones = sql::tombstones_of(replica);
+                let has_tombstones =
+                    table.soft_delete || self.fetch_schema(&tombstones).await?.is_some();
+                match self.fetch_schema(replica).await? {
+                    Some(actual) if has_tombstones => {
+                        let wanted = sql::replica_fields(&schema);
+                        let lacking = missing_columns(replica, &actual, &wanted)?;
+                        for alter in sql::add_columns(replica, &lacking) {
+                            self.run(&alter, location, "ddl").await?;
+                        }
+                    }
+                    _ => {
+                        for ddl in sql::create_replica(table, &schema) {
+                            self.run(&ddl, location, "ddl").await?;
+                        }
+                    }
                 }
                 if let Ok(mut r) = self.replicas_ready.lock() {
                     r.insert(replica.clone(), ());
                 }
-            }
-            for alter in sql::add_columns(replica, &missing) {
-                self.run(&alter, location, "ddl").await?;
             }
         }
         if let Ok(mut s) = self.schemas.lock() {
