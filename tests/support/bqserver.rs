@@ -56,6 +56,9 @@ pub enum Fault {
     DropAfter(Route),
     /// The next job created ends `DONE` with this error reason.
     JobFails(&'static str),
+    /// The next load job into a table whose id contains the first string ends `DONE` with the
+    /// second as its error reason.
+    JobFailsOn(&'static str, &'static str),
 }
 
 /// A job the server knows.
@@ -416,7 +419,7 @@ fn route_of(req: &Request) -> Option<Route> {
 fn take_fault(state: &mut State, route: Option<Route>) -> Option<Fault> {
     let i = state.faults.iter().position(|f| match f {
         Fault::Http(r, ..) | Fault::Malformed(r) | Fault::DropAfter(r) => Some(*r) == route,
-        Fault::JobFails(_) => false,
+        Fault::JobFails(_) | Fault::JobFailsOn(..) => false,
     })?;
     state.faults.remove(i)
 }
@@ -507,11 +510,15 @@ fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response
     let error = match st
         .faults
         .iter()
-        .position(|f| matches!(f, Fault::JobFails(_)))
+        .position(|f| match f {
+            Fault::JobFails(_) => true,
+            Fault::JobFailsOn(t, _) => table.contains(t),
+            _ => false,
+        })
         .filter(|_| kind == "LOAD")
     {
         Some(i) => match st.faults.remove(i) {
-            Some(Fault::JobFails(r)) => Some(r),
+            Some(Fault::JobFails(r) | Fault::JobFailsOn(_, r)) => Some(r),
             _ => None,
         },
         None => None,
