@@ -111,6 +111,14 @@ def template_problems(t):
         if ("ApproximateAgeOfOldestMessage", queue_id) not in watched:
             problems.append("no alarm on the oldest message's age")
 
+    bodies = []
+    for d in resources_of(t, "AWS::CloudWatch::Dashboard").values():
+        body = d["Properties"]["DashboardBody"]
+        bodies.append(body.get("Fn::Sub", "") if isinstance(body, dict) else body)
+    for metric in ("LagMs", "Rows", "Files", "Failures"):
+        if not any(f'MetricName=\\"{metric}\\"' in b for b in bodies):
+            problems.append(f"no table-status dashboard showing {metric} per table")
+
     logs = resources_of(t, "AWS::Logs::LogGroup")
     if not logs or any("RetentionInDays" not in g["Properties"] for g in logs.values()):
         problems.append("log group without retention")
@@ -224,6 +232,7 @@ def mutations(t):
         ("alarm on the dead-letter", lambda x: x["Resources"].pop("DeadLetterQueueNotEmptyAlarm")),
         ("oldest message", lambda x: x["Resources"].pop("OldestMessageAgeAlarm")),
         ("queue policy", lambda x: x["Resources"].pop("LoaderQueuePolicy")),
+        ("dashboard", lambda x: x["Resources"].pop("LoaderDashboard")),
     ]
     for name, breaker in cases:
         broken = copy.deepcopy(t)

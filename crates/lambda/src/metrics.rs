@@ -20,6 +20,8 @@ pub struct TableCounts {
     pub skipped: u64,
     /// Objects that failed (retryable or permanent).
     pub failures: u64,
+    /// The newest source commit time loaded, µs since the epoch.
+    pub newest_commit_micros: Option<i64>,
 }
 
 /// Per-table counts of a batch. Objects whose table is unknown (skipped, failed before the
@@ -30,8 +32,14 @@ pub fn per_table(report: &BatchReport) -> BTreeMap<String, TableCounts> {
         let (table, f): (&str, fn(&mut TableCounts, &ObjectResult)) = match result {
             ObjectResult::Loaded { table, .. } => (table, |c, r| {
                 c.files += 1;
-                if let ObjectResult::Loaded { rows, .. } = r {
+                if let ObjectResult::Loaded {
+                    rows,
+                    commit_ts_max,
+                    ..
+                } = r
+                {
                     c.rows += rows;
+                    c.newest_commit_micros = c.newest_commit_micros.max(*commit_ts_max);
                 }
             }),
             ObjectResult::AlreadyLoaded { table, .. } => (table, |c, _| c.already_loaded += 1),
@@ -73,17 +81,20 @@ pub fn lines(report: &BatchReport, elapsed: Duration, now_millis: i64) -> Vec<St
     let mut out: Vec<String> = per_table(report)
         .into_iter()
         .map(|(table, c)| {
-            emf(
-                now_millis,
-                Some(("Table", &table)),
-                &[
-                    ("Files", count, c.files),
-                    ("Rows", count, c.rows),
-                    ("AlreadyLoaded", count, c.already_loaded),
-                    ("Skipped", count, c.skipped),
-                    ("Failures", count, c.failures),
-                ],
-            )
+            let mut values = vec![
+                ("Files", count, c.files),
+                ("Rows", count, c.rows),
+                ("AlreadyLoaded", count, c.already_loaded),
+                ("Skipped", count, c.skipped),
+                ("Failures", count, c.failures),
+            ];
+            // Lag: how old the newest change loaded for the table is, from source commit to
+            // BigQuery (the whole path: DMS, S3, SQS, ferry).
+            if let Some(newest) = c.newest_commit_micros {
+                let lag_ms = (now_millis.saturating_mul(1000) - newest).max(0) / 1000;
+                values.push(("LagMs", "Milliseconds", u64::try_from(lag_ms).unwrap_or(0)));
+            }
+            emf(now_millis, Some(("Table", &table)), &values)
         })
         .collect();
     out.push(emf(
@@ -121,6 +132,7 @@ mod tests {
                 rows: 7,
                 table: "casino.bets".into(),
                 source: "s".into(),
+                commit_ts_max: Some(1_000_000),
             },
         ));
         report.objects.push((
@@ -134,7 +146,7 @@ mod tests {
         let t = per_table(&report);
         assert_eq!(t["casino.bets"].rows, 7);
         assert_eq!(t["-"].failures, 1);
-        let lines = lines(&report, Duration::from_millis(5), 1);
+        let lines = lines(&report, Duration::from_millis(5), 61_000);
         assert_eq!(lines.len(), 3);
         let v: serde_json::Value = lines
             .iter()
@@ -147,6 +159,7 @@ mod tests {
         );
         assert_eq!(v["Table"], "casino.bets");
         assert_eq!(v["Rows"], 7);
+        assert_eq!(v["LagMs"], 60_000, "committed at 1 s, loaded at 61 s");
         let metrics = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
             .as_array()
             .unwrap();

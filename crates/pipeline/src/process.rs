@@ -41,6 +41,8 @@ pub enum ObjectResult {
         table: String,
         /// The source.
         source: String,
+        /// The newest source commit time among the rows, µs since the epoch (for lag).
+        commit_ts_max: Option<i64>,
     },
     /// This version was loaded before; nothing written.
     AlreadyLoaded {
@@ -169,6 +171,7 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                         rows: p.outcome.rows,
                         table: p.table.source_table(),
                         source: p.source.name.clone(),
+                        commit_ts_max: p.outcome.commit_ts_max,
                     },
                     Ok(LoadOutcome::AlreadyLoaded { job_id }) => ObjectResult::AlreadyLoaded {
                         job_id,
