@@ -18,7 +18,7 @@ use ferry_core::event::SqsEvent;
 use ferry_lambda::Loader;
 use ferry_pipeline::backfill::{Selection, run_direct, select};
 use ferry_tests::bqserver::{BqServer, Fault, Route};
-use ferry_tests::stand_ins::moto;
+use ferry_tests::stand_ins::moto_clients;
 use ferry_tests::{TempDir, mappings_dir};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use serde_json::json;
@@ -34,20 +34,7 @@ struct Aws {
 }
 
 async fn aws(rt_label: &str) -> Aws {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(moto())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    );
-    let sqs = aws_sdk_sqs::Client::new(&config);
+    let (s3, sqs) = moto_clients().await;
     let dlq = sqs
         .create_queue()
         .queue_name(format!("{rt_label}-dlq"))

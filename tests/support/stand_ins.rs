@@ -154,6 +154,24 @@ pub fn moto() -> &'static str {
     })
 }
 
+/// S3 (path-style) and SQS clients of the real AWS SDK pointed at moto (started if needed).
+pub async fn moto_clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .load()
+        .await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    (s3, aws_sdk_sqs::Client::new(&config))
+}
+
 fn walk(dir: &std::path::Path, name: &str) -> Option<PathBuf> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let p = entry.path();

@@ -206,19 +206,7 @@ fn bootstrap_answers_a_real_invocation_with_the_partial_batch_response() {
         .clone();
     let corrupt = "slots/account/slots_account/players/20261126-235900000.parquet";
     let dlq = rt.block_on(async {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(moto)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                "test", "test", None, None, "tests",
-            ))
-            .load()
-            .await;
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&config)
-                .force_path_style(true)
-                .build(),
-        );
+        let (s3, sqs) = stand_ins::moto_clients().await;
         s3.create_bucket().bucket(BUCKET).send().await.unwrap();
         for key in [&players, &wallets] {
             let body = std::fs::read(tree.join(key)).unwrap();
@@ -237,7 +225,6 @@ fn bootstrap_answers_a_real_invocation_with_the_partial_batch_response() {
             .send()
             .await
             .unwrap();
-        let sqs = aws_sdk_sqs::Client::new(&config);
         sqs.create_queue()
             .queue_name("runtime-dlq")
             .send()
