@@ -131,20 +131,14 @@ where
                     let Some(tasks) = next else { break };
                     let mut loaded_tables = BTreeMap::new();
                     let mut group_results = Vec::new();
-                    // Objects not started near the deadline fail (retryable); the rest of the
-                    // table's objects are processed together, in apply order.
-                    let late = options
-                        .deadline
-                        .is_some_and(|d| Instant::now() + options.safety_margin >= d);
-                    let mut started: Vec<Task> = Vec::new();
-                    for task in tasks {
-                        if late {
-                            let reason = format!("s3://{}/{}: not started, too close to the invocation deadline", task.bucket, task.key);
-                            group_results.push((task.message, task.key, ObjectResult::Failed { reason, retryable: true }));
-                        } else {
-                            started.push(task);
-                        }
-                    }
+                    // Objects not started near the deadline fail (retryable); a table's
+                    // objects are processed together, in apply order.
+                    let late = || {
+                        options
+                            .deadline
+                            .is_some_and(|d| Instant::now() + options.safety_margin >= d)
+                    };
+                    let started = tasks;
                     // One bucket per call (tasks without a parsed key may come from several).
                     let mut rest = started.as_slice();
                     while let Some(first) = rest.first() {
@@ -156,7 +150,7 @@ where
                         let (run, tail) = rest.split_at(n);
                         rest = tail;
                         let keys: Vec<String> = run.iter().map(|t| t.key.clone()).collect();
-                        let results = pipeline.process_objects(&first.bucket, &keys);
+                        let results = pipeline.process_objects_until(&first.bucket, &keys, &late);
                         for (task, result) in run.iter().zip(results) {
                             if let ObjectResult::Loaded { table, source, .. }
                             | ObjectResult::AlreadyLoaded { table, source, .. } = &result

@@ -118,6 +118,17 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
     /// same order. Consecutive objects whose converted files have the same columns are loaded
     /// together (one load job, see `Warehouse::load_group`) when the warehouse combines loads.
     pub fn process_objects(&self, bucket: &str, keys: &[String]) -> Vec<ObjectResult> {
+        self.process_objects_until(bucket, keys, &|| false)
+    }
+
+    /// Like [`Self::process_objects`], but an object is not started once `stop` says so (the
+    /// invocation's deadline is near): it fails as retryable, for SQS to deliver again.
+    pub fn process_objects_until(
+        &self,
+        bucket: &str,
+        keys: &[String],
+        stop: &dyn Fn() -> bool,
+    ) -> Vec<ObjectResult> {
         let mut tracked: Vec<Tracked<'_>> = keys
             .iter()
             .map(|key| {
@@ -125,7 +136,16 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                 let span = tracing::info_span!("object", bucket, key = key.as_str());
                 let _entered = span.enter();
                 let mut event = self.new_event(bucket, key);
-                let state = self.prepare(bucket, key, &mut event);
+                let state = if stop() {
+                    Err(ObjectResult::Failed {
+                        reason: format!(
+                            "s3://{bucket}/{key}: not started, too close to the invocation deadline"
+                        ),
+                        retryable: true,
+                    })
+                } else {
+                    self.prepare(bucket, key, &mut event)
+                };
                 Tracked {
                     key: key.clone(),
                     started,
