@@ -66,6 +66,8 @@ def template_problems(t):
         problems.append(f"architectures {p.get('Architectures')}, not arm64")
     if "ReservedConcurrentExecutions" not in p:
         problems.append("no reserved concurrency")
+    if p.get("LoggingConfig", {}).get("LogFormat") != "JSON":
+        problems.append("the function's log format is not JSON (structured logs, EMF metrics)")
     timeout = p.get("Timeout", 3)
     env = p.get("Environment", {}).get("Variables", {})
     if "FERRY_DLQ_URL" not in env:
@@ -229,6 +231,7 @@ def mutations(t):
         ("S3 read access", lambda x: first_statement(x, "s3:GetObject").update(Resource=["arn:aws:s3:::acme-casino-dms-cdc/*"])),
         ("runtime", lambda x: fn(x).update(Runtime="python3.12")),
         ("reserved concurrency", lambda x: fn(x).pop("ReservedConcurrentExecutions")),
+        ("log format", lambda x: fn(x).pop("LoggingConfig")),
         ("alarm on the dead-letter", lambda x: x["Resources"].pop("DeadLetterQueueNotEmptyAlarm")),
         ("oldest message", lambda x: x["Resources"].pop("OldestMessageAgeAlarm")),
         ("queue policy", lambda x: x["Resources"].pop("LoaderQueuePolicy")),
