@@ -840,3 +840,28 @@ fn test_server_a_group_whose_insert_never_arrived_is_resumed_by_the_next_deliver
     assert_eq!(rows.len(), 3);
     assert!(rows.values().all(|v| v.len() == 1), "{rows:?}");
 }
+
+#[test]
+fn test_server_a_409_for_a_job_not_visible_yet_is_looked_up_again_not_skipped() {
+    let f = fixture();
+    let server = BqServer::start(None);
+    // The walk's lookup finds nothing (true), the insert's answer is lost, the retried insert
+    // gets 409, and the first lookup after it still misses the job (jobs.get lagging behind).
+    server.inject([
+        Fault::Http(Route::GetJob, 404, "notFound"),
+        Fault::DropAfter(Route::Insert),
+        Fault::Http(Route::GetJob, 404, "notFound"),
+    ]);
+    let w = warehouse(&f, &server);
+    let out = load(&f, &w, &key(11), "e", &bytes(11)).unwrap();
+    assert!(
+        matches!(out, LoadOutcome::AlreadyLoaded { ref job_id } if job_id.ends_with("_a0")),
+        "{out:?}"
+    );
+    assert_eq!(server.faults_left(), 0);
+    assert_eq!(
+        held(&server),
+        vec![data_of(&bytes(11))],
+        "loaded once, under a0"
+    );
+}

@@ -471,6 +471,7 @@ impl BigQueryWarehouse {
     ) -> Result<LoadOutcome, BqError> {
         let mut id = base.clone();
         let mut started_here = 0;
+        let mut unseen = 0;
         loop {
             let name = id.to_string();
             let Some(state) = self
@@ -482,11 +483,24 @@ impl BigQueryWarehouse {
                 // load): its fate decides.
                 match self.settle(&name, location).await? {
                     Fate::Loaded(by) => return Ok(LoadOutcome::AlreadyLoaded { job_id: by }),
-                    _ => {
+                    Fate::Failed => {
                         // An earlier delivery's attempt failed and wrote nothing: this delivery
                         // tries the next id.
                         tracing::info!(job_id = %name, "earlier attempt failed; trying the next id");
                         id = id.next_attempt();
+                        continue;
+                    }
+                    _ => {
+                        // 409 says the job exists, but jobs.get does not show it yet: never
+                        // move on from an id whose fate is unknown; look again.
+                        unseen += 1;
+                        if unseen >= self.client.config().max_tries {
+                            return Err(BqError::transport(
+                                format!("load job {name}"),
+                                "BigQuery answered 409 for this id, but the job cannot be found yet",
+                            ));
+                        }
+                        self.client.backoff(unseen - 1).await;
                         continue;
                     }
                 }
