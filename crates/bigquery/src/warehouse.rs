@@ -41,7 +41,7 @@
 //! the window. A failed apply keeps the window and reports a retryable error, so the messages
 //! come back and apply again (MERGE is idempotent).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -100,7 +100,7 @@ pub struct BigQueryWarehouse {
     handle: Handle,
     options: WarehouseOptions,
     schemas: Mutex<HashMap<TableRef, TableSchema>>,
-    replicas_ready: Mutex<HashMap<TableRef, ()>>,
+    replicas_ready: Mutex<HashSet<TableRef>>,
     pending: Mutex<HashMap<TableRef, (ApplyWindow, Option<String>)>>,
     jobs_started: AtomicU64,
     budget: Mutex<HashMap<TableRef, Counter>>,
@@ -345,7 +345,7 @@ impl BigQueryWarehouse {
             handle,
             options,
             schemas: Mutex::new(HashMap::new()),
-            replicas_ready: Mutex::new(HashMap::new()),
+            replicas_ready: Mutex::new(HashSet::new()),
             pending: Mutex::new(HashMap::new()),
             jobs_started: AtomicU64::new(0),
             budget: Mutex::new(HashMap::new()),
@@ -420,7 +420,7 @@ impl BigQueryWarehouse {
             let ready = self
                 .replicas_ready
                 .lock()
-                .map(|r| r.contains_key(replica))
+                .map(|r| r.contains(replica))
                 .unwrap_or(false);
             if ready {
                 for alter in sql::add_columns(replica, &missing) {
@@ -447,7 +447,7 @@ impl BigQueryWarehouse {
                     }
                 }
                 if let Ok(mut r) = self.replicas_ready.lock() {
-                    r.insert(replica.clone(), ());
+                    r.insert(replica.clone());
                 }
             }
         }

@@ -13,7 +13,7 @@ mod bqserver;
 #[allow(dead_code, unreachable_pub)]
 mod stand_ins;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferry_bigquery::{Auth, Client, ClientConfig, WarehouseOptions};
@@ -35,17 +35,6 @@ fn cpu_time() -> Duration {
     let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
-}
-
-fn files_under(dir: &Path, root: &Path, out: &mut Vec<String>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(&p, root, out);
-        } else if p.extension().is_some_and(|x| x == "parquet") {
-            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
-        }
-    }
 }
 
 fn main() {
@@ -73,8 +62,12 @@ fn main() {
         &tree,
     )
     .unwrap();
-    let mut keys = Vec::new();
-    files_under(&tree, &tree, &mut keys);
+    // The simulator's manifest lists every object it wrote.
+    let mut keys: Vec<String> = manifest
+        .tables
+        .iter()
+        .flat_map(|t| t.files.clone())
+        .collect();
     keys.sort();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

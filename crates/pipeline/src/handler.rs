@@ -6,7 +6,7 @@
 //! permanent one sends it to the dead-letter queue at once with its reason. Near the deadline no
 //! new object is started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -129,7 +129,7 @@ where
                 loop {
                     let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
                     let Some(tasks) = next else { break };
-                    let mut loaded_tables = BTreeMap::new();
+                    let mut loaded_tables = BTreeSet::new();
                     let mut group_results = Vec::new();
                     // Objects not started near the deadline fail (retryable); a table's
                     // objects are processed together, in apply order.
@@ -157,7 +157,7 @@ where
                             {
                                 // Already-loaded objects apply too: an earlier delivery may
                                 // have loaded them and then failed to apply.
-                                loaded_tables.insert((source.clone(), table.clone()), ());
+                                loaded_tables.insert((source.clone(), table.clone()));
                             }
                             group_results.push((task.message, task.key.clone(), result));
                         }
@@ -166,7 +166,7 @@ where
                     if !options.apply_replicas {
                         loaded_tables.clear();
                     }
-                    for (source, table) in loaded_tables.keys() {
+                    for (source, table) in &loaded_tables {
                         if let Some(mapping) = pipeline.catalog.source(source).and_then(|s| s.tables.iter().find(|t| t.source_table() == *table))
                             && mapping.replica.is_some()
                             && let Err(e) = pipeline.warehouse.apply(mapping)
