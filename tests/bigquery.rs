@@ -1,5 +1,5 @@
-//! The BigQuery writer against ferry's protocol-faithful BigQuery test server: exactly-once
-//! loads under every failure the load-job contract allows.
+//! The BigQuery writer against ferry's strict BigQuery test server: exactly-once loads under every
+//! failure the load-job contract allows, and requests BigQuery would refuse, refused.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -85,6 +85,18 @@ fn load(
     etag: &str,
     file: &Converted,
 ) -> Result<LoadOutcome, ferry_pipeline::ports::PortError> {
+    load_with(f, w, key, etag, file, &schema())
+}
+
+/// [`load`] with the file's schema.
+fn load_with(
+    f: &Fixture,
+    w: &BigQueryWarehouse,
+    key: &str,
+    etag: &str,
+    file: &Converted,
+    schema: &TableSchema,
+) -> Result<LoadOutcome, ferry_pipeline::ports::PortError> {
     let plan = plan_object(&f.catalog, Some("dms-bucket"), key, Some(etag));
     let (source, table, object) = (
         plan.source.unwrap(),
@@ -93,14 +105,13 @@ fn load(
     );
     let job_id =
         ferry_core::JobId::for_object("dms-bucket", &object, Some(etag), &table.changelog, 0);
-    let schema = schema();
     w.load(&LoadRequest {
         job_id: &job_id,
         source,
         table,
         object: &object,
         bucket: "dms-bucket",
-        schema: &schema,
+        schema,
         added: &[],
         file,
         rows: 1,
@@ -114,8 +125,9 @@ fn key(n: u32) -> String {
     format!("cdc/casino/bets/20261126-1200{n:02}000.parquet")
 }
 
+/// A converted file standing for object `n` (one row).
 fn bytes(n: u32) -> Converted {
-    Converted::InMemory(Bytes::from(format!("PAR1 file {n} PAR1").into_bytes()))
+    parquet_of(n, 1)
 }
 
 /// The data of every job that succeeded, sorted: what BigQuery holds.
@@ -297,10 +309,9 @@ fn test_server_resumable_upload_streams_chunks_and_resumes_after_failures() {
     let server = BqServer::start(None);
     let dir = TempDir::new("bq-resumable");
     let path = dir.path().join("big.parquet");
-    // 1 MiB + a tail: four full 256 KiB chunks and a short last one.
-    let data: Vec<u8> = (0..(1u32 << 20) + 12_345)
-        .map(|i| (i % 251) as u8)
-        .collect();
+    // Over 1 MiB: at least four full 256 KiB chunks and a short last one.
+    let data = parquet_rows(9, 150_000, &schema());
+    assert!(data.len() > 1 << 20, "{}", data.len());
     std::fs::write(&path, &data).unwrap();
     server.inject([
         Fault::Http(Route::Chunk, 503, "backendError"),
@@ -329,40 +340,56 @@ fn test_server_resumable_upload_streams_chunks_and_resumes_after_failures() {
 }
 
 #[test]
-fn test_server_new_tables_get_the_files_columns() {
+fn test_server_new_tables_get_the_files_columns_and_one_alter_per_table_for_added_ones() {
     let f = fixture();
     let server = BqServer::start(None);
     let w = warehouse(&f, &server);
     load(&f, &w, &key(10), "e", &bytes(10)).unwrap();
     let queries = server.state.lock().unwrap().queries.clone();
     assert!(
-        queries
-            .iter()
-            .any(|q| q
-                .starts_with("CREATE TABLE IF NOT EXISTS `ferry-test`.`games`.`bets_changelog`")),
-        "{queries:#?}"
-    );
-    // The server's table has no columns: every column of the file is added, NULLABLE.
-    assert!(
-        queries
-            .iter()
-            .any(|q| q.contains("ADD COLUMN IF NOT EXISTS `id` INT64")),
-        "{queries:#?}"
-    );
-    // The replica exists here too (with no columns): it gets the change log's columns and
-    // the soft-delete flag.
-    assert!(
         queries.iter().any(|q| q
-            == "ALTER TABLE `ferry-test`.`games`.`bets` ADD COLUMN IF NOT EXISTS `_ferry_deleted` BOOL"),
+            .starts_with("CREATE TABLE IF NOT EXISTS `ferry-test`.`games`.`bets_changelog`")
+            && q.contains("`id` INT64")),
+        "{queries:#?}"
+    );
+    assert!(
+        queries
+            .iter()
+            .any(|q| q.starts_with("CREATE TABLE IF NOT EXISTS `ferry-test`.`games`.`bets` (")),
         "replica: {queries:#?}"
     );
+    // A later file brings two columns: one ALTER per table adds both.
+    let mut wider = schema();
+    for (name, t) in [
+        ("vip", ferry_core::bqtype::BqType::Bool),
+        ("level", ferry_core::bqtype::BqType::Int64),
+    ] {
+        wider.fields.push(BqField {
+            name: name.into(),
+            bq_type: t,
+            mode: FieldMode::Nullable,
+            description: None,
+        });
+    }
+    let file = Converted::InMemory(Bytes::from(parquet_rows(11, 2, &wider)));
+    load_with(&f, &w, &key(11), "e", &file, &wider).unwrap();
+    let st = server.state.lock().unwrap();
+    let alters: Vec<&String> = st
+        .queries
+        .iter()
+        .filter(|q| q.starts_with("ALTER TABLE"))
+        .collect();
+    assert_eq!(alters.len(), 2, "{alters:#?}");
     assert!(
-        queries
+        alters
             .iter()
-            .any(|q| q
-                == "ALTER TABLE `ferry-test`.`games`.`bets` ADD COLUMN IF NOT EXISTS `id` INT64"),
-        "{queries:#?}"
+            .all(|q| q.contains("`vip` BOOL") && q.contains("`level` INT64")),
+        "{alters:#?}"
     );
+    let table = &st.tables["ferry-test.games.bets_changelog"];
+    assert!(table.column("level").is_some() && table.column("vip").is_some());
+    assert!(st.refusals.is_empty(), "{:?}", st.refusals);
+    assert_eq!(st.succeeded().len(), 2);
 }
 
 /// Many objects, random faults, random redeliveries: every object ends loaded exactly once.
@@ -428,25 +455,57 @@ fn error_classes_are_exposed_for_callers() {
 
 // ---- the load-job budget: several objects of a table in one load job, still exactly once ----
 
-/// A real parquet file standing for object `n`: `rows` rows naming their file.
+/// A converted file standing for object `n`: `rows` rows of [`schema`] naming their file.
 fn parquet_of(n: u32, rows: usize) -> Converted {
+    Converted::InMemory(Bytes::from(parquet_rows(n, rows, &schema())))
+}
+
+/// The parquet bytes of `rows` rows of `schema` for object `n` (`_ferry_file` names it).
+fn parquet_rows(n: u32, rows: usize, schema: &TableSchema) -> Vec<u8> {
+    use arrow_array::{ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+    use ferry_core::bqtype::BqType;
     use std::sync::Arc;
-    let schema = Arc::new(arrow_schema::Schema::new(vec![
-        arrow_schema::Field::new("_ferry_file", arrow_schema::DataType::Utf8, false),
-        arrow_schema::Field::new("v", arrow_schema::DataType::Int64, false),
-    ]));
-    let files = arrow_array::StringArray::from(vec![key(n); rows]);
-    let values = arrow_array::Int64Array::from_iter_values(
-        (0..rows as i64).map(|i| i + 1000 * i64::from(n)),
-    );
-    let batch =
-        arrow_array::RecordBatch::try_new(schema.clone(), vec![Arc::new(files), Arc::new(values)])
-            .unwrap();
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for f in &schema.fields {
+        let required = f.mode == FieldMode::Required;
+        let (ty, col): (DataType, ArrayRef) = match f.bq_type {
+            BqType::Int64 => (
+                DataType::Int64,
+                Arc::new(Int64Array::from_iter_values(
+                    (0..rows as i64).map(|i| i + 1000 * i64::from(n)),
+                )),
+            ),
+            BqType::Bool => (
+                DataType::Boolean,
+                Arc::new(BooleanArray::from(vec![true; rows])),
+            ),
+            BqType::Timestamp => (
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                Arc::new(TimestampMicrosecondArray::from(vec![1_i64; rows]).with_timezone("UTC")),
+            ),
+            _ => {
+                let v = if f.name == meta::FILE {
+                    key(n)
+                } else if f.name == meta::OP {
+                    "INSERT".to_owned()
+                } else {
+                    format!("{}-{n}", f.name)
+                };
+                (DataType::Utf8, Arc::new(StringArray::from(vec![v; rows])))
+            }
+        };
+        fields.push(Field::new(&f.name, ty, !required));
+        columns.push(col);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = arrow_array::RecordBatch::try_new(schema.clone(), columns).unwrap();
     let mut buf = Vec::new();
     let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
-    Converted::InMemory(Bytes::from(buf))
+    buf
 }
 
 /// Rows per object in what BigQuery holds: object key -> [(job id, rows)].
@@ -459,7 +518,10 @@ fn held_rows(server: &BqServer) -> std::collections::BTreeMap<String, Vec<(Strin
         let mut per: std::collections::BTreeMap<String, usize> = Default::default();
         for row in reader.get_row_iter(None).unwrap() {
             let row = row.unwrap();
-            let (_, v) = row.get_column_iter().next().unwrap();
+            let (_, v) = row
+                .get_column_iter()
+                .find(|(name, _)| name.as_str() == meta::FILE)
+                .unwrap();
             *per.entry(v.to_string().trim_matches('"').to_owned())
                 .or_default() += 1;
         }

@@ -1,6 +1,7 @@
-//! ferry's generated BigQuery SQL (DDL, column additions, the replica MERGE) executed on
-//! bqemulator, the BigQuery-dialect engine available offline. The replica must equal the state
-//! the change stream implies, whatever the order files arrive in and however often.
+//! ferry's generated BigQuery SQL (DDL, column additions, the replica MERGE) through the strict
+//! test server's rules (grammar and types, as BigQuery enforces them) and executed on bqemulator,
+//! the BigQuery-dialect engine available offline. The replica must equal the state the change
+//! stream implies, whatever the order files arrive in and however often.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,6 +15,7 @@ use ferry_core::schema::{BqField, FieldMode, TableSchema, meta};
 use ferry_core::sql::{self, ApplyWindow};
 use ferry_core::{Catalog, TableMapping};
 use ferry_tests::TempDir;
+use ferry_tests::bqserver::BqServer;
 use ferry_tests::stand_ins::bqemulator;
 use serde_json::Value;
 
@@ -22,6 +24,7 @@ struct Env {
     catalog: Catalog,
     rt: tokio::runtime::Runtime,
     warehouse: BigQueryWarehouse,
+    server: BqServer,
 }
 
 fn env(dataset: &str) -> Env {
@@ -32,15 +35,17 @@ fn env(dataset: &str) -> Env {
   "bigquery": {{ "project": "ferry-test", "dataset": "{dataset}" }},
   "tables": {{
     "casino.bets": {{ "primary_key": ["id"] }},
-    "casino.wallets": {{ "primary_key": ["account_id", "currency"], "soft_delete": true }}
+    "casino.wallets": {{ "primary_key": ["account_id", "currency"], "soft_delete": true }},
+    "casino.profiles": {{ "primary_key": ["id"], "columns": {{ "note": "json" }} }}
   }}
 }}"#
     );
     std::fs::write(dir.path().join("games.json"), mapping).unwrap();
     let catalog = Catalog::load_dir(dir.path()).unwrap();
     let rt = ferry_tests::runtime();
+    let server = BqServer::start(Some(bqemulator().to_owned()));
     let config = ClientConfig {
-        base_url: bqemulator().to_owned(),
+        base_url: server.url.clone(),
         initial_backoff: Duration::from_millis(50),
         ..ClientConfig::default()
     };
@@ -58,6 +63,7 @@ fn env(dataset: &str) -> Env {
         catalog,
         rt,
         warehouse,
+        server,
     }
 }
 
@@ -77,7 +83,7 @@ impl Env {
             .block_on(self.warehouse.client().query(
                 sql,
                 None,
-                &format!("t-{}", sql.len()),
+                &ferry_bigquery::warehouse::request_id(),
                 Duration::from_secs(60),
             ))
             .unwrap_or_else(|e| panic!("{e}\n--- statement ---\n{sql}"))
@@ -279,8 +285,8 @@ fn stream() -> Vec<File> {
 
 fn replay(env: &Env, table: &TableMapping, files: &[File], order: &[usize]) {
     let schema = schema_for(table);
-    env.run(&sql::create_changelog(table, &schema));
-    for ddl in sql::create_replica(table, &schema) {
+    env.run(&sql::create_changelog(table, &schema).unwrap());
+    for ddl in sql::create_replica(table, &schema).unwrap() {
         env.run(&ddl);
     }
     for &i in order {
@@ -368,12 +374,11 @@ fn bqemulator_column_additions_and_type_conflicts() {
     let env = env("evolution");
     let table = env.table("bets");
     let schema = schema_for(&table);
-    env.run(&sql::create_changelog(&table, &schema));
+    env.run(&sql::create_changelog(&table, &schema).unwrap());
     let added = [field("vip", BqType::Bool), field("payload", BqType::Json)];
-    for alter in sql::add_columns(&table.changelog, &added) {
-        env.run(&alter);
-        env.run(&alter); // IF NOT EXISTS: a repeat is harmless
-    }
+    let alter = sql::add_columns(&table.changelog, &added).unwrap();
+    env.run(&alter);
+    env.run(&alter); // IF NOT EXISTS: a repeat is harmless
     // bqemulator's tables.get does not show columns added by ALTER (its gap); the columns are
     // there for SQL, with their types.
     let r = env.run(&format!(
@@ -404,4 +409,54 @@ fn bqemulator_column_additions_and_type_conflicts() {
             .contains("id is INT64 in BigQuery but STRING"),
         "{err}"
     );
+}
+
+#[test]
+fn bqemulator_json_columns_are_parsed_into_the_replica_and_bad_text_is_flagged() {
+    let env = env("json_columns");
+    let table = env.table("profiles");
+    let file = File {
+        name: "cdc/casino/profiles/20261126-120000000.parquet",
+        seq: "00000001",
+        changes: vec![
+            c(&[1], "INSERT", Some(r#"{"level": 3, "tags": ["vip"]}"#), 10),
+            c(&[2], "INSERT", Some(r#"{"cut": "at 32 K"#), 11),
+            c(&[3], "INSERT", None, 12),
+        ],
+    };
+    replay(&env, &table, std::slice::from_ref(&file), &[0]);
+    let r = env.run(&format!(
+        "SELECT id, JSON_VALUE(note, '$.level') AS level, _ferry_invalid_json FROM {} ORDER BY id",
+        sql::table_path(table.replica.as_ref().unwrap())
+    ));
+    let cell = |row: usize, col: usize| r.rows[row][col].as_str().map(str::to_owned);
+    assert_eq!(r.rows.len(), 3, "every change is kept: {:?}", r.rows);
+    assert_eq!(cell(0, 1).as_deref(), Some("3"), "{:?}", r.rows);
+    assert_eq!(cell(0, 2).as_deref(), Some("false"));
+    assert_eq!(cell(1, 1), None, "text that does not parse is NULL");
+    assert_eq!(
+        cell(1, 2).as_deref(),
+        Some("true"),
+        "and the row is flagged"
+    );
+    assert_eq!(cell(2, 2).as_deref(), Some("false"), "NULL is not invalid");
+    // The change log keeps the text as it came.
+    let r = env.run(&format!(
+        "SELECT note FROM {} WHERE id = 2",
+        sql::table_path(&table.changelog)
+    ));
+    assert_eq!(r.rows[0][0].as_str(), Some(r#"{"cut": "at 32 K"#));
+}
+
+#[test]
+fn strict_grammar_accepts_every_generated_statement() {
+    let env = env("grammar");
+    for name in ["bets", "wallets", "profiles"] {
+        let table = env.table(name);
+        let files = keyed(&stream(), table.primary_key.len());
+        replay(&env, &table, &files[..1], &[0]);
+    }
+    let st = env.server.state.lock().unwrap();
+    assert!(st.refusals.is_empty(), "{:?}", st.refusals);
+    assert!(st.tables.len() >= 6, "{:?}", st.tables.keys());
 }

@@ -1,6 +1,15 @@
-//! A BigQuery test server that keeps the load-job contract as BigQuery documents it, with
-//! fault injection. No emulator keeps this contract (bqemulator ignores client job ids and never
-//! answers 409), so the exactly-once tests run against this one.
+//! A strict BigQuery test server: it keeps the load-job contract as BigQuery documents it, with
+//! fault injection, and refuses what BigQuery refuses, by the rules in [`crate::bqrules`] (each
+//! next to its documentation). No emulator keeps this contract (bqemulator ignores client job ids,
+//! never answers 409 and accepts any DDL and any parquet), so the BigQuery tests run against this
+//! one; with an emulator behind it, statements that pass the rules are executed there.
+//!
+//! What it checks: DDL grammar and types (PARTITION BY, CLUSTER BY, reserved column names), the
+//! catalogue of tables that DDL built, every load's parquet footer against its destination and
+//! its `schema` (JSON columns, DATETIME without a schema, ENUM), `requestId` length, `location`
+//! on `jobs.get`, table metadata updates per 10 s, load jobs per table and per project (failed
+//! ones included), the mutating-DML queue per table and overlapping DML, `datasets.insert`
+//! permission, and warnings in successful query responses.
 //!
 //! What it implements, from the REST reference:
 //! - `POST /upload/bigquery/v2/projects/{p}/jobs?uploadType=multipart` (`multipart/related`:
@@ -13,9 +22,10 @@
 //!   time (multipart) or when the upload completes (resumable);
 //! - `GET .../jobs/{id}`: `PENDING`/`RUNNING` for a configurable number of polls, then `DONE`,
 //!   with `status.errorResult` when the job failed (a failed job wrote nothing);
-//! - every other call (`tables.get`, `queries`) is forwarded to an emulator when one is given
-//!   (the SQL is the emulator's business); without one, queries are recorded and succeed, and
-//!   every table exists with no columns (so the client's column additions are exercised).
+//! - `tables.get` answers from the catalogue; `datasets.get`/`insert` from the datasets created;
+//!   queries pass the rules, then go to the emulator when one is given (its failures, which it
+//!   reports as HTTP 200 with `errors`, are answered as BigQuery does: HTTP 400), else are
+//!   recorded and succeed.
 //!
 //! Faults are queued and consumed by the first matching request: an HTTP error with a reason,
 //! a malformed body, a dropped connection after the request was processed (the client never
@@ -29,6 +39,8 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
+
+use crate::bqrules;
 
 /// Which requests a fault applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +71,8 @@ pub enum Fault {
     /// The next load job into a table whose id contains the first string ends `DONE` with the
     /// second as its error reason.
     JobFailsOn(&'static str, &'static str),
+    /// The next successful query answers with this warning in `errors`.
+    Warning(&'static str),
 }
 
 /// A job the server knows.
@@ -70,6 +84,10 @@ pub struct Job {
     pub table: String,
     /// The error it ended with, if any.
     pub error: Option<&'static str>,
+    /// The error's message.
+    pub error_message: Option<String>,
+    /// `jobReference.location`.
+    pub location: Option<String>,
     /// Polls left before it is DONE.
     pub polls_left: u32,
     /// The uploaded bytes.
@@ -90,7 +108,6 @@ struct Session {
 }
 
 /// The shared state, for assertions.
-#[derive(Default)]
 pub struct State {
     /// Jobs by id, in creation order.
     pub jobs: Vec<Job>,
@@ -106,6 +123,42 @@ pub struct State {
     pub chunks: Vec<usize>,
     /// The answer to the load-job count query (INFORMATION_SCHEMA.JOBS_BY_PROJECT), if set.
     pub load_job_count: Option<u64>,
+    /// Tables created by DDL, by `project.dataset.table`.
+    pub tables: HashMap<String, bqrules::Table>,
+    /// Datasets, by `project.dataset`.
+    pub datasets: std::collections::HashSet<String>,
+    /// Whether the caller holds `bigquery.datasets.create` (default true).
+    pub can_create_datasets: bool,
+    /// Load-job quotas.
+    pub quota: bqrules::LoadQuota,
+    /// Mutating DML in flight, and overlaps seen.
+    pub dml: bqrules::DmlTracker,
+    /// How long a mutating DML statement runs (so that overlaps can happen).
+    pub dml_hold: std::time::Duration,
+    /// Every refusal by a rule: the request's route and what was answered.
+    pub refusals: Vec<bqrules::Refusal>,
+}
+
+impl Default for State {
+    fn default() -> State {
+        State {
+            jobs: Vec::new(),
+            sessions: HashMap::new(),
+            faults: VecDeque::new(),
+            running_polls: 0,
+            log: Vec::new(),
+            queries: Vec::new(),
+            chunks: Vec::new(),
+            load_job_count: None,
+            tables: HashMap::new(),
+            datasets: Default::default(),
+            can_create_datasets: true,
+            quota: bqrules::LoadQuota::default(),
+            dml: bqrules::DmlTracker::default(),
+            dml_hold: std::time::Duration::ZERO,
+            refusals: Vec::new(),
+        }
+    }
 }
 
 impl State {
@@ -128,6 +181,8 @@ impl State {
             id: id.to_owned(),
             table: String::new(),
             error: None,
+            error_message: None,
+            location: None,
             polls_left: 0,
             data: Vec::new(),
             kind: "QUERY",
@@ -249,8 +304,12 @@ fn job_json(job: &Job, project: &str) -> Value {
     if state == "DONE"
         && let Some(reason) = job.error
     {
-        status["errorResult"] = json!({"reason": reason, "message": format!("injected {reason}")});
-        status["errors"] = json!([{"reason": reason, "message": format!("injected {reason}")}]);
+        let message = job
+            .error_message
+            .clone()
+            .unwrap_or_else(|| format!("injected {reason}"));
+        status["errorResult"] = json!({"reason": reason, "message": message});
+        status["errors"] = json!([{"reason": reason, "message": message}]);
     }
     let mut configuration = json!({ "jobType": job.kind });
     if let Some(q) = &job.query {
@@ -258,7 +317,7 @@ fn job_json(job: &Job, project: &str) -> Value {
     }
     json!({
         "kind": "bigquery#job",
-        "jobReference": {"projectId": project, "jobId": job.id},
+        "jobReference": {"projectId": project, "jobId": job.id, "location": job.location},
         "configuration": configuration,
         "status": status,
         "statistics": {"creationTime": job.created_millis.to_string(), "load": {"outputRows": "0"}},
@@ -419,7 +478,7 @@ fn route_of(req: &Request) -> Option<Route> {
 fn take_fault(state: &mut State, route: Option<Route>) -> Option<Fault> {
     let i = state.faults.iter().position(|f| match f {
         Fault::Http(r, ..) | Fault::Malformed(r) | Fault::DropAfter(r) => Some(*r) == route,
-        Fault::JobFails(_) | Fault::JobFailsOn(..) => false,
+        Fault::JobFails(_) | Fault::JobFailsOn(..) | Fault::Warning(_) => false,
     })?;
     state.faults.remove(i)
 }
@@ -460,6 +519,12 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
+fn refusal(st: &mut State, r: bqrules::Refusal) -> Response {
+    let resp = Response::error(r.status, r.reason, &r.message);
+    st.refusals.push(r);
+    resp
+}
+
 fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response {
     let mut st = state.lock().unwrap();
     let project = resource
@@ -478,6 +543,8 @@ fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response
             "jobReference.jobId is required by this server",
         );
     };
+    // Job ids: letters, digits, `_` and `-`, at most 1,024 characters (discovery document,
+    // JobReference.jobId).
     if !id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
@@ -492,6 +559,10 @@ fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response
             &format!("Already Exists: Job {project}:{id}"),
         );
     }
+    let location = resource
+        .pointer("/jobReference/location")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let dest = resource
         .pointer("/configuration/load/destinationTable")
         .cloned()
@@ -507,7 +578,18 @@ fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response
         .and_then(Value::as_str)
         .map(str::to_owned);
     let kind = if query.is_some() { "QUERY" } else { "LOAD" };
-    let error = match st
+    if kind == "LOAD" {
+        let into_table = st
+            .jobs
+            .iter()
+            .filter(|j| j.kind == "LOAD" && j.table == table)
+            .count();
+        let in_project = st.jobs.iter().filter(|j| j.kind == "LOAD").count();
+        if let Err(r) = st.quota.check(&table, into_table, in_project) {
+            return refusal(&mut st, r);
+        }
+    }
+    let injected = match st
         .faults
         .iter()
         .position(|f| match f {
@@ -523,10 +605,40 @@ fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response
         },
         None => None,
     };
+    // A load that BigQuery would refuse ends DONE with that error; nothing is written.
+    let (mut error, mut error_message) = (injected, None);
+    if kind == "LOAD" && error.is_none() {
+        let load = resource
+            .pointer("/configuration/load")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let checked = match st.tables.get(&table) {
+            None => Err(bqrules::Refusal {
+                status: 404,
+                reason: "notFound",
+                message: format!("Not found: Table {table}"),
+            }),
+            Some(t) => bqrules::load(t, &table, &load, &data),
+        };
+        match checked {
+            Ok(added) => {
+                if let Some(t) = st.tables.get_mut(&table) {
+                    t.columns.extend(added);
+                }
+            }
+            Err(r) => {
+                error = Some(r.reason);
+                error_message = Some(r.message.clone());
+                st.refusals.push(r);
+            }
+        }
+    }
     let job = Job {
         id,
         table,
         error,
+        error_message,
+        location,
         polls_left: if kind == "LOAD" { st.running_polls } else { 0 },
         data,
         kind,
@@ -536,6 +648,185 @@ fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response
     let body = job_json(&job, &project);
     st.jobs.push(job);
     Response::json(200, body)
+}
+
+/// A table's REST resource from the catalogue.
+fn table_json(t: &bqrules::Table) -> Value {
+    let fields: Vec<Value> = t
+        .columns
+        .iter()
+        .map(|c| json!({"name": c.name, "type": c.ty, "mode": if c.required { "REQUIRED" } else { "NULLABLE" }}))
+        .collect();
+    json!({"kind": "bigquery#table", "schema": {"fields": fields}})
+}
+
+/// `project.dataset.table` from `/bigquery/v2/projects/P/datasets/D/tables/T`.
+fn table_of_path(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let at = |k: &str| {
+        parts
+            .iter()
+            .position(|p| *p == k)
+            .and_then(|i| parts.get(i + 1))
+    };
+    Some(format!(
+        "{}.{}.{}",
+        at("projects")?,
+        at("datasets")?,
+        at("tables")?
+    ))
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .filter(|v| !v.is_empty())
+}
+
+/// A statement's answer from the emulator, as BigQuery gives it: the emulator reports failures
+/// as HTTP 200 with `errors` (its gap); BigQuery answers HTTP 400.
+fn from_emulator(resp: Response) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(&resp.body) else {
+        return resp;
+    };
+    match v.pointer("/errors/0") {
+        Some(e) if resp.status == 200 => {
+            let reason = match e.get("reason").and_then(Value::as_str) {
+                Some("invalidQuery") => "invalidQuery",
+                Some("notFound") => "notFound",
+                _ => "invalid",
+            };
+            Response::error(
+                400,
+                reason,
+                e.get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("query failed"),
+            )
+        }
+        _ => resp,
+    }
+}
+
+/// A query through the rules: request id, DDL, mutating DML; then the engine.
+fn run_query(
+    state: &Mutex<State>,
+    emulator: Option<&str>,
+    req: &Request,
+    body: &Value,
+) -> Response {
+    let q = body
+        .get("query")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let mut st = state.lock().unwrap();
+    st.queries.push(q.clone());
+    if let Err(r) = bqrules::request_id(body.get("requestId").and_then(Value::as_str)) {
+        return refusal(&mut st, r);
+    }
+    if q.contains("INFORMATION_SCHEMA.JOBS_BY_PROJECT")
+        && let Some(n) = st.load_job_count
+    {
+        return Response::json(
+            200,
+            json!({"kind": "bigquery#queryResponse", "jobComplete": true,
+                   "jobReference": {"jobId": "count"},
+                   "schema": {"fields": [{"name": "jobs", "type": "INTEGER"}]},
+                   "rows": [{"f": [{"v": n.to_string()}]}], "totalRows": "1"}),
+        );
+    }
+    let ddl = match bqrules::ddl(&q) {
+        Some(Err(r)) => return refusal(&mut st, r),
+        Some(Ok(d)) => {
+            // The metadata-update limit is checked before the engine runs the statement.
+            let mut probe = st.tables.clone();
+            if let Err(r) = bqrules::apply_ddl(&mut probe, d.clone(), std::time::Instant::now()) {
+                return refusal(&mut st, r);
+            }
+            Some(probe)
+        }
+        None => None,
+    };
+    let dml = bqrules::dml_target(&q);
+    if let Some(t) = &dml
+        && let Err(r) = st.dml.start(t)
+    {
+        return refusal(&mut st, r);
+    }
+    let warning = st
+        .faults
+        .iter()
+        .position(|f| matches!(f, Fault::Warning(_)))
+        .and_then(|i| st.faults.remove(i));
+    let hold = st.dml_hold;
+    drop(st);
+    if dml.is_some() {
+        std::thread::sleep(hold);
+    }
+    // DuckDB takes one ALTER command per statement (the emulator's gap; BigQuery takes
+    // several): an ALTER with several ADD COLUMN clauses is run there one clause at a time.
+    let split = match bqrules::ddl(&q) {
+        Some(Ok(bqrules::Ddl::AddColumns { table, columns })) if columns.len() > 1 => Some(
+            columns
+                .iter()
+                .map(|(c, _)| {
+                    let path: Vec<String> = table.split('.').map(|p| format!("`{p}`")).collect();
+                    format!(
+                        "ALTER TABLE {} ADD COLUMN IF NOT EXISTS `{}` {}",
+                        path.join("."),
+                        c.name,
+                        c.ty
+                    )
+                })
+                .collect::<Vec<_>>(),
+        ),
+        _ => None,
+    };
+    let resp = match (emulator, split) {
+        (Some(e), Some(statements)) => {
+            let mut last = Response::json(200, json!({}));
+            for sql in statements {
+                let mut b = body.clone();
+                b["query"] = json!(sql);
+                let one = Request {
+                    method: req.method.clone(),
+                    target: req.target.clone(),
+                    headers: req.headers.clone(),
+                    body: b.to_string().into_bytes(),
+                };
+                last = from_emulator(forward(e, &one));
+                if last.status != 200 {
+                    break;
+                }
+            }
+            last
+        }
+        (Some(e), None) => from_emulator(forward(e, req)),
+        (None, _) => Response::json(
+            200,
+            json!({"kind": "bigquery#queryResponse", "jobComplete": true,
+                   "jobReference": {"jobId": "q"}, "rows": [], "totalRows": "0"}),
+        ),
+    };
+    let mut st = state.lock().unwrap();
+    if let Some(t) = &dml {
+        st.dml.end(t);
+    }
+    if resp.status == 200
+        && let Some(tables) = ddl
+    {
+        st.tables = tables;
+    }
+    match warning {
+        Some(Fault::Warning(w)) if resp.status == 200 => {
+            let mut v: Value = serde_json::from_slice(&resp.body).unwrap_or(json!({}));
+            v["errors"] = json!([{"reason": "invalidQuery", "message": w, "location": "query"}]);
+            Response::json(200, v)
+        }
+        _ => resp,
+    }
 }
 
 fn process(state: &Mutex<State>, url: &str, emulator: Option<&str>, req: &Request) -> Response {
@@ -654,7 +945,16 @@ fn process(state: &Mutex<State>, url: &str, emulator: Option<&str>, req: &Reques
         Some(Route::GetJob) => {
             let id = path.rsplit('/').next().unwrap_or("");
             let mut st = state.lock().unwrap();
+            let asked = query_param(query, "location").map(str::to_owned);
             match st.jobs.iter_mut().find(|j| j.id == id) {
+                Some(job)
+                    if bqrules::job_location(job.location.as_deref(), asked.as_deref(), id)
+                        .is_err() =>
+                {
+                    let r = bqrules::job_location(job.location.as_deref(), asked.as_deref(), id)
+                        .unwrap_err();
+                    refusal(&mut st, r)
+                }
                 Some(job) => {
                     job.polls_left = job.polls_left.saturating_sub(1);
                     let project = path.split('/').nth(4).unwrap_or("p").to_owned();
@@ -664,47 +964,68 @@ fn process(state: &Mutex<State>, url: &str, emulator: Option<&str>, req: &Reques
                 None => Response::error(404, "notFound", &format!("Not found: Job {id}")),
             }
         }
-        Some(Route::Query) => {
-            let mut count_answer = None;
-            if let Ok(v) = serde_json::from_slice::<Value>(&req.body)
-                && let Some(q) = v.get("query").and_then(Value::as_str)
-            {
-                let mut st = state.lock().unwrap();
-                st.queries.push(q.to_owned());
-                if q.contains("INFORMATION_SCHEMA.JOBS_BY_PROJECT") {
-                    count_answer = st.load_job_count;
-                }
-            }
-            if let Some(n) = count_answer {
-                return Response::json(
-                    200,
-                    json!({"kind": "bigquery#queryResponse", "jobComplete": true,
-                           "jobReference": {"jobId": "count"},
-                           "schema": {"fields": [{"name": "jobs", "type": "INTEGER"}]},
-                           "rows": [{"f": [{"v": n.to_string()}]}], "totalRows": "1"}),
-                );
-            }
-            match emulator {
-                Some(e) => forward(e, req),
-                None => Response::json(
-                    200,
-                    json!({"kind": "bigquery#queryResponse", "jobComplete": true,
-                           "jobReference": {"jobId": "q"}, "rows": [], "totalRows": "0"}),
-                ),
+        Some(Route::Query) if req.method == "POST" => {
+            match serde_json::from_slice::<Value>(&req.body) {
+                Ok(body) => run_query(state, emulator, req, &body),
+                Err(_) => Response::error(400, "invalid", "query request is not JSON"),
             }
         }
-        None => match emulator {
-            Some(e) => forward(e, req),
-            // Without an emulator every table exists with no columns yet: the client adds the
-            // file's columns (its ALTER statements are recorded with the queries).
-            None if req.method == "GET" && path.contains("/tables/") => Response::json(
-                200,
-                json!({"kind": "bigquery#table", "schema": {"fields": []}}),
-            ),
-            None if req.method == "POST" && path.ends_with("/datasets") => {
-                Response::json(200, json!({"kind": "bigquery#dataset"}))
-            }
-            None => Response::error(404, "notFound", &format!("Not found: {path}")),
+        Some(Route::Query) => match emulator {
+            Some(e) => from_emulator(forward(e, req)),
+            None => Response::error(404, "notFound", "Not found: query job"),
         },
+        None => {
+            // Tables: the catalogue first (the emulator does not show columns added by ALTER).
+            if req.method == "GET"
+                && let Some(t) = table_of_path(path)
+            {
+                let st = state.lock().unwrap();
+                if let Some(table) = st.tables.get(&t) {
+                    return Response::json(200, table_json(table));
+                }
+                if emulator.is_none() {
+                    return Response::error(404, "notFound", &format!("Not found: Table {t}"));
+                }
+            }
+            let parts: Vec<&str> = path.split('/').collect();
+            let dataset_path = match parts.as_slice() {
+                ["", "bigquery", "v2", "projects", p, "datasets", d] => Some(format!("{p}.{d}")),
+                _ => None,
+            };
+            let project = parts.get(4).copied().unwrap_or("p").to_owned();
+            if req.method == "POST" && path.ends_with("/datasets") {
+                let mut st = state.lock().unwrap();
+                if let Err(r) = bqrules::dataset_create(&project, st.can_create_datasets) {
+                    return refusal(&mut st, r);
+                }
+                let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+                let d = body
+                    .pointer("/datasetReference/datasetId")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let name = format!("{project}.{d}");
+                if !st.datasets.insert(name.clone()) && emulator.is_none() {
+                    return Response::error(
+                        409,
+                        "duplicate",
+                        &format!("Already Exists: Dataset {project}:{d}"),
+                    );
+                }
+            }
+            match (emulator, dataset_path) {
+                (Some(e), _) => forward(e, req),
+                (None, Some(d)) if req.method == "GET" => {
+                    if state.lock().unwrap().datasets.contains(&d) {
+                        Response::json(200, json!({"kind": "bigquery#dataset"}))
+                    } else {
+                        Response::error(404, "notFound", &format!("Not found: Dataset {d}"))
+                    }
+                }
+                (None, _) if req.method == "POST" && path.ends_with("/datasets") => {
+                    Response::json(200, json!({"kind": "bigquery#dataset"}))
+                }
+                (None, _) => Response::error(404, "notFound", &format!("Not found: {path}")),
+            }
+        }
     }
 }

@@ -47,6 +47,20 @@ impl Auth {
             .and_then(|t| t.as_str())
             .unwrap_or_default()
             .to_owned();
+        // gcloud's `--enable-imdsv2` writes `credential_source.imdsv2_session_token_url`: the
+        // library then asks the EC2 metadata endpoint for a session token before every
+        // exchange, with no timeout. Lambda has no such endpoint (its AWS credentials are in
+        // the environment), so every token fetch would hang or fail: refuse it at cold start.
+        if kind == "external_account"
+            && value
+                .pointer("/credential_source/imdsv2_session_token_url")
+                .is_some()
+        {
+            return Err(BqError::permanent(
+                context,
+                "credential_source.imdsv2_session_token_url is set: Lambda has no EC2 metadata endpoint to fetch an IMDSv2 session token from; write the configuration again without gcloud's --enable-imdsv2 flag",
+            ));
+        }
         let built = match kind.as_str() {
             "service_account" => service_account::Builder::new(value)
                 .with_access_specifier(service_account::AccessSpecifier::from_scopes([SCOPE]))
@@ -108,6 +122,30 @@ mod tests {
         let e = Auth::from_credentials_json(r#"{"type":"service_account","private_key":"s3cr3t"}"#)
             .unwrap_err();
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn imdsv2_configuration_fails_naming_the_field_and_the_flag() {
+        let config = r#"{
+          "type": "external_account",
+          "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/aws",
+          "subject_token_type": "urn:ietf:params:aws:token-type:aws4_request",
+          "token_url": "https://sts.googleapis.com/v1/token",
+          "credential_source": {
+            "environment_id": "aws1",
+            "region_url": "http://169.254.169.254/latest/meta-data/placement/availability-zone",
+            "url": "http://169.254.169.254/latest/meta-data/iam/security-credentials",
+            "regional_cred_verification_url": "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+            "imdsv2_session_token_url": "http://169.254.169.254/latest/api/token"
+          }
+        }"#;
+        let e = Auth::from_credentials_json(config).unwrap_err();
+        let m = e.to_string();
+        assert!(!e.is_retryable());
+        assert!(
+            m.contains("imdsv2_session_token_url") && m.contains("--enable-imdsv2"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub const DEFAULT_BASE_URL: &str = "https://bigquery.googleapis.com";
 /// Resumable upload chunks must be multiples of this.
 pub const CHUNK_QUANTUM: usize = 256 << 10;
 
+/// Data from this size on is uploaded resumably, also from memory: multipart is meant for small
+/// files, and the official clients switch at 5 MiB (BigQuery "Loading data with the upload API";
+/// google-cloud-python's resumable threshold).
+pub const RESUMABLE_FROM: usize = 5 << 20;
+
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -344,8 +349,10 @@ impl Client {
         let resource = self.job_resource(job_id, location, configuration);
         let context = format!("load job {job_id}");
         let reply = match data {
-            Upload::Bytes(bytes) => self.multipart(&context, &resource, bytes).await?,
-            Upload::File(path) => self.resumable(&context, &resource, path).await?,
+            Upload::Bytes(bytes) if bytes.len() < RESUMABLE_FROM => {
+                self.multipart(&context, &resource, bytes).await?
+            }
+            data => self.resumable(&context, &resource, data).await?,
         };
         if reply.status == StatusCode::CONFLICT {
             return Ok(None);
@@ -395,11 +402,17 @@ impl Client {
         &self,
         context: &str,
         resource: &Value,
-        path: &Path,
+        data: Upload<'_>,
     ) -> Result<Reply, BqError> {
-        let io =
-            |e: std::io::Error| BqError::transport(context, format!("{}: {e}", path.display()));
-        let total = tokio::fs::metadata(path).await.map_err(io)?.len();
+        let name = match data {
+            Upload::File(path) => path.display().to_string(),
+            Upload::Bytes(_) => "data in memory".to_owned(),
+        };
+        let io = |e: std::io::Error| BqError::transport(context, format!("{name}: {e}"));
+        let total = match data {
+            Upload::File(path) => tokio::fs::metadata(path).await.map_err(io)?.len(),
+            Upload::Bytes(b) => b.len() as u64,
+        };
         let metadata = Bytes::from(
             serde_json::to_vec(resource).map_err(|e| BqError::permanent(context, e.to_string()))?,
         );
@@ -429,19 +442,31 @@ impl Client {
             })?
             .to_owned();
         let chunk = self.config.chunk_size.div_ceil(CHUNK_QUANTUM).max(1) * CHUNK_QUANTUM;
-        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        let mut file = match data {
+            Upload::File(path) => Some(tokio::fs::File::open(path).await.map_err(io)?),
+            Upload::Bytes(_) => None,
+        };
         let mut offset: u64 = 0;
-        let mut buf = vec![0u8; chunk];
+        let mut buf = vec![0u8; if file.is_some() { chunk } else { 0 }];
         let mut failures = 0;
         loop {
             // Read the next chunk from `offset` (the server may have kept less than was sent).
-            use tokio::io::AsyncSeekExt;
-            file.seek(std::io::SeekFrom::Start(offset))
-                .await
-                .map_err(io)?;
             let want = usize::try_from((total - offset).min(chunk as u64)).unwrap_or(chunk);
-            file.read_exact(&mut buf[..want]).await.map_err(io)?;
-            let body = Bytes::copy_from_slice(&buf[..want]);
+            let body = match (&mut file, data) {
+                (Some(file), _) => {
+                    use tokio::io::AsyncSeekExt;
+                    file.seek(std::io::SeekFrom::Start(offset))
+                        .await
+                        .map_err(io)?;
+                    file.read_exact(&mut buf[..want]).await.map_err(io)?;
+                    Bytes::copy_from_slice(&buf[..want])
+                }
+                (None, Upload::Bytes(b)) => {
+                    let from = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                    b.slice(from..(from + want).min(b.len()))
+                }
+                (None, Upload::File(_)) => Bytes::new(),
+            };
             let range = if want == 0 {
                 format!("bytes */{total}")
             } else {
@@ -566,13 +591,25 @@ impl Client {
         Ok(state)
     }
 
-    /// `datasets.insert`, where missing (a 409 means it exists).
+    /// The dataset, created where missing: `datasets.get` first (Data Editor on the dataset is
+    /// enough when it exists), `datasets.insert` only after a 404 (that needs
+    /// `bigquery.datasets.create` on the project; a 409 means another caller created it).
     pub async fn ensure_dataset(
         &self,
         project: &str,
         dataset: &str,
         location: Option<&str>,
     ) -> Result<(), BqError> {
+        let get = format!("datasets.get {project}.{dataset}");
+        let url = self.api(&format!(
+            "projects/{}/datasets/{}",
+            encode(project),
+            encode(dataset)
+        ));
+        let found = self.send(&get, &[404], || self.http.get(&url)).await?;
+        if found.status != StatusCode::NOT_FOUND {
+            return Ok(());
+        }
         let context = format!("datasets.insert {project}.{dataset}");
         let mut body =
             json!({ "datasetReference": { "projectId": project, "datasetId": dataset } });
@@ -678,13 +715,15 @@ impl Client {
     }
 }
 
-/// Query failures: `errorResult`/`errors` in the body (also with HTTP 200, as emulators answer).
+/// Query failures: `status.errorResult` in the body. BigQuery answers a failed statement with
+/// an HTTP error; `errors` in a successful response holds warnings (BigQuery v2 discovery
+/// document, `QueryResponse.errors`: "may contain ... warnings even when the query succeeded"),
+/// which are logged, never taken for a failure.
 fn query_errors(context: &str, response: &Value) -> Result<(), BqError> {
-    let first = response
+    if let Some(e) = response
         .pointer("/status/errorResult")
-        .or_else(|| response.pointer("/errors/0"))
-        .filter(|v| !v.is_null());
-    if let Some(e) = first {
+        .filter(|v| !v.is_null())
+    {
         let e: JobError = serde_json::from_value(e.clone()).unwrap_or(JobError {
             reason: None,
             message: e.to_string(),
@@ -692,6 +731,13 @@ fn query_errors(context: &str, response: &Value) -> Result<(), BqError> {
         return Err(
             BqError::from_response(context, None, e.reason.clone(), e.message).with_status_none(),
         );
+    }
+    if let Some(warnings) = response.get("errors").and_then(Value::as_array) {
+        for w in warnings {
+            let text = |k: &str| w.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            let (reason, message) = (text("reason"), text("message"));
+            tracing::warn!(context, reason, message, "BigQuery warning");
+        }
     }
     Ok(())
 }
@@ -867,10 +913,13 @@ mod tests {
     }
 
     #[test]
-    fn query_errors_with_http_200_are_errors() {
-        let r = json!({"errors":[{"reason":"invalidQuery","message":"Syntax error"}]});
-        let e = query_errors("q", &r).unwrap_err();
+    fn error_results_fail_and_errors_alone_are_warnings() {
+        let failed =
+            json!({"status":{"errorResult":{"reason":"invalidQuery","message":"Syntax error"}}});
+        let e = query_errors("q", &failed).unwrap_err();
         assert!(!e.is_retryable());
         assert!(e.to_string().contains("Syntax error"));
+        let warned = json!({"jobComplete":true,"errors":[{"reason":"invalidQuery","message":"Not all rows were scanned"}]});
+        assert!(query_errors("q", &warned).is_ok());
     }
 }

@@ -53,12 +53,13 @@ impl BqError {
         reason: Option<String>,
         message: impl Into<String>,
     ) -> BqError {
-        let class = classify(status, reason.as_deref());
+        let message = message.into();
+        let class = classify(status, reason.as_deref(), &message);
         BqError {
             context: context.into(),
             status,
             reason,
-            message: message.into(),
+            message,
             class,
         }
     }
@@ -104,7 +105,21 @@ impl BqError {
 }
 
 /// Classifies a failure by BigQuery's documented reasons first, then by HTTP status.
-pub fn classify(status: Option<u16>, reason: Option<&str>) -> ErrorClass {
+///
+/// Two reasons BigQuery also uses for requests that can never succeed are transient for DML
+/// (page "DML", "Quotas and limits"): a mutating statement that lost to a concurrent one after
+/// BigQuery's own retries fails `invalidQuery` "Could not serialize access to table ... due to
+/// concurrent update", and one beyond the per-table DML queue fails `resourcesExceeded` "Too
+/// many DML statements outstanding". Both are retried with backoff.
+pub fn classify(status: Option<u16>, reason: Option<&str>, message: &str) -> ErrorClass {
+    let transient_dml = match reason {
+        Some("invalidQuery") => message.contains("Could not serialize access"),
+        Some("resourcesExceeded") => message.contains("Too many DML statements outstanding"),
+        _ => false,
+    };
+    if transient_dml {
+        return ErrorClass::Retryable;
+    }
     match reason {
         Some(
             "backendError"
@@ -150,20 +165,23 @@ mod tests {
     fn reasons_win_over_status() {
         // BigQuery answers rateLimitExceeded with 403: still retryable.
         assert_eq!(
-            classify(Some(403), Some("rateLimitExceeded")),
+            classify(Some(403), Some("rateLimitExceeded"), ""),
             ErrorClass::Retryable
         );
         assert_eq!(
-            classify(Some(403), Some("quotaExceeded")),
+            classify(Some(403), Some("quotaExceeded"), ""),
             ErrorClass::RetryLater
         );
         assert_eq!(
-            classify(Some(403), Some("accessDenied")),
+            classify(Some(403), Some("accessDenied"), ""),
             ErrorClass::Permanent
         );
-        assert_eq!(classify(Some(400), Some("invalid")), ErrorClass::Permanent);
         assert_eq!(
-            classify(Some(200), Some("backendError")),
+            classify(Some(400), Some("invalid"), ""),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            classify(Some(200), Some("backendError"), ""),
             ErrorClass::Retryable
         );
     }
@@ -171,10 +189,40 @@ mod tests {
     #[test]
     fn statuses_without_reason() {
         for s in [429, 500, 502, 503, 504] {
-            assert_eq!(classify(Some(s), None), ErrorClass::Retryable, "{s}");
+            assert_eq!(classify(Some(s), None, ""), ErrorClass::Retryable, "{s}");
         }
-        assert_eq!(classify(Some(404), None), ErrorClass::Permanent);
-        assert_eq!(classify(None, None), ErrorClass::Retryable);
+        assert_eq!(classify(Some(404), None, ""), ErrorClass::Permanent);
+        assert_eq!(classify(None, None, ""), ErrorClass::Retryable);
+    }
+
+    #[test]
+    fn dml_conflicts_and_queue_overflow_are_transient() {
+        let conflict = "Could not serialize access to table p:d.t due to concurrent update";
+        assert_eq!(
+            classify(Some(400), Some("invalidQuery"), conflict),
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            classify(
+                Some(400),
+                Some("resourcesExceeded"),
+                "Too many DML statements outstanding against table p:d.t, limit is 20"
+            ),
+            ErrorClass::Retryable
+        );
+        // The same reasons with other messages stay permanent.
+        assert_eq!(
+            classify(Some(400), Some("invalidQuery"), "Syntax error"),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            classify(
+                Some(400),
+                Some("resourcesExceeded"),
+                "Resources exceeded during query execution"
+            ),
+            ErrorClass::Permanent
+        );
     }
 
     #[test]

@@ -104,7 +104,12 @@ pub struct BigQueryWarehouse {
     pending: Mutex<HashMap<TableRef, (ApplyWindow, Option<String>)>>,
     jobs_started: AtomicU64,
     budget: Mutex<HashMap<TableRef, Counter>>,
+    deadline: Mutex<Option<std::time::Instant>>,
 }
+
+/// Time kept free before the invocation's deadline: waits end this long before it, so the
+/// handler can still answer.
+const DEADLINE_RESERVE: Duration = Duration::from_secs(10);
 
 static REQUEST: AtomicU64 = AtomicU64::new(0);
 
@@ -210,16 +215,36 @@ fn destination_of(configuration: &Value) -> Option<TableRef> {
     })
 }
 
-fn request_id(kind: &str) -> String {
+/// A `QueryRequest.requestId`: BigQuery takes at most 36 ASCII characters (v2 discovery
+/// document), and the official clients send a UUID; this is one in the UUID v4 layout, from a
+/// hash of the time, the process and a counter (unique, not secret).
+pub fn request_id() -> String {
+    use sha2::{Digest, Sha256};
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
+    let mut h = Sha256::new();
+    h.update(nanos.to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    h.update(REQUEST.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let mut b: [u8; 16] = [0; 16];
+    b.copy_from_slice(&h.finalize()[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!(
-        "ferry-{kind}-{}-{nanos:x}-{}",
-        std::process::id(),
-        REQUEST.fetch_add(1, Ordering::Relaxed)
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
     )
+}
+
+fn ddl_error(e: sql::DdlError) -> BqError {
+    BqError::permanent(format!("table {}", e.table), e.message)
 }
 
 fn port_error(e: BqError) -> PortError {
@@ -245,17 +270,35 @@ fn label(value: &str) -> String {
         .collect()
 }
 
-/// The load job configuration for a converted file.
-pub fn load_configuration(request: &LoadRequest<'_>) -> Value {
+/// The load job configuration for a converted file, with the destination's whole schema.
+///
+/// BigQuery maps a parquet TIMESTAMP only to TIMESTAMP unless the load names the column's type
+/// (page "Loading Parquet data", section "Parquet conversions"): without `schema`, wall-clock
+/// timestamps bound for a DATETIME column fail with "changed type from DATETIME to TIMESTAMP".
+/// The schema is the table's (every column, in table order), not the file's: a load schema
+/// lacking a table column is refused ("Field x is missing in new schema").
+pub fn load_configuration(request: &LoadRequest<'_>, table_schema: &TableSchema) -> Value {
     let t = &request.table.changelog;
+    let fields: Vec<Value> = table_schema
+        .fields
+        .iter()
+        .map(|f| {
+            json!({
+                "name": f.name,
+                "type": f.bq_type.as_str(),
+                "mode": match f.mode { FieldMode::Required => "REQUIRED", FieldMode::Nullable => "NULLABLE" },
+            })
+        })
+        .collect();
     json!({
         "load": {
             "destinationTable": { "projectId": t.project, "datasetId": t.dataset, "tableId": t.table },
             "sourceFormat": "PARQUET",
             "writeDisposition": "WRITE_APPEND",
             "createDisposition": "CREATE_NEVER",
+            "schema": { "fields": fields },
             "schemaUpdateOptions": ["ALLOW_FIELD_ADDITION"],
-            "parquetOptions": { "enableListInference": true },
+            "parquetOptions": { "enableListInference": true, "enumAsString": true },
             "decimalTargetTypes": ["NUMERIC", "BIGNUMERIC", "STRING"],
         },
         "labels": {
@@ -349,6 +392,21 @@ impl BigQueryWarehouse {
             pending: Mutex::new(HashMap::new()),
             jobs_started: AtomicU64::new(0),
             budget: Mutex::new(HashMap::new()),
+            deadline: Mutex::new(None),
+        }
+    }
+
+    /// How long one wait may last now: `max_wait`, cut to the time the invocation has left
+    /// (less a reserve). A wait that runs out is a retryable error; the next delivery finds the
+    /// job by its id and waits for it again, so nothing runs twice.
+    pub fn wait_budget(&self) -> Duration {
+        let deadline = self.deadline.lock().ok().and_then(|d| *d);
+        match deadline {
+            Some(d) => self.options.max_wait.min(
+                d.saturating_duration_since(std::time::Instant::now())
+                    .saturating_sub(DEADLINE_RESERVE),
+            ),
+            None => self.options.max_wait,
         }
     }
 
@@ -374,9 +432,10 @@ impl BigQueryWarehouse {
     }
 
     async fn run(&self, sql: &str, location: Option<&str>, kind: &str) -> Result<u64, BqError> {
+        tracing::debug!(kind, "statement");
         let result = self
             .client
-            .query(sql, location, &request_id(kind), self.options.max_wait)
+            .query(sql, location, &request_id(), self.wait_budget())
             .await?;
         Ok(result.dml_affected_rows.unwrap_or(0))
     }
@@ -393,12 +452,8 @@ impl BigQueryWarehouse {
                 self.client
                     .ensure_dataset(&table.changelog.project, &table.changelog.dataset, location)
                     .await?;
-                self.run(
-                    &sql::create_changelog(table, request.schema),
-                    location,
-                    "ddl",
-                )
-                .await?;
+                let ddl = sql::create_changelog(table, request.schema).map_err(ddl_error)?;
+                self.run(&ddl, location, "ddl").await?;
                 self.fetch_schema(&table.changelog).await?.ok_or_else(|| {
                     BqError::transport(
                         format!("table {}", table.changelog),
@@ -411,7 +466,7 @@ impl BigQueryWarehouse {
         if !missing.is_empty() {
             tracing::info!(table = %table.changelog, columns = missing.len(), "adding columns");
         }
-        for alter in sql::add_columns(&table.changelog, &missing) {
+        if let Some(alter) = sql::add_columns(&table.changelog, &missing) {
             self.run(&alter, location, "ddl").await?;
         }
         let mut schema = actual;
@@ -423,7 +478,18 @@ impl BigQueryWarehouse {
                 .map(|r| r.contains(replica))
                 .unwrap_or(false);
             if ready {
-                for alter in sql::add_columns(replica, &missing) {
+                let json = sql::json_columns(table);
+                let added: Vec<BqField> = missing
+                    .iter()
+                    .map(|f| match json.contains(&f.name.as_str()) {
+                        true => BqField {
+                            bq_type: ferry_core::bqtype::BqType::Json,
+                            ..f.clone()
+                        },
+                        false => f.clone(),
+                    })
+                    .collect();
+                if let Some(alter) = sql::add_columns(replica, &added) {
                     self.run(&alter, location, "ddl").await?;
                 }
             } else {
@@ -434,14 +500,14 @@ impl BigQueryWarehouse {
                     table.soft_delete || self.fetch_schema(&tombstones).await?.is_some();
                 match self.fetch_schema(replica).await? {
                     Some(actual) if has_tombstones => {
-                        let wanted = sql::replica_fields(&schema);
+                        let wanted = sql::replica_fields(table, &schema);
                         let lacking = missing_columns(replica, &actual, &wanted)?;
-                        for alter in sql::add_columns(replica, &lacking) {
+                        if let Some(alter) = sql::add_columns(replica, &lacking) {
                             self.run(&alter, location, "ddl").await?;
                         }
                     }
                     _ => {
-                        for ddl in sql::create_replica(table, &schema) {
+                        for ddl in sql::create_replica(table, &schema).map_err(ddl_error)? {
                             self.run(&ddl, location, "ddl").await?;
                         }
                     }
@@ -455,6 +521,15 @@ impl BigQueryWarehouse {
             s.insert(table.changelog.clone(), schema);
         }
         Ok(())
+    }
+
+    /// The load configuration for `request`, with the change log's schema as
+    /// [`Self::prepare_tables`] left it (the file's own columns before that).
+    fn configuration_for(&self, request: &LoadRequest<'_>) -> Value {
+        let schema = self
+            .cached_schema(&request.table.changelog)
+            .unwrap_or_else(|| request.schema.clone());
+        load_configuration(request, &schema)
     }
 
     fn cached_schema(&self, table: &TableRef) -> Option<TableSchema> {
@@ -509,7 +584,7 @@ impl BigQueryWarehouse {
             started_here += 1;
             let state = self
                 .client
-                .wait_job(state, location, self.options.max_wait)
+                .wait_job(state, location, self.wait_budget())
                 .await?;
             let Some(error) = state.error.clone() else {
                 if let Some(rows) = state.output_rows {
@@ -562,10 +637,11 @@ impl BigQueryWarehouse {
     /// Like [`Self::fate`], waiting while the job runs.
     async fn settle(&self, id: &str, location: Option<&str>) -> Result<Fate, BqError> {
         let started = tokio::time::Instant::now();
+        let budget = self.wait_budget();
         let mut delay = Duration::from_millis(200);
         loop {
             match self.fate(id, location).await? {
-                Fate::Running if started.elapsed() < self.options.max_wait => {
+                Fate::Running if started.elapsed() < budget => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -629,7 +705,7 @@ impl BigQueryWarehouse {
             let sql = sql::load_jobs_last_day(self.client.project(), loc, table);
             let seed = match self
                 .client
-                .query(&sql, location, &request_id("budget"), self.options.max_wait)
+                .query(&sql, location, &request_id(), self.wait_budget())
                 .await
             {
                 Ok(r) => r
@@ -820,7 +896,7 @@ impl BigQueryWarehouse {
             }
             let files: Vec<&Converted> = members.iter().map(|(i, _)| requests[*i].file).collect();
             let outcome = self
-                .load_combined(&group, location, &load_configuration(last), &files)
+                .load_combined(&group, location, &self.configuration_for(last), &files)
                 .await;
             let failed_retryably = match outcome {
                 Ok(outcome) => {
@@ -868,7 +944,7 @@ impl BigQueryWarehouse {
         request: &LoadRequest<'_>,
         from: &JobId,
     ) -> Result<LoadOutcome, BqError> {
-        let configuration = load_configuration(request);
+        let configuration = self.configuration_for(request);
         let location = request.source.location.as_deref();
         match request.file {
             Converted::InMemory(bytes) => {
@@ -927,7 +1003,7 @@ impl BigQueryWarehouse {
                 self.count_job(configuration);
                 let state = self
                     .client
-                    .wait_job(state, location, self.options.max_wait)
+                    .wait_job(state, location, self.wait_budget())
                     .await?;
                 match state.error {
                     None => Ok(LoadOutcome::Loaded {
@@ -1022,6 +1098,12 @@ impl BigQueryWarehouse {
 }
 
 impl Warehouse for BigQueryWarehouse {
+    fn set_deadline(&self, deadline: Option<std::time::Instant>) {
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = deadline;
+        }
+    }
+
     fn table_schema(&self, table: &TableMapping) -> Result<Option<TableSchema>, PortError> {
         if let Some(s) = self.cached_schema(&table.changelog) {
             return Ok(Some(s));

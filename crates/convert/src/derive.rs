@@ -145,8 +145,10 @@ fn bigquery_reads_as(descr: &ColumnDescriptor) -> Option<BqType> {
         | (PhysicalType::BYTE_ARRAY, None, ConvertedType::UTF8 | ConvertedType::ENUM) => {
             Some(BqType::String)
         }
+        // JSON-annotated text: BigQuery loads no JSON column from parquet (page "Work with JSON
+        // data"); ferry relabels it STRING and the replica apply parses it.
         (PhysicalType::BYTE_ARRAY, Some(LogicalType::Json), _)
-        | (PhysicalType::BYTE_ARRAY, None, ConvertedType::JSON) => Some(BqType::Json),
+        | (PhysicalType::BYTE_ARRAY, None, ConvertedType::JSON) => None,
         (
             PhysicalType::BYTE_ARRAY | PhysicalType::FIXED_LEN_BYTE_ARRAY,
             None,
@@ -284,7 +286,10 @@ pub(crate) fn plan_column(
         }
 
         (D::Utf8 | D::LargeUtf8, None) => copy_or(BqType::String, Some(LogicalType::String)),
-        (D::Utf8 | D::LargeUtf8, Some(H::Json)) => copy_or(BqType::Json, Some(LogicalType::Json)),
+        // JSON stays text in the change log (see `bigquery_reads_as`).
+        (D::Utf8 | D::LargeUtf8, Some(H::Json)) => {
+            copy_or(BqType::String, Some(LogicalType::String))
+        }
         (D::Utf8 | D::LargeUtf8, Some(H::Time)) => transform(BqType::Time, Transform::StringToTime),
         (D::Utf8 | D::LargeUtf8, Some(H::Datetime)) => {
             transform(BqType::Datetime, Transform::StringToDatetime)

@@ -75,9 +75,18 @@ impl BqType {
         matches!(self, BqType::Date | BqType::Datetime | BqType::Timestamp)
     }
 
-    /// Whether values of this type can be compared for equality (MERGE keys) and clustered.
+    /// Whether values of this type can be compared for equality (MERGE keys).
     pub fn can_key(self) -> bool {
         !matches!(self, BqType::Json | BqType::Float64)
+    }
+
+    /// Whether a table can be clustered by a column of this type (page "Creating clustered
+    /// tables": not BYTES, FLOAT64, TIME or JSON).
+    pub fn can_cluster(self) -> bool {
+        !matches!(
+            self,
+            BqType::Json | BqType::Float64 | BqType::Bytes | BqType::Time
+        )
     }
 }
 

@@ -19,11 +19,16 @@
 
 use std::fmt::Write as _;
 
-use crate::mapping::{Granularity, TableMapping, TableRef};
+use crate::bqtype::BqType;
+use crate::mapping::{ColumnHint, Granularity, TableMapping, TableRef};
 use crate::schema::{BqField, FieldMode, TableSchema, meta};
 
 /// The replica's soft-delete flag (present in every replica; `true` only in soft-delete mode).
 pub const DELETED: &str = "_ferry_deleted";
+
+/// The replica's flag for a row whose JSON column text did not parse (replicas of tables with
+/// JSON columns only).
+pub const INVALID_JSON: &str = "_ferry_invalid_json";
 
 /// A backtick-quoted identifier.
 pub fn ident(name: &str) -> String {
@@ -83,18 +88,80 @@ fn column_defs(fields: &[BqField]) -> String {
     out
 }
 
-fn partition_clause(column: &str, granularity: Granularity, schema: &TableSchema) -> String {
-    let is_date = schema
-        .field(column)
-        .is_some_and(|f| f.bq_type == crate::bqtype::BqType::Date);
+/// A DDL statement ferry cannot write for a table: the mapping asks for something BigQuery
+/// refuses (a partitioning its grammar has no form for, a column the data does not have).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("table {table}: {message}")]
+pub struct DdlError {
+    /// The source table (`schema.table`).
+    pub table: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// The `PARTITION BY` clause for a column of type `bq_type` at `granularity`, in the only forms
+/// BigQuery accepts (page "Creating partitioned tables"; DDL reference, `partition_expression`):
+/// a DATE column as itself (DAY) or `DATE_TRUNC(d, MONTH|YEAR)`; a TIMESTAMP as `DATE(ts)` (DAY)
+/// or `TIMESTAMP_TRUNC(ts, HOUR|MONTH|YEAR)`; a DATETIME as `DATE(dt)` (DAY) or
+/// `DATETIME_TRUNC(dt, HOUR|MONTH|YEAR)`. An hourly DATE partitioning has no form: an error.
+pub fn partition_clause(
+    column: &str,
+    granularity: Granularity,
+    bq_type: BqType,
+) -> Result<String, String> {
     let c = ident(column);
-    match (granularity, is_date) {
-        (Granularity::Day, true) => format!("PARTITION BY {c}"),
-        (Granularity::Day, false) => format!("PARTITION BY DATE({c})"),
-        (g, true) => format!("PARTITION BY DATE_TRUNC({c}, {})", g.as_str()),
-        (Granularity::Hour, false) => format!("PARTITION BY TIMESTAMP_TRUNC({c}, HOUR)"),
-        (g, false) => format!("PARTITION BY DATE_TRUNC(DATE({c}), {})", g.as_str()),
-    }
+    let g = granularity.as_str();
+    Ok(match (bq_type, granularity) {
+        (BqType::Date, Granularity::Day) => format!("PARTITION BY {c}"),
+        (BqType::Date, Granularity::Month | Granularity::Year) => {
+            format!("PARTITION BY DATE_TRUNC({c}, {g})")
+        }
+        (BqType::Date, Granularity::Hour) => {
+            return Err(format!(
+                "column {column:?} is a DATE, which BigQuery cannot partition by HOUR; use \"partition_granularity\": \"DAY\", \"MONTH\" or \"YEAR\""
+            ));
+        }
+        (BqType::Timestamp | BqType::Datetime, Granularity::Day) => {
+            format!("PARTITION BY DATE({c})")
+        }
+        (BqType::Timestamp, _) => format!("PARTITION BY TIMESTAMP_TRUNC({c}, {g})"),
+        (BqType::Datetime, _) => format!("PARTITION BY DATETIME_TRUNC({c}, {g})"),
+        (other, _) => {
+            return Err(format!(
+                "column {column:?} is {other}; BigQuery partitions by a DATE, DATETIME or TIMESTAMP column only"
+            ));
+        }
+    })
+}
+
+fn table_partition(
+    table: &TableMapping,
+    spec: (&str, Granularity),
+    schema: &TableSchema,
+) -> Result<String, DdlError> {
+    let (column, granularity) = spec;
+    let error = |message: String| DdlError {
+        table: table.source_table(),
+        message,
+    };
+    let field = schema.field(column).ok_or_else(|| {
+        error(format!(
+            "partition_by names column {column:?}, which the table's files do not have"
+        ))
+    })?;
+    partition_clause(column, granularity, field.bq_type).map_err(error)
+}
+
+/// The columns of `wanted` BigQuery can cluster by (page "Creating clustered tables": top-level
+/// DATE, BOOL, INT64, NUMERIC, BIGNUMERIC, STRING, TIMESTAMP, DATETIME; never BYTES, FLOAT64,
+/// TIME or JSON), at most 4. Columns of other types, or missing from the schema, are left out.
+pub fn clusterable(wanted: &[String], schema: &TableSchema) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|c| schema.field(c).is_some_and(|f| f.bq_type.can_cluster()))
+        .take(4)
+        .cloned()
+        .collect()
 }
 
 fn cluster_clause(columns: &[String]) -> String {
@@ -122,56 +189,95 @@ fn cluster_columns(table: &TableMapping) -> Vec<String> {
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for the change log: partitioned by commit day (or the
-/// mapping's partition column in change-log mode), clustered by the primary key.
-pub fn create_changelog(table: &TableMapping, schema: &TableSchema) -> String {
+/// mapping's partition column in change-log mode), clustered by the primary key's clusterable
+/// columns.
+pub fn create_changelog(table: &TableMapping, schema: &TableSchema) -> Result<String, DdlError> {
     let partition = match (&table.partition, &table.replica) {
-        (Some(p), None) => partition_clause(&p.column, p.granularity, schema),
-        _ => partition_clause(meta::COMMIT_TS, Granularity::Day, schema),
+        (Some(p), None) => table_partition(table, (&p.column, p.granularity), schema)?,
+        _ => table_partition(table, (meta::COMMIT_TS, Granularity::Day), schema)?,
     };
     let mut sql = format!(
         "CREATE TABLE IF NOT EXISTS {} (\n  {}\n)\n{partition}{}",
         table_path(&table.changelog),
         column_defs(&schema.fields),
-        cluster_clause(&cluster_columns(table)),
+        cluster_clause(&clusterable(&cluster_columns(table), schema)),
     );
     let _ = write!(
         sql,
         "\nOPTIONS(description={})",
         string_literal(&described("ferry change log of", table))
     );
-    sql
+    Ok(sql)
 }
 
-/// The replica's columns: the change log's, then `_ferry_deleted`.
-pub fn replica_fields(changelog: &TableSchema) -> Vec<BqField> {
-    let mut fields = changelog.fields.clone();
+/// The columns hinted `json`: STRING in the change log (BigQuery loads no JSON column from
+/// parquet, page "Work with JSON data"), JSON in the replica, parsed by the apply.
+pub fn json_columns(table: &TableMapping) -> Vec<&str> {
+    table
+        .columns
+        .iter()
+        .filter(|(_, h)| *h == ColumnHint::Json)
+        .map(|(c, _)| c.as_str())
+        .collect()
+}
+
+/// The replica's columns: the change log's (JSON-hinted ones as JSON), then `_ferry_deleted`,
+/// and `_ferry_invalid_json` where the table has JSON columns.
+pub fn replica_fields(table: &TableMapping, changelog: &TableSchema) -> Vec<BqField> {
+    let json = json_columns(table);
+    let mut fields: Vec<BqField> = changelog
+        .fields
+        .iter()
+        .map(|f| match json.contains(&f.name.as_str()) {
+            true => BqField {
+                bq_type: BqType::Json,
+                ..f.clone()
+            },
+            false => f.clone(),
+        })
+        .collect();
     fields.push(BqField {
         name: DELETED.to_owned(),
-        bq_type: crate::bqtype::BqType::Bool,
+        bq_type: BqType::Bool,
         mode: FieldMode::Required,
         description: Some("ferry: the row was deleted at the source (soft-delete replicas)".into()),
     });
+    if !json.is_empty() {
+        fields.push(BqField {
+            name: INVALID_JSON.to_owned(),
+            bq_type: BqType::Bool,
+            mode: FieldMode::Nullable,
+            description: Some(
+                "ferry: a JSON column's source text did not parse; the column is NULL here and the text is in the change log".into(),
+            ),
+        });
+    }
     fields
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for a replica and (hard deletes) its tombstone table.
-pub fn create_replica(table: &TableMapping, changelog: &TableSchema) -> Vec<String> {
+pub fn create_replica(
+    table: &TableMapping,
+    changelog: &TableSchema,
+) -> Result<Vec<String>, DdlError> {
     let Some(replica) = &table.replica else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     let schema = TableSchema {
-        fields: replica_fields(changelog),
+        fields: replica_fields(table, changelog),
     };
-    let partition = table
-        .partition
-        .as_ref()
-        .map(|p| format!("\n{}", partition_clause(&p.column, p.granularity, &schema)))
-        .unwrap_or_default();
+    let partition = match &table.partition {
+        Some(p) => format!(
+            "\n{}",
+            table_partition(table, (&p.column, p.granularity), &schema)?
+        ),
+        None => String::new(),
+    };
     let mut out = vec![format!(
         "CREATE TABLE IF NOT EXISTS {} (\n  {}\n){partition}{}\nOPTIONS(description={})",
         table_path(replica),
         column_defs(&schema.fields),
-        cluster_clause(&cluster_columns(table)),
+        cluster_clause(&clusterable(&cluster_columns(table), &schema)),
         string_literal(&described("ferry replica of", table)),
     )];
     if !table.soft_delete {
@@ -185,31 +291,34 @@ pub fn create_replica(table: &TableMapping, changelog: &TableSchema) -> Vec<Stri
                     .filter_map(|m| changelog.field(m).cloned()),
             )
             .collect();
+        let tombstones = TableSchema { fields };
         out.push(format!(
             "CREATE TABLE IF NOT EXISTS {} (\n  {}\n){}",
             table_path(&tombstones_of(replica)),
-            column_defs(&fields),
-            cluster_clause(&table.primary_key),
+            column_defs(&tombstones.fields),
+            cluster_clause(&clusterable(&table.primary_key, &tombstones)),
         ));
     }
-    out
+    Ok(out)
 }
 
-/// `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`, one statement per column a file brings (one
-/// column per statement runs on every engine; column additions are rare). Added columns are
-/// always NULLABLE (existing rows have no value).
-pub fn add_columns(table: &TableRef, added: &[BqField]) -> Vec<String> {
-    added
+/// One `ALTER TABLE` adding every column a file brings, each `ADD COLUMN IF NOT EXISTS` (one
+/// statement per table: BigQuery allows 5 metadata updates per table per 10 s, page "Quotas
+/// and limits"). Added columns are always NULLABLE (existing rows have no value). `None` when
+/// nothing is added.
+pub fn add_columns(table: &TableRef, added: &[BqField]) -> Option<String> {
+    if added.is_empty() {
+        return None;
+    }
+    let clauses: Vec<String> = added
         .iter()
-        .map(|f| {
-            format!(
-                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
-                table_path(table),
-                ident(&f.name),
-                f.bq_type
-            )
-        })
-        .collect()
+        .map(|f| format!("ADD COLUMN IF NOT EXISTS {} {}", ident(&f.name), f.bq_type))
+        .collect();
+    Some(format!(
+        "ALTER TABLE {}\n  {}",
+        table_path(table),
+        clauses.join(",\n  ")
+    ))
 }
 
 /// Load jobs into `table` in the last 24 hours, failed ones included (they count against
@@ -359,20 +468,50 @@ pub fn apply_statements(
             newer_eq = newer("C", "D", true),
         );
     }
-    // 2. The latest change per key wins where it is newer than the replica's row.
+    // 2. The latest change per key wins where it is newer than the replica's row. JSON columns
+    // arrive as text and are parsed here; text that does not parse is NULL in the replica, the
+    // row is flagged, and the change log keeps the text.
+    let json = json_columns(table);
+    let value = |f: &BqField| {
+        let c = ident(&f.name);
+        if json.contains(&f.name.as_str()) {
+            format!("SAFE.PARSE_JSON(S.{c})")
+        } else {
+            format!("S.{c}")
+        }
+    };
+    let mut extra_cols = vec![deleted.clone()];
+    let mut extra_vals = vec![is_delete.clone()];
+    if !json.is_empty() {
+        let invalid: Vec<String> = json
+            .iter()
+            .map(|c| {
+                let c = ident(c);
+                format!("(S.{c} IS NOT NULL AND SAFE.PARSE_JSON(S.{c}) IS NULL)")
+            })
+            .collect();
+        extra_cols.push(ident(INVALID_JSON));
+        extra_vals.push(format!("({})", invalid.join(" OR ")));
+    }
+    let vals: Vec<String> = changelog.fields.iter().map(value).collect();
     let set: Vec<String> = cols
         .iter()
-        .map(|c| format!("{c} = S.{c}"))
-        .chain(std::iter::once(format!("{deleted} = {is_delete}")))
+        .chain(&extra_cols)
+        .zip(vals.iter().chain(&extra_vals))
+        .map(|(c, v)| format!("{c} = {v}"))
         .collect();
-    let insert_cols = format!("{}, {deleted}", cols.join(", "));
-    let insert_vals = format!(
-        "{}, {is_delete}",
-        cols.iter()
-            .map(|c| format!("S.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let insert_cols = cols
+        .iter()
+        .chain(&extra_cols)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let insert_vals = vals
+        .iter()
+        .chain(&extra_vals)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut merge = format!(
         "MERGE {rp} T\nUSING (\n  {source}\n) S\nON {on}\n",
         rp = table_path(replica),
@@ -399,6 +538,183 @@ pub fn apply_statements(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mapping::{Catalog, MappingFile};
+
+    fn mapping(tables: &str) -> Vec<TableMapping> {
+        let text = format!(
+            r#"{{"source": {{"name": "s", "bucket": "dms-bucket", "folder": "f"}},
+                "bigquery": {{"project": "project-p", "dataset": "d"}},
+                "tables": {{ {tables} }} }}"#
+        );
+        let catalog = Catalog::from_files(&[MappingFile {
+            path: "s.json".into(),
+            text,
+        }])
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        catalog.sources()[0].tables.clone()
+    }
+
+    fn field(name: &str, t: BqType) -> BqField {
+        BqField {
+            name: name.into(),
+            bq_type: t,
+            mode: FieldMode::Nullable,
+            description: None,
+        }
+    }
+
+    fn with_meta(cols: &[(&str, BqType)]) -> TableSchema {
+        let mut fields: Vec<BqField> = [
+            (meta::OP, BqType::String),
+            (meta::COMMIT_TS, BqType::Timestamp),
+            (meta::FILE_SEQ, BqType::String),
+            (meta::ROW, BqType::Int64),
+            (meta::FILE, BqType::String),
+        ]
+        .iter()
+        .map(|(n, t)| field(n, *t))
+        .collect();
+        fields.extend(cols.iter().map(|(n, t)| field(n, *t)));
+        TableSchema { fields }
+    }
+
+    #[test]
+    fn partition_clauses_for_every_type_and_granularity() {
+        use Granularity::*;
+        let golden = [
+            (BqType::Date, Day, Some("PARTITION BY `c`")),
+            (
+                BqType::Date,
+                Month,
+                Some("PARTITION BY DATE_TRUNC(`c`, MONTH)"),
+            ),
+            (
+                BqType::Date,
+                Year,
+                Some("PARTITION BY DATE_TRUNC(`c`, YEAR)"),
+            ),
+            (BqType::Date, Hour, None),
+            (BqType::Timestamp, Day, Some("PARTITION BY DATE(`c`)")),
+            (
+                BqType::Timestamp,
+                Hour,
+                Some("PARTITION BY TIMESTAMP_TRUNC(`c`, HOUR)"),
+            ),
+            (
+                BqType::Timestamp,
+                Month,
+                Some("PARTITION BY TIMESTAMP_TRUNC(`c`, MONTH)"),
+            ),
+            (
+                BqType::Timestamp,
+                Year,
+                Some("PARTITION BY TIMESTAMP_TRUNC(`c`, YEAR)"),
+            ),
+            (BqType::Datetime, Day, Some("PARTITION BY DATE(`c`)")),
+            (
+                BqType::Datetime,
+                Hour,
+                Some("PARTITION BY DATETIME_TRUNC(`c`, HOUR)"),
+            ),
+            (
+                BqType::Datetime,
+                Month,
+                Some("PARTITION BY DATETIME_TRUNC(`c`, MONTH)"),
+            ),
+            (
+                BqType::Datetime,
+                Year,
+                Some("PARTITION BY DATETIME_TRUNC(`c`, YEAR)"),
+            ),
+            (BqType::Int64, Day, None),
+            (BqType::String, Month, None),
+        ];
+        for (t, g, want) in golden {
+            let got = partition_clause("c", g, t);
+            match want {
+                Some(w) => assert_eq!(got.as_deref(), Ok(w), "{t} {g:?}"),
+                None => assert!(got.is_err(), "{t} {g:?}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ddl_fails_for_a_partition_the_types_do_not_allow() {
+        let t = &mapping(
+            r#""g.days": {"mode": "changelog", "partition_by": "day", "partition_granularity": "HOUR"}"#,
+        )[0];
+        let e = create_changelog(t, &with_meta(&[("day", BqType::Date)])).unwrap_err();
+        assert!(
+            e.message.contains("DATE") && e.message.contains("HOUR"),
+            "{e}"
+        );
+        let e = create_changelog(t, &with_meta(&[])).unwrap_err();
+        assert!(e.message.contains("do not have"), "{e}");
+    }
+
+    #[test]
+    fn cluster_by_leaves_out_types_bigquery_cannot_cluster() {
+        let t = &mapping(r#""g.k": {"primary_key": ["blob", "f", "t", "id"]}"#)[0];
+        let schema = with_meta(&[
+            ("blob", BqType::Bytes),
+            ("f", BqType::Float64),
+            ("t", BqType::Time),
+            ("id", BqType::Int64),
+        ]);
+        let ddl = create_changelog(t, &schema).unwrap();
+        assert!(ddl.contains("CLUSTER BY `id`\n"), "{ddl}");
+        let replica = create_replica(t, &schema).unwrap();
+        assert!(
+            replica.iter().all(|d| d.contains("CLUSTER BY `id`")),
+            "{replica:?}"
+        );
+        let only_bytes = &mapping(r#""g.k": {"primary_key": ["blob"]}"#)[0];
+        let ddl = create_changelog(only_bytes, &with_meta(&[("blob", BqType::Bytes)])).unwrap();
+        assert!(!ddl.contains("CLUSTER BY"), "{ddl}");
+    }
+
+    #[test]
+    fn column_additions_are_one_statement() {
+        let t = TableRef {
+            project: "p".into(),
+            dataset: "d".into(),
+            table: "t".into(),
+        };
+        assert_eq!(add_columns(&t, &[]), None);
+        let sql =
+            add_columns(&t, &[field("a", BqType::Int64), field("b", BqType::String)]).unwrap();
+        assert_eq!(
+            sql,
+            "ALTER TABLE `p`.`d`.`t`\n  ADD COLUMN IF NOT EXISTS `a` INT64,\n  ADD COLUMN IF NOT EXISTS `b` STRING"
+        );
+    }
+
+    #[test]
+    fn json_columns_are_text_in_the_change_log_and_parsed_into_the_replica() {
+        let t = &mapping(r#""g.docs": {"primary_key": ["id"], "columns": {"doc": "json"}}"#)[0];
+        let schema = with_meta(&[("id", BqType::Int64), ("doc", BqType::String)]);
+        let fields = replica_fields(t, &schema);
+        let doc = fields.iter().find(|f| f.name == "doc").unwrap();
+        assert_eq!(doc.bq_type, BqType::Json);
+        assert!(fields.iter().any(|f| f.name == INVALID_JSON));
+        let merge = apply_statements(t, &schema, &ApplyWindow::everything())
+            .pop()
+            .unwrap();
+        assert!(
+            merge.contains("`doc` = SAFE.PARSE_JSON(S.`doc`)"),
+            "{merge}"
+        );
+        assert!(
+            merge.contains("(S.`doc` IS NOT NULL AND SAFE.PARSE_JSON(S.`doc`) IS NULL)"),
+            "{merge}"
+        );
+        let plain = &mapping(r#""g.docs": {"primary_key": ["id"]}"#)[0];
+        assert!(
+            !replica_fields(plain, &schema)
+                .iter()
+                .any(|f| f.name == INVALID_JSON)
+        );
+    }
 
     #[test]
     fn identifiers_and_literals_cannot_break_out() {

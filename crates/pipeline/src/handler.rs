@@ -79,6 +79,7 @@ where
     S: ObjectStore,
     W: Warehouse,
 {
+    pipeline.warehouse.set_deadline(options.deadline);
     let mut states: Vec<MessageState> = event
         .records
         .iter()

@@ -172,6 +172,9 @@ pub trait Warehouse: Send + Sync {
     fn apply(&self, table: &TableMapping) -> Result<u64, PortError>;
     /// Records what happened to an object, for status.
     fn record(&self, event: &StatusEvent) -> Result<(), PortError>;
+    /// The invocation's deadline, set by the handler before a batch: every wait the warehouse
+    /// does ends before it (work left is resumed by the next delivery). Default: ignored.
+    fn set_deadline(&self, _deadline: Option<std::time::Instant>) {}
 }
 
 /// Where messages that can never succeed go, with their reason.
@@ -242,5 +245,8 @@ impl<T: Warehouse + ?Sized> Warehouse for Arc<T> {
     }
     fn record(&self, event: &StatusEvent) -> Result<(), PortError> {
         (**self).record(event)
+    }
+    fn set_deadline(&self, deadline: Option<std::time::Instant>) {
+        (**self).set_deadline(deadline)
     }
 }

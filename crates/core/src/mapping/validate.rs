@@ -395,10 +395,19 @@ fn validate_table(
                     "list each column once",
                 );
             }
-            if let Some(h) = hint_of(c).filter(|h| !h.bigquery_type().can_key()) {
+            let usable = |t: crate::bqtype::BqType| match field {
+                "cluster_by" => t.can_cluster(),
+                _ => t.can_key(),
+            };
+            if let Some(h) = hint_of(c).filter(|h| !usable(h.bigquery_type())) {
+                let role = if field == "cluster_by" {
+                    "cluster"
+                } else {
+                    "key"
+                };
                 r.add(
                     &path,
-                    format!("column {c:?} is hinted {h} ({}), which BigQuery cannot use as a key or cluster column", h.bigquery_type()),
+                    format!("column {c:?} is hinted {h} ({}), which BigQuery cannot use as a {role} column", h.bigquery_type()),
                     format!("remove {c:?} from {field} or correct its hint"),
                 );
             }
@@ -452,9 +461,22 @@ fn validate_table(
                     "partition by a DATE, DATETIME or TIMESTAMP column",
                 );
             }
+            let granularity = granularity.unwrap_or(Granularity::Day);
+            // A hinted column's type is known now: a pair BigQuery has no PARTITION BY form
+            // for is a mapping error, not a DDL failure on the first file.
+            if let Some(h) = hint_of(column).filter(|h| h.bigquery_type().can_partition())
+                && let Err(why) =
+                    crate::sql::partition_clause(column, granularity, h.bigquery_type())
+            {
+                r.add(
+                    &at("partition_granularity"),
+                    why,
+                    "choose a granularity the column's type allows",
+                );
+            }
             Some(PartitionSpec {
                 column: column.clone(),
-                granularity: granularity.unwrap_or(Granularity::Day),
+                granularity,
             })
         }
         (None, Some(_)) => {
