@@ -290,7 +290,27 @@ fn hints_on_columns_that_cannot_take_them() {
             d["tables"]["db.players"]["cluster_by"] = json!(["player_id", "doc"]);
             d["tables"]["db.players"]["columns"]["doc"] = json!("JSON");
         },
-        &["cluster_by[1]", "cannot use as a key or cluster column"],
+        &["cluster_by[1]", "cannot use as a cluster column"],
+    );
+    // TIME can key a MERGE but not cluster a table.
+    expect_one(
+        |d| {
+            d["tables"]["db.players"]["cluster_by"] = json!(["player_id", "cutoff"]);
+            d["tables"]["db.players"]["columns"]["cutoff"] = json!("time");
+        },
+        &[
+            "cluster_by[1]",
+            "hinted time (TIME)",
+            "cannot use as a cluster column",
+        ],
+    );
+    // A hinted DATETIME/TIMESTAMP column takes every granularity; the DDL is checked in core.
+    expect_one(
+        |d| {
+            d["tables"]["db.players"]["partition_by"] = json!("is_vip");
+            d["tables"]["db.players"]["partition_granularity"] = json!("HOUR");
+        },
+        &["partition_by", "cannot partition"],
     );
 }
 

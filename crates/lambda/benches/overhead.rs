@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "../../../tests/support/bqrules.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod bqrules;
 #[path = "../../../tests/support/bqserver.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod bqserver;

@@ -7,6 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/support/bqrules.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod bqrules;
 #[path = "../../../tests/support/bqserver.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod bqserver;
