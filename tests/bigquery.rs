@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -925,5 +926,91 @@ fn test_server_a_409_for_a_job_not_visible_yet_is_looked_up_again_not_skipped() 
         held(&server),
         vec![data_of(&bytes(11))],
         "loaded once, under a0"
+    );
+}
+
+// ---- one writer per replica: the apply lock ----
+
+/// Two invocations (two warehouses, as two Lambda processes) load files of one table, then
+/// apply its replica at the same moment; the strict server records every overlap of mutating
+/// statements on a table, which is where BigQuery's snapshot isolation inserts a new key twice.
+fn race(lock: Option<Arc<dyn ferry_pipeline::ports::ApplyLock>>) -> Vec<String> {
+    let f = fixture();
+    let server = BqServer::start(None);
+    server.state.lock().unwrap().dml_hold = Duration::from_millis(300);
+    let make = || {
+        let w = warehouse(&f, &server);
+        match &lock {
+            Some(l) => w.with_lock(l.clone()),
+            None => w,
+        }
+    };
+    let (a, b) = (make(), make());
+    load(&f, &a, &key(40), "e", &bytes(40)).unwrap();
+    load(&f, &b, &key(41), "e", &bytes(41)).unwrap();
+    let table = f.catalog.source("games").unwrap().tables[0].clone();
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        for w in [&a, &b] {
+            let (table, barrier) = (&table, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                w.apply(table).unwrap();
+            });
+        }
+    });
+    let st = server.state.lock().unwrap();
+    let merges = st.queries.iter().filter(|q| q.starts_with("MERGE")).count();
+    assert_eq!(merges, 4, "each invocation applied (tombstones, replica)");
+    st.dml.overlaps.clone()
+}
+
+#[test]
+fn without_the_apply_lock_two_invocations_merge_one_replica_at_once() {
+    // The control: the race is real, so the test below would fail without the lock.
+    let overlaps = race(None);
+    assert!(!overlaps.is_empty(), "the applies overlapped");
+}
+
+#[test]
+fn moto_dynamodb_lock_keeps_replica_applies_one_at_a_time() {
+    let rt = ferry_tests::runtime();
+    let client = rt.block_on(ferry_tests::stand_ins::moto_lock_table("race-locks"));
+    let lock = ferry_aws::DynamoDbLock::new(client, rt.handle().clone(), "race-locks");
+    let overlaps = race(Some(Arc::new(lock)));
+    assert!(overlaps.is_empty(), "{overlaps:?}");
+}
+
+#[test]
+fn moto_dynamodb_lock_is_exclusive_expires_and_is_released_by_its_owner_only() {
+    use ferry_pipeline::ports::ApplyLock;
+    let rt = ferry_tests::runtime();
+    let client = rt.block_on(ferry_tests::stand_ins::moto_lock_table("unit-locks"));
+    let lock = ferry_aws::DynamoDbLock::new(client, rt.handle().clone(), "unit-locks");
+    let minute = Duration::from_secs(60);
+    assert!(lock.try_acquire("p.d.t", "a", minute).unwrap());
+    assert!(
+        !lock.try_acquire("p.d.t", "b", minute).unwrap(),
+        "held by a"
+    );
+    assert!(lock.try_acquire("p.d.t", "a", minute).unwrap(), "a renews");
+    assert!(
+        lock.try_acquire("p.d.u", "b", minute).unwrap(),
+        "another table is free"
+    );
+    lock.release("p.d.t", "b").unwrap();
+    assert!(
+        !lock.try_acquire("p.d.t", "b", minute).unwrap(),
+        "b cannot release a's lock"
+    );
+    lock.release("p.d.t", "a").unwrap();
+    assert!(
+        lock.try_acquire("p.d.t", "b", Duration::from_secs(1))
+            .unwrap()
+    );
+    std::thread::sleep(Duration::from_millis(2_100));
+    assert!(
+        lock.try_acquire("p.d.t", "c", minute).unwrap(),
+        "an expired lease is taken over"
     );
 }

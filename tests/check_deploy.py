@@ -72,6 +72,16 @@ def template_problems(t):
     env = p.get("Environment", {}).get("Variables", {})
     if "FERRY_DLQ_URL" not in env:
         problems.append("FERRY_DLQ_URL is not set")
+    locks = resources_of(t, "AWS::DynamoDB::Table")
+    lock_id = ref_name(env.get("FERRY_LOCK_TABLE"))
+    if lock_id not in locks:
+        problems.append("FERRY_LOCK_TABLE is not a DynamoDB table of this stack (apply lock)")
+    else:
+        lp = locks[lock_id]["Properties"]
+        if lp.get("KeySchema") != [{"AttributeName": "name", "KeyType": "HASH"}]:
+            problems.append("the apply lock table is not keyed by name")
+        if lp.get("TimeToLiveSpecification", {}).get("AttributeName") != "expires_at":
+            problems.append("the apply lock table has no TTL on expires_at")
     for k, v in env.items():
         if isinstance(v, str) and any(s in k for s in ("KEY", "TOKEN", "PASSWORD")) and not k.endswith("_SECRET"):
             problems.append(f"environment variable {k} looks like a credential")
@@ -138,6 +148,11 @@ def template_problems(t):
                         problems.append(f"wildcard resource {r} for {st['Action']}")
                 if "s3:GetObject" in as_list(st["Action"]):
                     reads.update(r for r in as_list(st["Resource"]) if isinstance(r, str))
+                if any(a.startswith("dynamodb:") for a in as_list(st["Action"])):
+                    if set(as_list(st["Action"])) - {"dynamodb:PutItem", "dynamodb:DeleteItem"}:
+                        problems.append(f"apply lock access beyond PutItem/DeleteItem: {st['Action']}")
+                    if [ref_name(r) for r in as_list(st["Resource"])] != [lock_id]:
+                        problems.append(f"apply lock access is not limited to the lock table: {st['Resource']}")
     wanted = {f"arn:aws:s3:::{b}/{p}*" for b, p in mapped_prefixes()}
     if reads != wanted:
         problems.append(f"S3 read access {sorted(reads)} is not exactly the mapped prefixes {sorted(wanted)}")
@@ -236,6 +251,9 @@ def mutations(t):
         ("oldest message", lambda x: x["Resources"].pop("OldestMessageAgeAlarm")),
         ("queue policy", lambda x: x["Resources"].pop("LoaderQueuePolicy")),
         ("dashboard", lambda x: x["Resources"].pop("LoaderDashboard")),
+        ("FERRY_LOCK_TABLE", lambda x: fn(x)["Environment"]["Variables"].pop("FERRY_LOCK_TABLE")),
+        ("apply lock access", lambda x: first_statement(x, "dynamodb:PutItem").update(Action=["dynamodb:PutItem", "dynamodb:Scan"])),
+        ("TTL", lambda x: x["Resources"]["ApplyLockTable"]["Properties"].pop("TimeToLiveSpecification")),
     ]
     for name, breaker in cases:
         broken = copy.deepcopy(t)

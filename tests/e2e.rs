@@ -308,6 +308,9 @@ fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_th
             combine_from: 0.0,
             ..ferry_bigquery::WarehouseOptions::default()
         },
+        lock: Some(std::sync::Arc::new(
+            ferry_pipeline::ports::ProcessLock::default(),
+        )),
     });
 
     let corrupt = "slots/account/slots_account/players/20261126-235900000.parquet";

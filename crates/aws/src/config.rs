@@ -1,5 +1,5 @@
 //! AWS SDK clients from the environment: the standard credential chain and region, and the
-//! standard endpoint variables (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL_SQS`)
+//! standard endpoint variables (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL_SQS`, `AWS_ENDPOINT_URL_DYNAMODB`)
 //! for stand-ins. With an S3 endpoint override, path-style addressing is used (moto, MinIO).
 
 use aws_config::BehaviorVersion;
@@ -23,6 +23,11 @@ pub fn s3(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
 /// An SQS client.
 pub fn sqs(config: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(config)
+}
+
+/// A DynamoDB client.
+pub fn dynamodb(config: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(config)
 }
 
 /// A Secrets Manager client.

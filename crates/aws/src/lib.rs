@@ -4,11 +4,14 @@
 //! - [`s3`]: S3 as the pipeline's object store (ranged reads pinned to one version).
 //! - [`sqs`]: the dead-letter queue port, `dlq inspect` / `dlq redrive`, and the backfill's
 //!   enqueue.
+//! - [`lock`]: the replica apply lock on DynamoDB (one writer per replica).
 //! - [`config`]: SDK clients from the environment (endpoint overrides for moto and friends).
 
 pub mod config;
+pub mod lock;
 pub mod s3;
 pub mod sqs;
 
+pub use lock::DynamoDbLock;
 pub use s3::S3Store;
 pub use sqs::SqsDeadLetters;

@@ -579,7 +579,7 @@ impl Client {
             .min(self.config.initial_backoff.max(Duration::from_millis(1)));
         while !state.is_done() {
             if started.elapsed() >= max_wait {
-                return Err(BqError::transport(
+                return Err(BqError::still_running(
                     format!("job {}", state.job_id),
                     format!("still {} after {:?}", state.state, max_wait),
                 ));
@@ -694,7 +694,7 @@ impl Client {
                 .ok_or_else(|| BqError::malformed(&context, "incomplete query without a job id"))?
                 .to_owned();
             if started.elapsed() >= max_wait {
-                return Err(BqError::transport(
+                return Err(BqError::still_running(
                     &context,
                     format!("query job {job_id} still running"),
                 ));

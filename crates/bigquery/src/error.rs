@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+/// The reason ferry gives a wait that ran out ([`BqError::still_running`]).
+pub const STILL_RUNNING: &str = "ferryStillRunning";
+
 /// How a failure should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
@@ -73,6 +76,23 @@ impl BqError {
             message: message.into(),
             class: ErrorClass::Retryable,
         }
+    }
+
+    /// A wait that ran out while the job or statement still runs in BigQuery: retryable (the
+    /// next delivery finds it by its id), and the work may still be going on.
+    pub fn still_running(context: impl Into<String>, message: impl Into<String>) -> BqError {
+        BqError {
+            context: context.into(),
+            status: None,
+            reason: Some(STILL_RUNNING.into()),
+            message: message.into(),
+            class: ErrorClass::Retryable,
+        }
+    }
+
+    /// Whether this is a wait that ran out with the work still running.
+    pub fn is_still_running(&self) -> bool {
+        self.reason.as_deref() == Some(STILL_RUNNING)
     }
 
     /// A response ferry cannot read (malformed JSON, missing fields).

@@ -42,8 +42,8 @@
 //! come back and apply again (MERGE is idempotent).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::mapping::TableMapping;
@@ -51,7 +51,7 @@ use ferry_core::schema::{BqField, FieldMode, TableSchema};
 use ferry_core::sql::{self, ApplyWindow};
 use ferry_core::{JobId, TableRef};
 use ferry_pipeline::ports::{
-    Converted, LoadOutcome, LoadRequest, PortError, StatusEvent, Warehouse,
+    ApplyLock, Converted, LoadOutcome, LoadRequest, PortError, StatusEvent, Warehouse,
 };
 use serde_json::{Value, json};
 use tokio::runtime::Handle;
@@ -105,7 +105,17 @@ pub struct BigQueryWarehouse {
     jobs_started: AtomicU64,
     budget: Mutex<HashMap<TableRef, Counter>>,
     deadline: Mutex<Option<std::time::Instant>>,
+    lock: Option<Arc<dyn ApplyLock>>,
+    owner: String,
 }
+
+/// How long an apply lock outlives the wait for its statements: a MERGE whose wait ran out may
+/// still run in BigQuery, and no other writer may start one on the table meanwhile.
+const LOCK_GRACE: Duration = Duration::from_secs(600);
+
+/// The longest wait for another writer's apply lock before the apply is left to the next
+/// delivery.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// Time kept free before the invocation's deadline: waits end this long before it, so the
 /// handler can still answer.
@@ -393,7 +403,57 @@ impl BigQueryWarehouse {
             jobs_started: AtomicU64::new(0),
             budget: Mutex::new(HashMap::new()),
             deadline: Mutex::new(None),
+            lock: None,
+            owner: request_id(),
         }
+    }
+
+    /// Applies take `lock` first (one writer per replica across processes); without one,
+    /// applies of one process are serialised per replica only.
+    pub fn with_lock(mut self, lock: Arc<dyn ApplyLock>) -> BigQueryWarehouse {
+        self.lock = Some(lock);
+        self
+    }
+
+    /// Runs `apply` holding the replica's apply lock, waiting up to [`LOCK_WAIT`] (and the time
+    /// the invocation has) for another writer to finish.
+    fn locked<T>(
+        &self,
+        replica: &TableRef,
+        apply: impl FnOnce() -> Result<T, BqError>,
+    ) -> Result<T, BqError> {
+        let Some(lock) = &self.lock else {
+            return apply();
+        };
+        let name = replica.to_string();
+        let ttl = self.wait_budget() + LOCK_GRACE;
+        let started = std::time::Instant::now();
+        let patience = LOCK_WAIT.min(self.wait_budget());
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let taken = lock
+                .try_acquire(&name, &self.owner, ttl)
+                .map_err(|e| BqError::transport(format!("apply lock {name}"), e.message))?;
+            if taken {
+                break;
+            }
+            if started.elapsed() >= patience {
+                return Err(BqError::transport(
+                    format!("replica {name}"),
+                    "another invocation is applying it; the apply is left to the next delivery",
+                ));
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        let result = apply();
+        // A statement whose wait ran out may still run: the lock then expires on its own.
+        if !matches!(&result, Err(e) if e.is_still_running())
+            && let Err(e) = lock.release(&name, &self.owner)
+        {
+            tracing::warn!(replica = %name, error = %e.message, "apply lock not released; it expires on its own");
+        }
+        result
     }
 
     /// How long one wait may last now: `max_wait`, cut to the time the invocation has left
@@ -646,7 +706,7 @@ impl BigQueryWarehouse {
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Fate::Running => {
-                    return Err(BqError::transport(format!("job {id}"), "still running"));
+                    return Err(BqError::still_running(format!("job {id}"), "still running"));
                 }
                 Fate::Claimed(group) => {
                     return Err(BqError::transport(
@@ -1156,7 +1216,16 @@ impl Warehouse for BigQueryWarehouse {
         let Some((window, location)) = window else {
             return Ok(0);
         };
-        let changed = self.block(self.apply_window(table, location.as_deref(), &window))?;
+        let replica = table
+            .replica
+            .clone()
+            .unwrap_or_else(|| table.changelog.clone());
+        let changed = self
+            .locked(&replica, || {
+                self.handle
+                    .block_on(self.apply_window(table, location.as_deref(), &window))
+            })
+            .map_err(port_error)?;
         if let Ok(mut p) = self.pending.lock() {
             // Files loaded while the MERGE ran stay pending.
             if let Some((w, _)) = p.get_mut(&table.changelog) {

@@ -118,6 +118,7 @@ fn main() {
         work_dir: tree.join("work"),
         max_parallel: 4,
         warehouse: WarehouseOptions::default(),
+        lock: None,
     });
     let batches: Vec<SqsEvent> = keys
         .chunks(10)

@@ -5,6 +5,8 @@
 //! - `FERRY_MAPPINGS`: the mappings folder (default: `mappings` beside the binary, i.e. in the
 //!   deployment package). Loaded and validated at cold start; a bad set fails init.
 //! - `FERRY_DLQ_URL`: the dead-letter queue permanent failures are sent to (required).
+//! - `FERRY_LOCK_TABLE`: the DynamoDB table of replica apply locks (required: two invocations
+//!   must never apply one replica at once, see `ferry_aws::lock`).
 //! - GCP credentials, first found: `FERRY_GCP_CREDENTIALS_SECRET` (a Secrets Manager secret id
 //!   holding a credential JSON), `FERRY_GCP_CREDENTIALS` (the JSON itself, from the environment),
 //!   `FERRY_GCP_CREDENTIALS_FILE` or `GOOGLE_APPLICATION_CREDENTIALS`
@@ -26,10 +28,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_aws::{S3Store, SqsDeadLetters};
+use ferry_aws::{DynamoDbLock, S3Store, SqsDeadLetters};
 use ferry_bigquery::{Auth, BigQueryWarehouse, Client, ClientConfig, WarehouseOptions};
 use ferry_core::Catalog;
 use ferry_core::event::SqsEvent;
+use ferry_pipeline::ports::ApplyLock;
 use ferry_pipeline::{BatchReport, HandlerOptions, Pipeline, handle_batch};
 
 /// The pipeline as deployed: S3 in, BigQuery out, SQS for dead letters.
@@ -122,16 +125,19 @@ pub struct LoaderParts {
     pub max_parallel: usize,
     /// Load attempts, waits and the load-job budget.
     pub warehouse: WarehouseOptions,
+    /// The replica apply lock shared by every invocation (DynamoDB in production).
+    pub lock: Option<Arc<dyn ApplyLock>>,
 }
 
 impl Loader {
     /// Builds the loader from its parts.
     pub fn new(parts: LoaderParts) -> Loader {
-        let warehouse = Arc::new(BigQueryWarehouse::new(
-            parts.bigquery,
-            parts.handle.clone(),
-            parts.warehouse,
-        ));
+        let mut warehouse =
+            BigQueryWarehouse::new(parts.bigquery, parts.handle.clone(), parts.warehouse);
+        if let Some(lock) = parts.lock {
+            warehouse = warehouse.with_lock(lock);
+        }
+        let warehouse = Arc::new(warehouse);
         Loader {
             pipeline: Arc::new(Pipeline {
                 catalog: Arc::new(parts.catalog),
@@ -149,6 +155,9 @@ impl Loader {
         let catalog = load_catalog(&mappings_dir())?;
         let aws = ferry_aws::config::load().await;
         let dlq_url = env("FERRY_DLQ_URL").ok_or("FERRY_DLQ_URL is not set")?;
+        let lock_table = env("FERRY_LOCK_TABLE").ok_or(
+            "FERRY_LOCK_TABLE is not set: the DynamoDB table that makes replica applies one writer at a time",
+        )?;
         let auth = auth_from_env(&aws).await?;
         let project = env("FERRY_BQ_PROJECT")
             .or_else(|| catalog.sources().first().map(|s| s.project.clone()))
@@ -172,6 +181,11 @@ impl Loader {
             work_dir,
             max_parallel,
             warehouse: warehouse_options_from_env()?,
+            lock: Some(Arc::new(DynamoDbLock::new(
+                ferry_aws::config::dynamodb(&aws),
+                tokio::runtime::Handle::current(),
+                lock_table,
+            ))),
         }))
     }
 

@@ -20,6 +20,7 @@ fn bootstrap(mappings: &std::path::Path) -> std::process::Output {
             "FERRY_DLQ_URL",
             "https://sqs.us-east-1.amazonaws.com/000000000000/dlq",
         )
+        .env("FERRY_LOCK_TABLE", "ferry-test-apply-locks")
         .env("FERRY_BQ_TOKEN", "none")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "test")

@@ -228,6 +228,7 @@ fn bootstrap_answers_a_real_invocation_with_the_partial_batch_response() {
             .send()
             .await
             .unwrap();
+        stand_ins::moto_lock_table("runtime-locks").await;
         sqs.create_queue()
             .queue_name("runtime-dlq")
             .send()
@@ -258,6 +259,7 @@ fn bootstrap_answers_a_real_invocation_with_the_partial_batch_response() {
         .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
         .env("FERRY_MAPPINGS", repo().join("mappings"))
         .env("FERRY_DLQ_URL", &dlq)
+        .env("FERRY_LOCK_TABLE", "runtime-locks")
         .env("FERRY_BQ_BASE_URL", &server.url)
         .env("FERRY_BQ_TOKEN", "none")
         .env(

@@ -177,6 +177,68 @@ pub trait Warehouse: Send + Sync {
     fn set_deadline(&self, _deadline: Option<std::time::Instant>) {}
 }
 
+/// A lock held by one process at a time, across processes and invocations: the guard that a
+/// replica is applied by one writer only (two MERGEs that both insert a new key both insert it
+/// under BigQuery's snapshot isolation).
+///
+/// Contract: `try_acquire` succeeds for at most one owner of `name` at a time until that owner
+/// releases it or `ttl` passes; it never blocks. `release` by an owner that does not hold the
+/// lock (any more) changes nothing.
+pub trait ApplyLock: Send + Sync {
+    /// Takes `name` for `owner` until `ttl` from now; `Ok(false)` when someone else holds it.
+    fn try_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, PortError>;
+    /// Gives `name` up, if `owner` holds it.
+    fn release(&self, name: &str, owner: &str) -> Result<(), PortError>;
+}
+
+impl std::fmt::Debug for dyn ApplyLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApplyLock")
+    }
+}
+
+/// Locks within one process: for local mode, tests and a single-writer deployment.
+#[derive(Debug, Default)]
+pub struct ProcessLock {
+    held: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
+}
+
+impl ApplyLock for ProcessLock {
+    fn try_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, PortError> {
+        let mut held = self
+            .held
+            .lock()
+            .map_err(|_| PortError::retryable("lock table poisoned"))?;
+        let now = std::time::Instant::now();
+        match held.get(name) {
+            Some((o, until)) if o != owner && *until > now => Ok(false),
+            _ => {
+                held.insert(name.to_owned(), (owner.to_owned(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    fn release(&self, name: &str, owner: &str) -> Result<(), PortError> {
+        if let Ok(mut held) = self.held.lock()
+            && held.get(name).is_some_and(|(o, _)| o == owner)
+        {
+            held.remove(name);
+        }
+        Ok(())
+    }
+}
+
 /// Where messages that can never succeed go, with their reason.
 pub trait DeadLetters: Send + Sync {
     /// Sends the message with its reason. Only after this returns `Ok` may the message be
