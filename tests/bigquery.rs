@@ -1014,3 +1014,150 @@ fn moto_dynamodb_lock_is_exclusive_expires_and_is_released_by_its_owner_only() {
         "an expired lease is taken over"
     );
 }
+
+// ---- waits, uploads and DML errors as BigQuery answers them ----
+
+#[test]
+fn test_server_waits_end_before_the_invocation_deadline_and_the_next_delivery_resumes_the_job() {
+    let f = fixture();
+    let server = BqServer::start(None);
+    server.state.lock().unwrap().running_polls = 1_000_000;
+    let w = warehouse_with(
+        &f,
+        &server,
+        WarehouseOptions {
+            max_wait: Duration::from_secs(300),
+            ..options()
+        },
+    );
+    // 12 s left in the invocation: waits end 10 s before the deadline.
+    w.set_deadline(Some(std::time::Instant::now() + Duration::from_secs(12)));
+    let started = std::time::Instant::now();
+    let e = load(&f, &w, &key(50), "e", &bytes(50)).unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(e.retryable, "{}", e.message);
+    assert!(e.message.contains("still"), "{}", e.message);
+    // The next delivery (a new invocation) finds the job by its id and waits for it.
+    {
+        let mut st = server.state.lock().unwrap();
+        assert_eq!(st.load_jobs(), 1);
+        st.jobs.iter_mut().for_each(|j| j.polls_left = 1);
+    }
+    w.set_deadline(None);
+    let out = load(&f, &w, &key(50), "e", &bytes(50)).unwrap();
+    assert!(matches!(out, LoadOutcome::AlreadyLoaded { .. }), "{out:?}");
+    assert_eq!(server.state.lock().unwrap().load_jobs(), 1, "no second job");
+}
+
+#[test]
+fn test_server_files_from_5_mib_in_memory_upload_resumably() {
+    let f = fixture();
+    let server = BqServer::start(None);
+    let w = warehouse(&f, &server);
+    let big = parquet_rows(55, 700_000, &schema());
+    assert!(big.len() >= 5 << 20, "{}", big.len());
+    load(
+        &f,
+        &w,
+        &key(55),
+        "e",
+        &Converted::InMemory(Bytes::from(big.clone())),
+    )
+    .unwrap();
+    load(&f, &w, &key(56), "e", &bytes(56)).unwrap();
+    let st = server.state.lock().unwrap();
+    let multipart = st
+        .log
+        .iter()
+        .filter(|(_, p, _)| p.contains("uploadType=multipart"))
+        .count();
+    let resumable = st
+        .log
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p.contains("uploadType=resumable"))
+        .count();
+    assert_eq!((multipart, resumable), (1, 1), "{:?}", st.log);
+    assert!(st.succeeded().iter().any(|j| j.data == big));
+}
+
+#[test]
+fn test_server_a_merge_that_loses_a_concurrent_update_is_retried() {
+    let f = fixture();
+    let server = BqServer::start(None);
+    {
+        let mut st = server.state.lock().unwrap();
+        st.dml_hold = Duration::from_millis(200);
+        st.conflict_on_overlap = true;
+    }
+    // Backoff longer than a statement: the retry comes after the winner committed.
+    let patient = || {
+        let config = ClientConfig {
+            initial_backoff: Duration::from_millis(300),
+            max_backoff: Duration::from_millis(600),
+            ..fast_config(&server.url)
+        };
+        let client = Client::new(config, Auth::None, "ferry-test").unwrap();
+        BigQueryWarehouse::new(client, f.rt.handle().clone(), options())
+    };
+    let (a, b) = (patient(), patient());
+    load(&f, &a, &key(57), "e", &bytes(57)).unwrap();
+    load(&f, &b, &key(58), "e", &bytes(58)).unwrap();
+    let table = f.catalog.source("games").unwrap().tables[0].clone();
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        for w in [&a, &b] {
+            let (table, barrier) = (&table, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                w.apply(table).unwrap();
+            });
+        }
+    });
+    let st = server.state.lock().unwrap();
+    assert!(
+        st.refusals
+            .iter()
+            .any(|r| r.message.contains("Could not serialize access")),
+        "the race produced a conflict: {:?}",
+        st.refusals
+    );
+    // Both applies succeeded (the unwraps above): the loser retried after backing off.
+    assert!(st.queries.iter().filter(|q| q.starts_with("MERGE")).count() >= 5);
+}
+
+#[test]
+fn test_server_a_column_added_by_another_writer_makes_the_load_retry_with_the_fresh_schema() {
+    let f = fixture();
+    let server = BqServer::start(None);
+    let w = warehouse(&f, &server);
+    load(&f, &w, &key(20), "e", &bytes(20)).unwrap();
+    // Another process adds a column; this process's cached schema lacks it.
+    server
+        .state
+        .lock()
+        .unwrap()
+        .tables
+        .get_mut("ferry-test.games.bets_changelog")
+        .unwrap()
+        .columns
+        .push(ferry_tests::bqrules::Column {
+            name: "added_elsewhere".into(),
+            ty: "STRING".into(),
+            required: false,
+        });
+    let e = load(&f, &w, &key(21), "e", &bytes(21)).unwrap_err();
+    assert!(e.retryable, "{}", e.message);
+    assert!(
+        e.message
+            .contains("added_elsewhere is missing in new schema"),
+        "{}",
+        e.message
+    );
+    // The redelivery reads the table again and loads under the next attempt id.
+    let out = load(&f, &w, &key(21), "e", &bytes(21)).unwrap();
+    assert!(matches!(out, LoadOutcome::Loaded { .. }), "{out:?}");
+}

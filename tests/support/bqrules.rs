@@ -917,8 +917,9 @@ pub struct DmlTracker {
 pub const DML_OUTSTANDING: usize = 2 + 20;
 
 impl DmlTracker {
-    /// A statement on `table` starts; refused when the queue is full.
-    pub fn start(&mut self, table: &str) -> Result<(), Refusal> {
+    /// A statement on `table` starts; refused when the queue is full. `Ok(true)` when another
+    /// one is running on the table.
+    pub fn start(&mut self, table: &str) -> Result<bool, Refusal> {
         let n = self.running.entry(table.to_owned()).or_default();
         if *n >= DML_OUTSTANDING {
             return Err(refuse(
@@ -927,11 +928,12 @@ impl DmlTracker {
                 format!("Too many DML statements outstanding against table {table}, limit is 20"),
             ));
         }
-        if *n > 0 {
+        let overlapped = *n > 0;
+        if overlapped {
             self.overlaps.push(table.to_owned());
         }
         *n += 1;
-        Ok(())
+        Ok(overlapped)
     }
 
     /// The statement on `table` ended.

@@ -135,6 +135,9 @@ pub struct State {
     pub dml: bqrules::DmlTracker,
     /// How long a mutating DML statement runs (so that overlaps can happen).
     pub dml_hold: std::time::Duration,
+    /// Answer a mutating statement that overlaps another on its table with BigQuery's
+    /// "concurrent update" error (the outcome when both change the same rows).
+    pub conflict_on_overlap: bool,
     /// Every refusal by a rule: the request's route and what was answered.
     pub refusals: Vec<bqrules::Refusal>,
 }
@@ -156,6 +159,7 @@ impl Default for State {
             quota: bqrules::LoadQuota::default(),
             dml: bqrules::DmlTracker::default(),
             dml_hold: std::time::Duration::ZERO,
+            conflict_on_overlap: false,
             refusals: Vec::new(),
         }
     }
@@ -750,10 +754,16 @@ fn run_query(
         None => None,
     };
     let dml = bqrules::dml_target(&q);
-    if let Some(t) = &dml
-        && let Err(r) = st.dml.start(t)
-    {
-        return refusal(&mut st, r);
+    if let Some(t) = &dml {
+        match st.dml.start(t) {
+            Err(r) => return refusal(&mut st, r),
+            Ok(true) if st.conflict_on_overlap => {
+                st.dml.end(t);
+                let r = bqrules::concurrent_update(t);
+                return refusal(&mut st, r);
+            }
+            Ok(_) => {}
+        }
     }
     let warning = st
         .faults

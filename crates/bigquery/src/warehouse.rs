@@ -592,6 +592,22 @@ impl BigQueryWarehouse {
         load_configuration(request, &schema)
     }
 
+    /// A load refused because its schema lacks a column another writer added meanwhile
+    /// ("Field x is missing in new schema"): the cached schema is stale. It is dropped and the
+    /// load retried (read afresh next time); any other error is returned as it is.
+    fn stale_schema(&self, table: &TableRef, e: BqError) -> BqError {
+        if !e.message.contains("is missing in new schema") {
+            return e;
+        }
+        if let Ok(mut s) = self.schemas.lock() {
+            s.remove(table);
+        }
+        BqError {
+            class: ErrorClass::Retryable,
+            ..e
+        }
+    }
+
     fn cached_schema(&self, table: &TableRef) -> Option<TableSchema> {
         self.schemas.lock().ok().and_then(|s| s.get(table).cloned())
     }
@@ -1176,7 +1192,11 @@ impl Warehouse for BigQueryWarehouse {
     }
 
     fn load(&self, request: &LoadRequest<'_>) -> Result<LoadOutcome, PortError> {
-        let outcome = self.block(self.load_async(request))?;
+        let outcome = self
+            .handle
+            .block_on(self.load_async(request))
+            .map_err(|e| self.stale_schema(&request.table.changelog, e))
+            .map_err(port_error)?;
         self.remember_for_apply(request);
         Ok(outcome)
     }
