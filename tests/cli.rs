@@ -519,3 +519,99 @@ fn demo_local_run_invoke_query_and_status_through_the_cli() {
     );
     assert!(out.contains("67 of 68 tables match"), "{out}");
 }
+
+#[test]
+fn bigquery_ddl_over_a_sim_tree_of_the_committed_mappings_passes_the_strict_grammar() {
+    use ferry_tests::bqrules;
+    let dir = TempDir::new("cli-ddl");
+    let bucket = dir.path().join("bucket");
+    let bucket_arg = bucket.to_str().expect("utf-8");
+    let (code, _, err) = ferry(&[
+        "sim",
+        "--mappings",
+        &mappings(),
+        "--out",
+        bucket_arg,
+        "--rows",
+        "10",
+        "--minutes",
+        "2",
+        "--changes",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = ferry(&[
+        "bigquery",
+        "ddl",
+        "--mappings",
+        &mappings(),
+        "--bucket-dir",
+        bucket_arg,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let statements: Vec<String> = out
+        .split(";\n")
+        .map(|s| {
+            s.lines()
+                .filter(|l| !l.starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .trim()
+                .to_owned()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    // Every table the sim wrote files for: dataset, change log, and (replicas) two more.
+    assert!(statements.len() > 3 * 60, "{}", statements.len());
+    let mut catalogue = std::collections::HashMap::new();
+    let now = std::time::Instant::now();
+    let (mut created, mut altered) = (0, 0);
+    for s in &statements {
+        match bqrules::ddl(s) {
+            None => assert!(s.starts_with("CREATE SCHEMA IF NOT EXISTS"), "{s}"),
+            Some(parsed) => {
+                let parsed = parsed.unwrap_or_else(|r| panic!("refused: {r:?}\n{s}"));
+                if matches!(parsed, bqrules::Ddl::Create { .. }) {
+                    created += 1;
+                } else {
+                    altered += 1;
+                }
+                bqrules::apply_ddl(&mut catalogue, parsed, now)
+                    .unwrap_or_else(|r| panic!("refused: {r:?}\n{s}"));
+            }
+        }
+    }
+    assert!(
+        created >= 60 && altered > 0,
+        "{created} created, {altered} altered"
+    );
+    // No JSON column in a change log (parquet cannot load one); JSON in replicas.
+    for (name, table) in &catalogue {
+        if name.ends_with("_changelog") {
+            assert!(table.columns.iter().all(|c| c.ty != "JSON"), "{name}");
+        }
+    }
+    assert!(
+        catalogue
+            .values()
+            .any(|t| t.columns.iter().any(|c| c.ty == "JSON"))
+    );
+    // The committed payments tables (DATETIME, MONTH) get a form BigQuery accepts.
+    assert!(
+        out.contains("PARTITION BY DATETIME_TRUNC(`requested_at`, MONTH)"),
+        "{out}"
+    );
+    // One table only.
+    let (code, one, err) = ferry(&[
+        "bigquery",
+        "ddl",
+        "--mappings",
+        &mappings(),
+        "--bucket-dir",
+        bucket_arg,
+        "--table",
+        "slots_account.players",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(one.matches("CREATE TABLE").count(), 3, "{one}");
+}

@@ -10,6 +10,7 @@
 //! - `commands::demo`: `ferry demo`.
 //! - `commands::deploy`: `ferry dms table-mappings`, `ferry deploy config|bucket-notification`.
 //! - `commands::ops`: `ferry dlq inspect|redrive`, `ferry backfill`.
+//! - `commands::bigquery`: `ferry bigquery ddl`.
 
 mod commands;
 
@@ -63,6 +64,9 @@ enum Command {
     /// Deployment files generated from the mappings.
     #[command(subcommand)]
     Deploy(commands::deploy::DeployCommand),
+    /// What ferry would run in BigQuery.
+    #[command(subcommand)]
+    Bigquery(commands::bigquery::BigqueryCommand),
 }
 
 /// The mappings folder: `--mappings`, else `$FERRY_MAPPINGS`, else `mappings`.
@@ -112,6 +116,7 @@ where
         Command::Backfill(args) => commands::ops::backfill(args, out, err),
         Command::Dms(cmd) => commands::deploy::dms(cmd, out, err),
         Command::Deploy(cmd) => commands::deploy::deploy(cmd, out, err),
+        Command::Bigquery(cmd) => commands::bigquery::run(cmd, out, err),
     };
     match result {
         Ok(code) => code,

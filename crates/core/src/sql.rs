@@ -321,6 +321,65 @@ pub fn add_columns(table: &TableRef, added: &[BqField]) -> Option<String> {
     ))
 }
 
+/// `CREATE SCHEMA IF NOT EXISTS` for a table's dataset: what the writer's `datasets.get`, then
+/// `datasets.insert` where missing, amounts to (shown by `ferry bigquery ddl`).
+pub fn create_dataset(table: &TableRef, location: Option<&str>) -> String {
+    let mut sql = format!(
+        "CREATE SCHEMA IF NOT EXISTS {}.{}",
+        ident(&table.project),
+        ident(&table.dataset)
+    );
+    if let Some(l) = location {
+        let _ = write!(sql, "\nOPTIONS(location={})", string_literal(l));
+    }
+    sql
+}
+
+/// Every statement the writer runs for a table whose files bring `schemas` in apply order (the
+/// table's schema after each file): dataset, change log, replica and tombstones from the first,
+/// then one `ALTER TABLE` per table for each file that adds columns.
+pub fn table_statements(
+    table: &TableMapping,
+    location: Option<&str>,
+    schemas: &[TableSchema],
+) -> Result<Vec<String>, DdlError> {
+    let Some(first) = schemas.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = vec![
+        create_dataset(&table.changelog, location),
+        create_changelog(table, first)?,
+    ];
+    out.extend(create_replica(table, first)?);
+    let json = json_columns(table);
+    for pair in schemas.windows(2) {
+        let added: Vec<BqField> = pair[1]
+            .fields
+            .iter()
+            .filter(|f| pair[0].field(&f.name).is_none())
+            .map(|f| BqField {
+                mode: FieldMode::Nullable,
+                ..f.clone()
+            })
+            .collect();
+        out.extend(add_columns(&table.changelog, &added));
+        if let Some(replica) = &table.replica {
+            let replica_added: Vec<BqField> = added
+                .iter()
+                .map(|f| match json.contains(&f.name.as_str()) {
+                    true => BqField {
+                        bq_type: BqType::Json,
+                        ..f.clone()
+                    },
+                    false => f.clone(),
+                })
+                .collect();
+            out.extend(add_columns(replica, &replica_added));
+        }
+    }
+    Ok(out)
+}
+
 /// Load jobs into `table` in the last 24 hours, failed ones included (they count against
 /// BigQuery's per-table limit too), from the region's `INFORMATION_SCHEMA.JOBS_BY_PROJECT`
 /// (needs `bigquery.jobs.listAll` on the project).

@@ -1,5 +1,6 @@
 //! One module per top-level command.
 
+pub(crate) mod bigquery;
 pub(crate) mod convert;
 pub(crate) mod demo;
 pub(crate) mod deploy;
