@@ -5,8 +5,8 @@
 //!   queries) with retries and backoff; base URL overridable for test servers and emulators.
 //! - [`auth`]: service-account keys and workload identity federation (AWS -> GCP).
 //! - [`error`]: failures classified as retryable, retry-later or permanent.
-//! - [`warehouse`]: exactly-once loads over job-id chains, table creation and evolution, the
-//!   replica MERGE.
+//! - [`warehouse`]: exactly-once loads over job-id chains, the load-job budget and group loads,
+//!   table creation and evolution, the replica MERGE under a one-writer lock.
 
 pub mod auth;
 pub mod client;
