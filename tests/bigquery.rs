@@ -1161,3 +1161,97 @@ fn test_server_a_column_added_by_another_writer_makes_the_load_retry_with_the_fr
     let out = load(&f, &w, &key(21), "e", &bytes(21)).unwrap();
     assert!(matches!(out, LoadOutcome::Loaded { .. }), "{out:?}");
 }
+
+/// A converted file of object `n` inserting keys `ids` (commit time `ts`).
+fn inserts(n: u32, ids: &[i64], ts: i64) -> Converted {
+    use arrow_array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+    use arrow_schema::{Field, Schema};
+    let rows = ids.len();
+    let text = |v: String| Arc::new(StringArray::from(vec![v; rows])) as ArrayRef;
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (meta::OP, text("INSERT".into())),
+        (
+            meta::COMMIT_TS,
+            Arc::new(TimestampMicrosecondArray::from(vec![ts; rows]).with_timezone("UTC")),
+        ),
+        (meta::FILE_SEQ, text(format!("c{n:08}"))),
+        (
+            meta::ROW,
+            Arc::new(Int64Array::from_iter_values(0..rows as i64)),
+        ),
+        (meta::FILE, text(key(n))),
+        (meta::SOURCE, text("games".into())),
+        ("id", Arc::new(Int64Array::from(ids.to_vec()))),
+    ];
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, a)| Field::new(*name, a.data_type().clone(), *name == "id"))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = arrow_array::RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    Converted::InMemory(Bytes::from(buf))
+}
+
+#[test]
+fn bqemulator_two_invocations_inserting_the_same_new_keys_leave_one_replica_row_per_key() {
+    let f = fixture();
+    let rt = ferry_tests::runtime();
+    let client = rt.block_on(ferry_tests::stand_ins::moto_lock_table("race-rows-locks"));
+    let lock: Arc<dyn ferry_pipeline::ports::ApplyLock> = Arc::new(ferry_aws::DynamoDbLock::new(
+        client,
+        rt.handle().clone(),
+        "race-rows-locks",
+    ));
+    let server = BqServer::start(Some(ferry_tests::stand_ins::bqemulator().to_owned()));
+    server.state.lock().unwrap().dml_hold = Duration::from_millis(300);
+    let (a, b) = (
+        warehouse(&f, &server).with_lock(lock.clone()),
+        warehouse(&f, &server).with_lock(lock),
+    );
+    // Both files insert keys 1..=3, new to the replica (a source insert seen twice, e.g. a
+    // full-load row and its CDC insert arriving through two invocations).
+    load(&f, &a, &key(30), "e", &inserts(30, &[1, 2, 3], 1)).unwrap();
+    load(&f, &b, &key(31), "e", &inserts(31, &[1, 2, 3], 2)).unwrap();
+    let table = f.catalog.source("games").unwrap().tables[0].clone();
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        for w in [&a, &b] {
+            let (table, barrier) = (&table, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                w.apply(table).unwrap();
+            });
+        }
+    });
+    let rows = f
+        .rt
+        .block_on(a.client().query(
+            "SELECT id, COUNT(*) AS n, MAX(_ferry_file) AS file FROM `ferry-test`.`games`.`bets` GROUP BY id ORDER BY id",
+            Some("asia-northeast3"),
+            &ferry_bigquery::warehouse::request_id(),
+            Duration::from_secs(30),
+        ))
+        .unwrap()
+        .rows;
+    let got: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            let s = |i: usize| r[i].as_str().unwrap_or_default().to_owned();
+            (s(0), s(1), s(2))
+        })
+        .collect();
+    let newest = key(31);
+    let want: Vec<(String, String, String)> = (1..=3)
+        .map(|i| (i.to_string(), "1".to_owned(), newest.clone()))
+        .collect();
+    assert_eq!(got, want, "one row per key, the newest change");
+    assert!(server.state.lock().unwrap().dml.overlaps.is_empty());
+}

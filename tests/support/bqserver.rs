@@ -529,7 +529,12 @@ fn refusal(st: &mut State, r: bqrules::Refusal) -> Response {
     resp
 }
 
-fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response {
+fn create_job(
+    state: &Mutex<State>,
+    emulator: Option<&str>,
+    resource: &Value,
+    data: Vec<u8>,
+) -> Response {
     let mut st = state.lock().unwrap();
     let project = resource
         .pointer("/jobReference/projectId")
@@ -624,6 +629,18 @@ fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response
             }),
             Some(t) => bqrules::load(t, &table, &load, &data),
         };
+        // A load the rules accept is executed on the emulator too (with the schema it was
+        // given: the emulator matches columns by position and needs one), so that SQL run
+        // afterwards sees its rows.
+        let checked = match (checked, emulator) {
+            (Ok(added), Some(e)) if load.pointer("/schema/fields").is_some() => {
+                drop(st);
+                let executed = emulator_load(e, resource, &data);
+                st = state.lock().unwrap();
+                executed.map(|()| added)
+            }
+            (checked, _) => checked,
+        };
         match checked {
             Ok(added) => {
                 if let Some(t) = st.tables.get_mut(&table) {
@@ -652,6 +669,51 @@ fn create_job(state: &Mutex<State>, resource: &Value, data: Vec<u8>) -> Response
     let body = job_json(&job, &project);
     st.jobs.push(job);
     Response::json(200, body)
+}
+
+/// Runs an accepted load on the emulator (multipart); its failure is the job's.
+fn emulator_load(emulator: &str, resource: &Value, data: &[u8]) -> Result<(), bqrules::Refusal> {
+    let boundary = "ferry_test_server_boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{resource}\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let project = resource
+        .pointer("/jobReference/projectId")
+        .and_then(Value::as_str)
+        .unwrap_or("p");
+    let req = Request {
+        method: "POST".into(),
+        target: format!("/upload/bigquery/v2/projects/{project}/jobs?uploadType=multipart"),
+        headers: [(
+            "content-type".to_owned(),
+            format!("multipart/related; boundary={boundary}"),
+        )]
+        .into_iter()
+        .collect(),
+        body,
+    };
+    let resp = forward(emulator, &req);
+    let v: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
+    let error = v
+        .pointer("/status/errorResult")
+        .or_else(|| v.pointer("/error"))
+        .filter(|e| !e.is_null());
+    match (resp.status, error) {
+        (200, None) => Ok(()),
+        (status, e) => Err(bqrules::Refusal {
+            status: 400,
+            reason: "invalid",
+            message: format!(
+                "the emulator refused the load (HTTP {status}): {}",
+                e.and_then(|e| e.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            ),
+        }),
+    }
 }
 
 /// A table's REST resource from the catalogue.
@@ -846,7 +908,7 @@ fn process(state: &Mutex<State>, url: &str, emulator: Option<&str>, req: &Reques
         Some(Route::Insert) if query.contains("uploadType=multipart") => {
             let ct = req.headers.get("content-type").cloned().unwrap_or_default();
             match multipart_parts(&ct, &req.body) {
-                Some((meta, data)) => create_job(state, &meta, data),
+                Some((meta, data)) => create_job(state, emulator, &meta, data),
                 None => Response::error(400, "invalid", "malformed multipart body"),
             }
         }
@@ -881,7 +943,7 @@ fn process(state: &Mutex<State>, url: &str, emulator: Option<&str>, req: &Reques
         Some(Route::Insert) => Response::error(400, "invalid", "unknown uploadType"),
         Some(Route::InsertJob) => match serde_json::from_slice::<Value>(&req.body) {
             Ok(resource) if resource.pointer("/configuration/query").is_some() => {
-                create_job(state, &resource, Vec::new())
+                create_job(state, emulator, &resource, Vec::new())
             }
             Ok(_) => Response::error(
                 400,
@@ -950,7 +1012,7 @@ fn process(state: &Mutex<State>, url: &str, emulator: Option<&str>, req: &Reques
             let session = st.sessions.get(&sid).unwrap();
             let (resource, data) = (session.resource.clone(), session.data.clone());
             drop(st);
-            create_job(state, &resource, data)
+            create_job(state, emulator, &resource, data)
         }
         Some(Route::GetJob) => {
             let id = path.rsplit('/').next().unwrap_or("");
