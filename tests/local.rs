@@ -470,3 +470,104 @@ fn test_events_and_removals_are_acknowledged() {
     assert!(report.response.batch_item_failures.is_empty() && report.dead_lettered.is_empty());
     assert_eq!(count(&p, "SELECT count(*) FROM _ferry_loads"), 0);
 }
+
+/// A warehouse whose load panics for objects whose key contains `marker` (a bug in one object's
+/// path), and works for the rest.
+struct Panicky {
+    inner: Arc<SqliteWarehouse>,
+    marker: String,
+}
+
+impl Warehouse for Panicky {
+    fn table_schema(&self, t: &TableMapping) -> Result<Option<TableSchema>, PortError> {
+        self.inner.table_schema(t)
+    }
+    fn load(&self, r: &LoadRequest<'_>) -> Result<LoadOutcome, PortError> {
+        assert!(!r.object.key.contains(&self.marker), "injected panic");
+        self.inner.load(r)
+    }
+    fn apply(&self, t: &TableMapping) -> Result<u64, PortError> {
+        self.inner.apply(t)
+    }
+    fn record(&self, e: &StatusEvent) -> Result<(), PortError> {
+        self.inner.record(e)
+    }
+}
+
+#[test]
+fn a_panic_in_one_object_dead_letters_that_object_only() {
+    let estate = Estate::new("local-panic");
+    // Objects of two tables; the panic hits one object of the first.
+    let keys: Vec<String> = estate
+        .manifest
+        .tables
+        .iter()
+        .filter(|t| t.enabled)
+        .take(2)
+        .flat_map(|t| t.files.iter().take(2).cloned())
+        .collect();
+    let db = Arc::new(SqliteWarehouse::open(&estate.dir.path().join("panic.sqlite")).unwrap());
+    let p = Pipeline {
+        catalog: Arc::new(estate.catalog.clone()),
+        store: DirStore::new(estate.bucket()),
+        warehouse: Panicky {
+            inner: Arc::clone(&db),
+            marker: keys[1].clone(),
+        },
+        work_dir: estate.dir.path().join("work"),
+    };
+    let event = SqsEvent {
+        records: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| SqsMessage {
+                message_id: format!("m{i}"),
+                body: s3_event_body("ferry-test", k, 1, "x", "2026-11-26T00:00:00Z"),
+                attributes: Default::default(),
+                receipt_handle: String::new(),
+                event_source_arn: String::new(),
+            })
+            .collect(),
+    };
+    let report = handle_batch(&p, db.as_ref(), &event, HandlerOptions::default());
+    assert!(report.response.batch_item_failures.is_empty(), "{report:?}");
+    assert_eq!(report.dead_lettered.len(), 1, "{:?}", report.dead_lettered);
+    let (id, reason) = &report.dead_lettered[0];
+    assert_eq!(id, "m1");
+    assert!(
+        reason.contains(&keys[1]) && reason.contains("panicked"),
+        "{reason}"
+    );
+    assert_eq!(
+        db.query("SELECT count(*) FROM _ferry_loads").unwrap().rows[0][0],
+        Value::from(keys.len() as i64 - 1),
+        "the rest of the batch loaded"
+    );
+}
+
+#[test]
+fn a_cdc_file_with_no_rows_loads_and_changes_nothing() {
+    use arrow_schema::{DataType, Field, Schema};
+    let estate = Estate::new("local-empty");
+    let p = estate.pipeline("empty.sqlite");
+    let first = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!(first.dead_lettered, 0);
+    // DMS writes a CDC file with zero rows (no row groups) after the others.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("dms_ts", DataType::Utf8, false),
+        Field::new("Op", DataType::Utf8, true),
+        Field::new("account_id", DataType::UInt64, true),
+    ]));
+    let mut buf = Vec::new();
+    parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None)
+        .unwrap()
+        .close()
+        .unwrap();
+    let key = "lab/dms/lab/accounts/27-11-2026/20261127-235959000.parquet";
+    let path = estate.bucket().join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, buf).unwrap();
+    let second = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!((second.loaded, second.dead_lettered), (1, 0), "{second:?}");
+    assert_eq!(mismatches(&p, &estate.manifest), Vec::<String>::new());
+}

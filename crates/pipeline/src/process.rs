@@ -101,6 +101,28 @@ struct Tracked<'c> {
     state: Result<Prepared<'c>, ObjectResult>,
 }
 
+/// The failure of an object whose processing panicked (the panic itself is logged).
+const PANICKED: &str =
+    "processing panicked (see the log line with this key); kept for redrive after a fix";
+
+/// Runs `f`; a panic becomes a permanent failure of the object, naming it and the panic.
+fn contain<T>(bucket: &str, key: &str, f: impl FnOnce() -> T) -> Result<T, ObjectResult> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        tracing::error!(bucket, key, panic = %what, "processing the object panicked");
+        ObjectResult::Failed {
+            reason: format!(
+                "s3://{bucket}/{key}: processing panicked ({what}); kept for redrive after a fix"
+            ),
+            retryable: false,
+        }
+    })
+}
+
 impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
     /// Processes one object and records what happened (never fails: failures are results).
     /// Recording is best effort: a status write that fails is logged, not retried (the object's
@@ -144,7 +166,11 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                         retryable: true,
                     })
                 } else {
-                    self.prepare(bucket, key, &mut event)
+                    // A panic converting one object (a bug, or an input no check caught) fails
+                    // that object alone, permanently, with its reason: the rest of the batch
+                    // goes on, and the object is kept in the dead-letter queue for redrive.
+                    contain(bucket, key, || self.prepare(bucket, key, &mut event))
+                        .unwrap_or_else(Err)
                 };
                 Tracked {
                     key: key.clone(),
@@ -177,10 +203,21 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                 .filter_map(|t| t.state.as_ref().ok())
                 .map(|p| p.request(bucket))
                 .collect();
+            // A panic while loading a group is retried object by object, so that only the
+            // object that panics fails.
+            let one = |k: usize| {
+                contain(bucket, &tracked[i + k].key, || {
+                    self.warehouse.load(&requests[k])
+                })
+                .unwrap_or_else(|_| Err(PortError::permanent(PANICKED)))
+            };
             let outcomes = if requests.len() == 1 {
-                vec![self.warehouse.load(&requests[0])]
+                vec![one(0)]
             } else {
-                self.warehouse.load_group(&requests)
+                contain(bucket, &tracked[i].key, || {
+                    self.warehouse.load_group(&requests)
+                })
+                .unwrap_or_else(|_| (0..requests.len()).map(one).collect())
             };
             for (k, outcome) in outcomes.into_iter().enumerate() {
                 let t = &tracked[i + k];
