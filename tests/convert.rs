@@ -685,3 +685,51 @@ fn full_load_files_with_op_include_op_for_full_load() {
     assert_eq!(rows[1]["account_id"], "18446744073709551615");
     assert_eq!(rows[1][meta::COMMIT_TS], "2026-11-26T10:14:00.000002Z");
 }
+
+#[test]
+fn a_full_load_file_of_3m_rows_in_one_row_group_converts_with_every_column_complete() {
+    use parquet::file::properties::WriterProperties;
+    let catalog = lab_catalog(|_| {});
+    let rows = 3_000_000usize;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("dms_ts", DataType::Utf8, false),
+        Field::new("account_id", DataType::UInt64, true),
+    ]));
+    let ts = StringArray::from_iter_values(std::iter::repeat_n("2026-11-26 10:00:00.000000", rows));
+    let ids = arrow_array::UInt64Array::from_iter_values(0..rows as u64);
+    let batch =
+        RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(ts), Arc::new(ids)]).unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(rows))
+        .build();
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    drop(batch);
+    let (src, object, table) = lookup(&catalog, "lab/dms/lab/accounts/LOAD00000001.parquet");
+    let request = ConvertRequest {
+        source: src,
+        table,
+        object: &object,
+        object_time_micros: None,
+        known: None,
+    };
+    let mut out = Vec::new();
+    let outcome = convert(
+        &RangeReader::new(Arc::new(Bytes::from(buf))),
+        &request,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!((outcome.rows, outcome.row_groups), (rows as u64, 1));
+    let reader = parquet::file::reader::SerializedFileReader::new(Bytes::from(out)).unwrap();
+    use parquet::file::reader::FileReader;
+    let meta = reader.metadata();
+    assert_eq!(meta.file_metadata().num_rows(), rows as i64);
+    for rg in meta.row_groups() {
+        for c in rg.columns() {
+            assert_eq!(c.num_values(), rg.num_rows(), "{}", c.column_path());
+        }
+    }
+}

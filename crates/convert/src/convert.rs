@@ -24,10 +24,8 @@ use ferry_core::schema::{BqField, FieldMode, OpCounts, TableSchema, meta};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
-use parquet::arrow::arrow_writer::{
-    ArrowRowGroupWriterFactory, ArrowWriterOptions, compute_leaves,
-};
-use parquet::arrow::{ArrowSchemaConverter, ArrowWriter, ProjectionMask, parquet_to_arrow_schema};
+use parquet::arrow::arrow_writer::{ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::arrow::{ArrowSchemaConverter, ProjectionMask, parquet_to_arrow_schema};
 use parquet::basic::Compression;
 use parquet::column::writer::ColumnCloseResult;
 use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData, ParquetMetaDataReader};
@@ -428,7 +426,8 @@ impl Conversion {
             }
             rg_writer.close().map_err(ConvertError::write)?;
         }
-        writer.finish().map_err(ConvertError::write)?;
+        let written = writer.finish().map_err(ConvertError::write)?;
+        check_counts(&written, row_base)?;
         let bytes_written = writer.inner().written;
         let (copied, converted) = self.columns.iter().fold((0, 0), |(c, t), (_, o)| match o {
             Out::Copy(_) | Out::Relabel(..) => (c + 1, t),
@@ -669,28 +668,76 @@ impl ConstantChunks {
     ) -> Result<(Bytes, ColumnCloseResult)> {
         let key = (name.to_owned(), rows);
         if !self.chunks.contains_key(&key) {
-            let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
-            let n = usize::try_from(rows).unwrap_or(0);
-            let array: ArrayRef =
-                Arc::new(StringArray::from_iter_values(std::iter::repeat_n(value, n)));
-            let batch = RecordBatch::try_new(Arc::clone(&schema), vec![array])
+            // One column chunk of exactly `rows` values, written BATCH_ROWS values at a time
+            // (the value is shared, never copied per row): memory stays flat whatever the row
+            // count, and nothing splits the chunk into row groups of its own.
+            let column = constant_type(name)?;
+            let root = Arc::new(
+                Type::group_type_builder("schema")
+                    .with_fields(vec![column])
+                    .build()
+                    .map_err(ConvertError::write)?,
+            );
+            let mut writer = SerializedFileWriter::new(Vec::new(), root, Arc::clone(props))
                 .map_err(ConvertError::write)?;
-            let options = ArrowWriterOptions::new()
-                .with_properties((**props).clone())
-                .with_skip_arrow_metadata(true);
-            let mut writer = ArrowWriter::try_new_with_options(Vec::new(), schema, options)
-                .map_err(ConvertError::write)?;
-            writer.write(&batch).map_err(ConvertError::write)?;
+            let mut rg = writer.next_row_group().map_err(ConvertError::write)?;
+            let mut col = rg
+                .next_column()
+                .map_err(ConvertError::write)?
+                .ok_or_else(|| ConvertError::write("constant column writer"))?;
+            let value = parquet::data_type::ByteArray::from(Bytes::from(value.to_owned()));
+            let batch = vec![value; BATCH_ROWS];
+            let mut left = usize::try_from(rows).unwrap_or(0);
+            while left > 0 {
+                let n = left.min(BATCH_ROWS);
+                col.typed::<parquet::data_type::ByteArrayType>()
+                    .write_batch(&batch[..n], None, None)
+                    .map_err(ConvertError::write)?;
+                left -= n;
+            }
+            col.close().map_err(ConvertError::write)?;
+            rg.close().map_err(ConvertError::write)?;
             let bytes = Bytes::from(writer.into_inner().map_err(ConvertError::write)?);
             let metadata = ParquetMetaDataReader::new()
                 .parse_and_finish(&bytes)
                 .map_err(ConvertError::write)?;
+            if metadata.num_row_groups() != 1 || metadata.row_group(0).num_rows() != rows {
+                return Err(ConvertError::write(format!(
+                    "constant column {name}: wrote {} row groups for {rows} rows",
+                    metadata.num_row_groups()
+                )));
+            }
             let chunk = metadata.row_group(0).column(0).clone();
             self.chunks.insert(key.clone(), (bytes, chunk));
         }
         let (bytes, chunk) = &self.chunks[&key];
         Ok((bytes.clone(), close_result(chunk.clone(), rows)))
     }
+}
+
+/// Every column of every row group holds as many values as the row group has rows, and the row
+/// groups add up to the rows written: a file that says otherwise is never handed on.
+fn check_counts(written: &ParquetMetaData, rows: u64) -> Result<()> {
+    let mut total: u64 = 0;
+    for (i, rg) in written.row_groups().iter().enumerate() {
+        for c in rg.columns() {
+            if c.num_values() != rg.num_rows() {
+                return Err(ConvertError::write(format!(
+                    "output row group {i}: column {} holds {} values for {} rows",
+                    c.column_path(),
+                    c.num_values(),
+                    rg.num_rows()
+                )));
+            }
+        }
+        total += u64::try_from(rg.num_rows()).unwrap_or(0);
+    }
+    if total != rows {
+        return Err(ConvertError::write(format!(
+            "output holds {total} rows, {rows} were converted"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Default)]
