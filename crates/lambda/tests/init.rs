@@ -11,6 +11,10 @@ fn repo() -> PathBuf {
 }
 
 fn bootstrap(mappings: &std::path::Path) -> std::process::Output {
+    bootstrap_with(mappings, &[("FERRY_BQ_TOKEN", "none")])
+}
+
+fn bootstrap_with(mappings: &std::path::Path, env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_bootstrap"))
         .arg("--init-only")
         .env_clear()
@@ -21,7 +25,7 @@ fn bootstrap(mappings: &std::path::Path) -> std::process::Output {
             "https://sqs.us-east-1.amazonaws.com/000000000000/dlq",
         )
         .env("FERRY_LOCK_TABLE", "ferry-test-apply-locks")
-        .env("FERRY_BQ_TOKEN", "none")
+        .envs(env.iter().copied())
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
@@ -67,4 +71,32 @@ fn a_bad_mapping_set_fails_init_naming_file_and_field() {
         "{all}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_malformed_private_key_fails_init_with_its_cause_and_no_key_material() {
+    let line = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDKEYMATERIAL0";
+    let body: Vec<&str> = std::iter::repeat_n(line, 20).collect();
+    let escaped = format!(
+        "-----BEGIN PRIVATE KEY-----\\\\n{}\\\\n-----END PRIVATE KEY-----\\\\n",
+        body.join("\\\\n")
+    );
+    let credentials = format!(
+        r#"{{"type": "service_account", "project_id": "p", "private_key": "{escaped}", "client_email": "ferry@p.iam.gserviceaccount.com", "token_uri": "https://oauth2.googleapis.com/token"}}"#
+    );
+    let out = bootstrap_with(
+        &repo().join("mappings"),
+        &[("FERRY_GCP_CREDENTIALS", credentials.as_str())],
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("newlines are escaped"), "{all}");
+    assert!(
+        !all.contains("KEYMATERIAL"),
+        "key material in the output: {all}"
+    );
 }
