@@ -165,7 +165,7 @@ fn check_private_key(key: Option<&str>) -> Result<(), String> {
     let valid = b64
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='));
-    if !valid || b64.len() % 4 != 0 || b64.len() < 400 {
+    if !valid || !b64.len().is_multiple_of(4) || b64.len() < 400 {
         return Err("the private key's PEM is malformed: its body is not a complete base64 key (truncated or edited?)".into());
     }
     Ok(())
