@@ -146,6 +146,10 @@ def template_problems(t):
                 for r in as_list(st["Resource"]):
                     if r == "*" or (isinstance(r, str) and r.endswith(":*")) or r == "arn:aws:s3:::*":
                         problems.append(f"wildcard resource {r} for {st['Action']}")
+                    # A generated ARN is a literal prefix and one trailing '*': a mapping value
+                    # carrying '*', '?' or '${' would widen or rewrite the policy.
+                    if isinstance(r, str) and ("${" in r or "?" in r or "*" in r[:-1]):
+                        problems.append(f"injected or widened ARN {r} for {st['Action']}")
                 if "s3:GetObject" in as_list(st["Action"]):
                     reads.update(r for r in as_list(st["Resource"]) if isinstance(r, str))
                 if any(a.startswith("dynamodb:") for a in as_list(st["Action"])):
@@ -251,6 +255,7 @@ def mutations(t):
         ("oldest message", lambda x: x["Resources"].pop("OldestMessageAgeAlarm")),
         ("queue policy", lambda x: x["Resources"].pop("LoaderQueuePolicy")),
         ("dashboard", lambda x: x["Resources"].pop("LoaderDashboard")),
+        ("injected or widened ARN", lambda x: first_statement(x, "s3:GetObject").update(Resource=["arn:aws:s3:::acme-casino-dms-cdc/x${env:HOME}*"])),
         ("FERRY_LOCK_TABLE", lambda x: fn(x)["Environment"]["Variables"].pop("FERRY_LOCK_TABLE")),
         ("apply lock access", lambda x: first_statement(x, "dynamodb:PutItem").update(Action=["dynamodb:PutItem", "dynamodb:Scan"])),
         ("TTL", lambda x: x["Resources"]["ApplyLockTable"]["Properties"].pop("TimeToLiveSpecification")),

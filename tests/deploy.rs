@@ -8,13 +8,49 @@ use std::collections::BTreeSet;
 use ferry_core::Catalog;
 use ferry_tests::{TempDir, ferry, mappings_dir, repo_root};
 
+/// Whether a DMS `object-locator` name pattern matches `name`, as the DMS User Guide describes
+/// selection rules: `%` matches any run of characters (none included), `_` any one character,
+/// `[...]` one character of the class; everything else itself.
+fn dms_matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('%') => (0..=n.len()).any(|k| go(&p[1..], &n[k..])),
+            Some('_') => !n.is_empty() && go(&p[1..], &n[1..]),
+            Some('[') => {
+                // A class: up to the first `]` after at least one character.
+                let Some(end) = p.iter().skip(2).position(|c| *c == ']').map(|i| i + 2) else {
+                    return false;
+                };
+                !n.is_empty() && p[1..end].contains(&n[0]) && go(&p[end + 1..], &n[1..])
+            }
+            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+        }
+    }
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    go(&p, &n)
+}
+
+#[test]
+fn the_pattern_model_is_dms_s() {
+    assert!(
+        dms_matches("poker_game", "pokerXgame"),
+        "an unescaped _ is a wildcard"
+    );
+    assert!(dms_matches("poker[_]game", "poker_game"));
+    assert!(!dms_matches("poker[_]game", "pokerXgame"));
+    assert!(dms_matches("%", "anything"));
+    assert!(dms_matches("a[%]b", "a%b") && !dms_matches("a[%]b", "axxb"));
+    assert!(dms_matches("a[[]b", "a[b"));
+}
+
 #[test]
 fn dms_table_mappings_select_exactly_the_enabled_mapped_tables() {
     let catalog = Catalog::load_dir(&mappings_dir()).unwrap();
     let mut disabled_seen = 0;
     for source in catalog.sources() {
         let doc = ferry_core::deploy::dms_table_mappings(source);
-        let selected: BTreeSet<(String, String)> = doc["rules"]
+        let rules: Vec<(String, String)> = doc["rules"]
             .as_array()
             .unwrap()
             .iter()
@@ -26,6 +62,23 @@ fn dms_table_mappings_select_exactly_the_enabled_mapped_tables() {
                     l["schema-name"].as_str().unwrap().to_owned(),
                     l["table-name"].as_str().unwrap().to_owned(),
                 )
+            })
+            .collect();
+        // The source's tables as DMS sees them: the mapped ones, and neighbours whose names
+        // differ only where an unescaped `_` or `%` would match.
+        let mut candidates: BTreeSet<(String, String)> = BTreeSet::new();
+        for t in &source.tables {
+            candidates.insert((t.schema.clone(), t.table.clone()));
+            candidates.insert((t.schema.replace('_', "X"), t.table.clone()));
+            candidates.insert((t.schema.clone(), t.table.replace('_', "1")));
+            candidates.insert((t.schema.clone(), format!("{}_old", t.table)));
+        }
+        let selected: BTreeSet<(String, String)> = candidates
+            .into_iter()
+            .filter(|(s, t)| {
+                rules
+                    .iter()
+                    .any(|(ps, pt)| dms_matches(ps, s) && dms_matches(pt, t))
             })
             .collect();
         let enabled: BTreeSet<(String, String)> = source
@@ -42,7 +95,7 @@ fn dms_table_mappings_select_exactly_the_enabled_mapped_tables() {
             .iter()
             .map(|r| r["rule-id"].as_str().unwrap())
             .collect();
-        assert_eq!(ids.len(), selected.len(), "rule ids are unique");
+        assert_eq!(ids.len(), rules.len(), "rule ids are unique");
     }
     assert!(
         disabled_seen > 0,

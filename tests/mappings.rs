@@ -469,3 +469,33 @@ fn load_dir_reads_only_json_files_and_reports_an_empty_folder() {
             .contains("cannot read the mappings folder")
     );
 }
+
+#[test]
+fn folders_that_would_inject_into_iam_or_the_deploy_resolver_are_refused() {
+    for (folder, needle) in [
+        ("x${env:SOMETHING}", "'$'"),
+        ("*", "'*'"),
+        ("cdc/a?b", "'?'"),
+        ("cdc/[x]", "'['"),
+        ("cdc/../other", "\"..\" segment"),
+    ] {
+        expect_one(
+            |d| d["source"]["folder"] = json!(folder),
+            &["mappings/one.json", "$.source.folder", needle],
+        );
+    }
+    // Names with DMS pattern characters are fine: the generated rules escape them.
+    let mut doc = base("one", "one", "one_ds");
+    doc["tables"]["db.100%_bonus"] = json!({"mode": "changelog", "target": "bonus_pct"});
+    assert_eq!(
+        check(&[("one.json", doc.to_string())]),
+        Vec::<String>::new()
+    );
+    let catalog = Catalog::from_files(&[MappingFile {
+        path: "mappings/one.json".into(),
+        text: doc.to_string(),
+    }])
+    .unwrap();
+    let rules = ferry_core::deploy::dms_table_mappings(&catalog.sources()[0]);
+    assert!(rules.to_string().contains("\"100[%][_]bonus\""), "{rules}");
+}

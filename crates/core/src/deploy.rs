@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use crate::mapping::{Catalog, Source};
 
 /// The DMS task table-mapping document of a source: one `include` selection rule per enabled
-/// mapped table, in schema/table order, with stable rule ids and names.
+/// mapped table, in schema/table order, with stable rule ids and names. The names are escaped
+/// ([`crate::names::dms_literal`]): unescaped, `poker_game.hand_actions` would also select
+/// `pokerXgame.hand1actions`.
 pub fn dms_table_mappings(source: &Source) -> Value {
     let mut tables: Vec<(&str, &str)> = source
         .tables
@@ -24,7 +26,10 @@ pub fn dms_table_mappings(source: &Source) -> Value {
                 "rule-type": "selection",
                 "rule-id": (i + 1).to_string(),
                 "rule-name": format!("ferry-{schema}-{table}"),
-                "object-locator": { "schema-name": schema, "table-name": table },
+                "object-locator": {
+                    "schema-name": crate::names::dms_literal(schema),
+                    "table-name": crate::names::dms_literal(table),
+                },
                 "rule-action": "include",
             })
         })

@@ -135,6 +135,47 @@ pub fn check_bucket(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A DMS bucket folder: `/`-separated segments of S3's "safe characters" (letters, digits and
+/// `! - _ . * ' ( )` less `*`; page "Naming Amazon S3 objects"), no `.` or `..` segment. The
+/// folder reaches IAM policy ARNs and the Serverless variable resolver, so `$ { } * ? [ ]` and
+/// the like must never pass.
+pub fn check_folder(folder: &str) -> Result<(), String> {
+    if folder.len() > 512 {
+        return Err("a bucket folder has at most 512 characters".into());
+    }
+    for segment in folder.split('/').filter(|s| !s.is_empty()) {
+        if segment == "." || segment == ".." {
+            return Err(format!("the bucket folder has a {segment:?} segment"));
+        }
+        if let Some(c) = segment.chars().find(|c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '!' | '-' | '_' | '.' | '\'' | '(' | ')'))
+        }) {
+            return Err(format!(
+                "the bucket folder holds {c:?}; only letters, digits and ! - _ . ' ( ) are allowed (it becomes part of IAM policy ARNs and deployment files)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A name as a literal in a DMS selection rule's `object-locator`, where `%` matches any run of
+/// characters, `_` any one character and `[...]` a character class: each of the three is written
+/// as a one-character class (`[_]`, `[%]`, `[[]`), so that a rule selects exactly the table named.
+pub fn dms_literal(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        match c {
+            '_' | '%' | '[' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A ferry source name: 1-63 lowercase letters, digits and `-`, starting with a letter.
 pub fn check_source_name(name: &str) -> Result<(), String> {
     let ok = (1..=63).contains(&name.len())

@@ -240,6 +240,11 @@ fn validate_raw(r: &mut Report<'_>, stem: &str, raw: RawMappingFile) -> Source {
             ),
         );
     }
+    r.check(
+        &[Key("source"), Key("folder")],
+        names::check_folder(folder),
+        "use the DMS endpoint's BucketFolder as it is",
+    );
     if let Some(col) = &src.dms.timestamp_column {
         r.check(
             &[Key("source"), Key("dms"), Key("timestamp_column")],
