@@ -10,22 +10,21 @@ stage="${1:?usage: infra/apply-generated.sh STAGE}"
 cd "$(dirname "$0")/.."
 ferry() { cargo run --locked --quiet -p ferry-cli -- "$@"; }
 
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
 queue_arn="$(aws cloudformation describe-stacks --stack-name "ferry-${stage}" \
   --query "Stacks[0].Outputs[?OutputKey=='LoaderQueueArn'].OutputValue" --output text)"
-for bucket in $(python3 -c 'import json; print(" ".join(sorted({n["Bucket"] for n in json.load(open("infra/generated/deploy.json"))["notifications"]})))'); do
-  ferry deploy bucket-notification --mappings mappings --bucket "$bucket" --queue-arn "$queue_arn" > /tmp/ferry-notification.json
-  aws s3api get-bucket-notification-configuration --bucket "$bucket" --output json > /tmp/current-notification.json
-  python3 - <<'PY'
-import json
-current = json.load(open("/tmp/current-notification.json") ) if open("/tmp/current-notification.json").read().strip() else {}
-ours = json.load(open("/tmp/ferry-notification.json"))
-kept = [q for q in current.get("QueueConfigurations", []) if not q.get("Id", "").startswith("ferry-")]
-current["QueueConfigurations"] = kept + ours["QueueConfigurations"]
-current.pop("ResponseMetadata", None)
-json.dump(current, open("/tmp/merged-notification.json", "w"))
-PY
+# Each bucket's notifications: this stage's entries replace its own only. `ferry deploy
+# bucket-notification` exits 1, changing nothing, if another stage (or anything not ferry's)
+# receives an overlapping prefix's events: a dev deploy never redirects production's.
+mapfile -t buckets < <(python3 -c 'import json; print("\n".join(sorted({n["Bucket"] for n in json.load(open("infra/generated/deploy.json"))["notifications"]})))')
+for bucket in "${buckets[@]}"; do
+  aws s3api get-bucket-notification-configuration --bucket "$bucket" --output json > "$work/current.json"
+  ferry deploy bucket-notification --mappings mappings --bucket "$bucket" --stage "$stage" \
+    --queue-arn "$queue_arn" --current "$work/current.json" > "$work/merged.json"
   aws s3api put-bucket-notification-configuration --bucket "$bucket" \
-    --notification-configuration file:///tmp/merged-notification.json
+    --notification-configuration "file://$work/merged.json"
   echo "bucket notifications of $bucket -> $queue_arn"
 done
 
@@ -33,8 +32,8 @@ for source in $(python3 -c 'import json,os; print(" ".join(json.loads(os.environ
   task="$(python3 -c 'import json,os,sys; print(json.loads(os.environ["DMS_TASK_ARNS"])[sys.argv[1]])' "$source")"
   file="infra/dms/${source}.table-mappings.json"
   aws dms describe-replication-tasks --filters "Name=replication-task-arn,Values=${task}" \
-    --query 'ReplicationTasks[0].TableMappings' --output text > /tmp/old-mappings.json
-  if python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1])) == json.load(open(sys.argv[2])) else 1)' /tmp/old-mappings.json "$file"; then
+    --query 'ReplicationTasks[0].TableMappings' --output text > "$work/old-mappings.json"
+  if python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1])) == json.load(open(sys.argv[2])) else 1)' "$work/old-mappings.json" "$file"; then
     echo "$source: table mappings unchanged"
     continue
   fi
@@ -43,18 +42,20 @@ for source in $(python3 -c 'import json,os; print(" ".join(json.loads(os.environ
   aws dms modify-replication-task --replication-task-arn "$task" --table-mappings "file://${file}"
   aws dms wait replication-task-ready --filters "Name=replication-task-arn,Values=${task}"
   aws dms start-replication-task --replication-task-arn "$task" --start-replication-task-type resume-processing
-  added="$(python3 - /tmp/old-mappings.json "$file" <<'PY'
-import json, sys
+  # Tables new to the selection, as the JSON `reload-tables` takes (names unescaped: DMS's
+  # selection rules escape _ % [ as [_] [%] [[]).
+  python3 - "$work/old-mappings.json" "$file" > "$work/reload.json" <<'PY'
+import json, re, sys
+def literal(p):
+    return re.sub(r"\[(.)\]", r"\1", p)
 def tables(path):
-    return {(r["object-locator"]["schema-name"], r["object-locator"]["table-name"]) for r in json.load(open(path)).get("rules", []) if r.get("rule-action") == "include"}
+    return {(literal(r["object-locator"]["schema-name"]), literal(r["object-locator"]["table-name"])) for r in json.load(open(path)).get("rules", []) if r.get("rule-action") == "include"}
 new = sorted(tables(sys.argv[2]) - tables(sys.argv[1]))
-print(" ".join(f"SchemaName={s},TableName={t}" for s, t in new))
+json.dump([{"SchemaName": s, "TableName": t} for s, t in new], sys.stdout)
 PY
-)"
-  if [[ -n "$added" ]]; then
+  if [[ "$(cat "$work/reload.json")" != "[]" ]]; then
     aws dms wait replication-task-running --filters "Name=replication-task-arn,Values=${task}"
-    # shellcheck disable=SC2086
-    aws dms reload-tables --replication-task-arn "$task" --tables-to-reload $added
+    aws dms reload-tables --replication-task-arn "$task" --tables-to-reload "file://$work/reload.json"
   fi
-  echo "$source: table mappings applied${added:+, reloading $added}"
+  echo "$source: table mappings applied; reloaded: $(cat "$work/reload.json")"
 done

@@ -219,6 +219,22 @@ def workflow_problems(ci, deploy):
     dj = deploy["jobs"]["deploy"]
     if dj.get("permissions", {}).get("id-token") != "write" or "secrets.AWS_DEPLOY_ROLE_ARN" not in json.dumps(dj):
         problems.append("deploy does not take AWS access from OIDC and the secret store")
+    for name, job in deploy["jobs"].items():
+        if "github.ref == 'refs/heads/main'" not in str(job.get("if", "")):
+            problems.append(f"deploy job {name} is not restricted to main (a manual run could deploy any branch)")
+    steps = [s.get("run", "") for s in dj["steps"]]
+    creds = next((i for i, r in enumerate(steps) if "assume-role.sh" in r), len(steps))
+    for i, r in enumerate(steps):
+        if "npm ci" in r and ("--ignore-scripts" not in r or i > creds):
+            problems.append("npm ci runs install scripts, or runs after the deploy credentials exist")
+    if "pip install" in runs and "--require-hashes" not in runs:
+        problems.append("cargo-lambda is installed without --require-hashes")
+    with open(os.path.join(ROOT, "infra/github-oidc-trust.json")) as f:
+        trust = json.load(f)
+    subs = [st.get("Condition", {}).get("StringEquals", {}).get("token.actions.githubusercontent.com:sub", "")
+            for st in trust["Statement"]]
+    if not subs or not all(s.startswith("repo:") and ":environment:" in s and "*" not in s for s in subs):
+        problems.append("the OIDC trust policy does not pin sub to this repository's environment")
     return problems
 
 
@@ -316,7 +332,10 @@ def main():
         ("not pinned", lambda c, d: d["jobs"]["build"]["steps"][0].update(uses="actions/checkout@v4")),
         ("mappings/**", lambda c, d: on_of(c)["pull_request"]["paths"].remove("mappings/**")),
         ("OIDC", lambda c, d: d["jobs"]["deploy"]["permissions"].pop("id-token")),
-        ("serverless deploy", lambda c, d: d["jobs"]["deploy"]["steps"].pop(3)),
+        ("serverless deploy", lambda c, d: d["jobs"]["deploy"]["steps"].pop(4)),
+        ("restricted to main", lambda c, d: d["jobs"]["deploy"].pop("if")),
+        ("install scripts", lambda c, d: d["jobs"]["deploy"]["steps"][2].update(run="npm ci --prefix infra")),
+        ("require-hashes", lambda c, d: d["jobs"]["build"]["steps"][2].update(run="python3 -m pip install cargo-lambda==1.9.1\ncargo lambda build --release --arm64")),
     ]:
         c, d = copy.deepcopy(wf["ci"]), copy.deepcopy(wf["deploy"])
         breaker(c, d)

@@ -212,6 +212,7 @@ fn bucket_notifications_cover_every_source_folder() {
     let doc = ferry_core::deploy::bucket_notification(
         &catalog,
         "acme-casino-dms-cdc",
+        "dev",
         "arn:aws:sqs:ap-northeast-2:1:ferry-dev-loader",
     );
     let prefixes: BTreeSet<String> = doc["QueueConfigurations"]
@@ -227,4 +228,86 @@ fn bucket_notifications_cover_every_source_folder() {
         .collect();
     let wanted: BTreeSet<String> = catalog.sources().iter().map(|s| s.prefix()).collect();
     assert_eq!(prefixes, wanted);
+}
+
+#[test]
+fn a_dev_deploy_can_never_redirect_productions_events() {
+    use serde_json::json;
+    let catalog = Catalog::load_dir(&mappings_dir()).unwrap();
+    let bucket = "acme-casino-dms-cdc";
+    let prod_queue = "arn:aws:sqs:ap-northeast-2:1:ferry-prod-loader";
+    let dev_queue = "arn:aws:sqs:ap-northeast-2:1:ferry-dev-loader";
+    let merge = |current: &serde_json::Value, stage: &str, queue: &str, take_over: bool| {
+        ferry_core::deploy::merge_bucket_notification(
+            &catalog, current, bucket, stage, queue, take_over,
+        )
+    };
+    // Someone else's notification on an unrelated prefix is kept.
+    let other = json!({"Id": "audit", "QueueArn": "arn:aws:sqs:ap-northeast-2:1:audit",
+        "Events": ["s3:ObjectCreated:*"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "audit/"}]}}});
+    let empty = json!({"QueueConfigurations": [other.clone()]});
+    let prod = merge(&empty, "prod", prod_queue, false).unwrap();
+    let entries = prod["QueueConfigurations"].as_array().unwrap();
+    assert!(entries.contains(&other));
+    assert!(entries.iter().filter(|e| e["Id"] != "audit").all(
+        |e| e["QueueArn"] == prod_queue && e["Id"].as_str().unwrap().starts_with("ferry-prod-")
+    ));
+    // prod owns the folders now: dev is refused and nothing changes.
+    let refused = merge(&prod, "dev", dev_queue, false).unwrap_err();
+    assert!(
+        refused.0.contains("stage prod") && refused.0.contains("stage dev does not take them"),
+        "{refused}"
+    );
+    // prod again replaces its own entries (idempotent).
+    assert_eq!(merge(&prod, "prod", prod_queue, false).unwrap(), prod);
+    // Entries written before ids named the stage belong to prod.
+    let legacy = json!({"QueueConfigurations": [{"Id": "ferry-slots-account", "QueueArn": prod_queue,
+        "Events": ["s3:ObjectCreated:*"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "slots/account/"}]}}}]});
+    assert!(merge(&legacy, "dev", dev_queue, false).is_err());
+    let upgraded = merge(&legacy, "prod", prod_queue, false).unwrap();
+    assert!(
+        !upgraded.to_string().contains("\"ferry-slots-account\""),
+        "{upgraded}"
+    );
+    // A configuration that is not ferry's on an overlapping prefix is never silently replaced.
+    let foreign = json!({"QueueConfigurations": [{"Id": "etl", "QueueArn": "arn:aws:sqs:ap-northeast-2:1:etl",
+        "Events": ["s3:ObjectCreated:Put"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "slots/"}]}}}]});
+    assert!(
+        merge(&foreign, "prod", prod_queue, false)
+            .unwrap_err()
+            .0
+            .contains("not ferry's")
+    );
+    // Moving a bucket to another stage on purpose.
+    let moved = merge(&prod, "dev", dev_queue, true).unwrap();
+    assert!(
+        moved["QueueConfigurations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["Id"] != "audit")
+            .all(|e| e["QueueArn"] == dev_queue)
+    );
+    // The CLI says so and exits 1.
+    let dir = TempDir::new("deploy-notification");
+    let current = dir.write("current.json", &prod.to_string());
+    let (code, _, err) = ferry(&[
+        "deploy",
+        "bucket-notification",
+        "--mappings",
+        mappings_dir().to_str().unwrap(),
+        "--bucket",
+        bucket,
+        "--stage",
+        "dev",
+        "--queue-arn",
+        dev_queue,
+        "--current",
+        current.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("stage prod"), "{err}");
 }

@@ -52,7 +52,7 @@ pub fn deploy_config(catalog: &Catalog) -> Value {
         }
         list_prefixes.push(format!("{}*", s.prefix()));
         notifications.push(json!({
-            "Id": format!("ferry-{}", s.name),
+            "Id": format!("ferry-{{stage}}-{}", s.name),
             "Bucket": s.bucket,
             "Prefix": s.prefix(),
             "Suffix": ".parquet",
@@ -68,9 +68,14 @@ pub fn deploy_config(catalog: &Catalog) -> Value {
     })
 }
 
-/// The `put-bucket-notification-configuration` document for one bucket: every source folder
-/// in it sends `.parquet` creations to `queue_arn`.
-pub fn bucket_notification(catalog: &Catalog, bucket: &str, queue_arn: &str) -> Value {
+/// The notification id of a source's folder for a stage: `ferry-<stage>-<source>`.
+pub fn notification_id(stage: &str, source: &str) -> String {
+    format!("ferry-{stage}-{source}")
+}
+
+/// The `put-bucket-notification-configuration` queue entries for one bucket and stage: every
+/// source folder in it sends `.parquet` creations to `queue_arn`, under ids naming the stage.
+pub fn bucket_notification(catalog: &Catalog, bucket: &str, stage: &str, queue_arn: &str) -> Value {
     let queues: Vec<Value> = catalog
         .sources()
         .iter()
@@ -81,7 +86,7 @@ pub fn bucket_notification(catalog: &Catalog, bucket: &str, queue_arn: &str) -> 
                 rules.insert(0, json!({"Name": "prefix", "Value": s.prefix()}));
             }
             json!({
-                "Id": format!("ferry-{}", s.name),
+                "Id": notification_id(stage, &s.name),
                 "QueueArn": queue_arn,
                 "Events": ["s3:ObjectCreated:*"],
                 "Filter": { "Key": { "FilterRules": rules } },
@@ -89,4 +94,128 @@ pub fn bucket_notification(catalog: &Catalog, bucket: &str, queue_arn: &str) -> 
         })
         .collect();
     json!({ "QueueConfigurations": queues })
+}
+
+/// Why a stage may not write a bucket's notifications.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotificationConflict(pub String);
+
+fn prefix_of(entry: &Value) -> String {
+    entry
+        .pointer("/Filter/Key/FilterRules")
+        .and_then(Value::as_array)
+        .and_then(|rules| {
+            rules.iter().find(|r| {
+                r.get("Name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| n.eq_ignore_ascii_case("prefix"))
+            })
+        })
+        .and_then(|r| r.get("Value").and_then(Value::as_str))
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn creates_objects(entry: &Value) -> bool {
+    entry
+        .get("Events")
+        .and_then(Value::as_array)
+        .is_some_and(|e| {
+            e.iter()
+                .filter_map(Value::as_str)
+                .any(|e| e == "s3:ObjectCreated:*" || e.starts_with("s3:ObjectCreated:"))
+        })
+}
+
+/// The bucket's notification configuration after `stage` writes its entries into `current`
+/// (as `get-bucket-notification-configuration` returns it).
+///
+/// S3 delivers an event to one destination only: two entries whose prefixes overlap for the same
+/// event type are refused, so whoever writes the entry for a folder takes that folder's events
+/// from everyone else. A stage therefore replaces only its own entries (`ferry-<stage>-…`) and
+/// refuses, naming the owner, when another entry covers an overlapping prefix: another stage's
+/// (a dev deploy must never redirect production's events), or anything not ferry's. Entries
+/// without a stage (`ferry-<source>`, written before ids named the stage) belong to `prod`.
+/// `take_over` replaces every overlapping entry instead (moving a bucket from one stage to
+/// another, on purpose). Other configurations of the bucket are kept.
+pub fn merge_bucket_notification(
+    catalog: &Catalog,
+    current: &Value,
+    bucket: &str,
+    stage: &str,
+    queue_arn: &str,
+    take_over: bool,
+) -> Result<Value, NotificationConflict> {
+    let ours = bucket_notification(catalog, bucket, stage, queue_arn);
+    let ours = ours["QueueConfigurations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let legacy: Vec<String> = catalog
+        .sources()
+        .iter()
+        .map(|s| format!("ferry-{}", s.name))
+        .collect();
+    let mine = |id: &str| {
+        id.starts_with(&format!("ferry-{stage}-"))
+            || (stage == "prod" && legacy.iter().any(|l| l == id))
+    };
+    let overlaps = |a: &str, b: &str| a.starts_with(b) || b.starts_with(a);
+    let mut merged = current.clone();
+    if let Some(o) = merged.as_object_mut() {
+        o.remove("ResponseMetadata");
+    }
+    let mut kept = Vec::new();
+    let existing = current
+        .get("QueueConfigurations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let others = ["TopicConfigurations", "LambdaFunctionConfigurations"]
+        .iter()
+        .flat_map(|k| {
+            current
+                .get(*k)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        });
+    for entry in existing.iter().cloned().chain(others) {
+        let id = entry
+            .get("Id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let is_queue = existing.contains(&entry);
+        if is_queue && mine(&id) {
+            continue;
+        }
+        let clash = creates_objects(&entry)
+            && ours
+                .iter()
+                .any(|o| overlaps(&prefix_of(o), &prefix_of(&entry)));
+        if clash && !take_over {
+            let owner = match id.strip_prefix("ferry-") {
+                Some(rest) if legacy.contains(&id) => {
+                    format!("stage prod ({rest}, written before ids named the stage)")
+                }
+                Some(rest) => format!("stage {}", rest.split('-').next().unwrap_or(rest)),
+                None => "a configuration that is not ferry's".to_owned(),
+            };
+            return Err(NotificationConflict(format!(
+                "bucket {bucket}: the events of prefix {:?} go to {owner} (notification {id:?}); stage {stage} does not take them. Give {stage} its own bucket or route events through EventBridge, or pass --take-over to move them on purpose",
+                prefix_of(&entry)
+            )));
+        }
+        if clash {
+            continue;
+        }
+        if is_queue {
+            kept.push(entry);
+        }
+    }
+    kept.extend(ours);
+    merged["QueueConfigurations"] = Value::Array(kept);
+    Ok(merged)
 }

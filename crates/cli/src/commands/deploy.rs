@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use ferry_core::deploy::{bucket_notification, deploy_config, dms_table_mappings};
+use ferry_core::deploy::{
+    bucket_notification, deploy_config, dms_table_mappings, merge_bucket_notification,
+};
 
 use crate::{EXIT_OK, EXIT_PROBLEMS, MappingsDir};
 
@@ -43,16 +45,30 @@ pub(crate) enum DeployCommand {
         #[arg(long, requires = "out")]
         check: bool,
     },
-    /// The bucket notification configuration sending DMS objects to the loader's queue.
+    /// The bucket notification configuration sending DMS objects to a stage's loader queue:
+    /// the stage's entries alone, or (with --current) the bucket's whole configuration with
+    /// them merged in. Exits 1, changing nothing, when another stage (or anything not ferry's)
+    /// receives the events of an overlapping prefix.
     BucketNotification {
         #[command(flatten)]
         mappings: MappingsDir,
         /// The bucket.
         #[arg(long)]
         bucket: String,
+        /// The stage whose loader queue receives the events (ids are `ferry-<stage>-<source>`).
+        #[arg(long)]
+        stage: String,
         /// The loader queue's ARN.
         #[arg(long)]
         queue_arn: String,
+        /// The bucket's current configuration (`aws s3api get-bucket-notification-configuration`
+        /// output; `-` for standard input): print it with this stage's entries merged in.
+        #[arg(long, value_name = "FILE")]
+        current: Option<PathBuf>,
+        /// Take the events of overlapping prefixes from whoever has them (moving a bucket to
+        /// another stage, on purpose).
+        #[arg(long, requires = "current")]
+        take_over: bool,
     },
 }
 
@@ -184,7 +200,10 @@ pub(crate) fn deploy(
         DeployCommand::BucketNotification {
             mappings,
             bucket,
+            stage,
             queue_arn,
+            current,
+            take_over,
         } => {
             let Some(catalog) = super::load_catalog(&mappings, err)? else {
                 return Ok(EXIT_PROBLEMS);
@@ -192,8 +211,37 @@ pub(crate) fn deploy(
             if !catalog.sources().iter().any(|s| s.bucket == bucket) {
                 bail!("no mapping uses bucket {bucket}");
             }
-            out.write_all(pretty(&bucket_notification(&catalog, &bucket, &queue_arn))?.as_bytes())?;
-            Ok(EXIT_OK)
+            if ferry_core::names::check_source_name(&stage).is_err() {
+                bail!("stage {stage:?}: use lowercase letters, digits and '-'");
+            }
+            let Some(current) = current else {
+                let doc = bucket_notification(&catalog, &bucket, &stage, &queue_arn);
+                out.write_all(pretty(&doc)?.as_bytes())?;
+                return Ok(EXIT_OK);
+            };
+            let text = if current.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&current)
+                    .with_context(|| format!("reading {}", current.display()))?
+            };
+            let doc: serde_json::Value = if text.trim().is_empty() {
+                serde_json::json!({})
+            } else {
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", current.display()))?
+            };
+            match merge_bucket_notification(&catalog, &doc, &bucket, &stage, &queue_arn, take_over)
+            {
+                Ok(merged) => {
+                    out.write_all(pretty(&merged)?.as_bytes())?;
+                    Ok(EXIT_OK)
+                }
+                Err(conflict) => {
+                    writeln!(err, "{conflict}")?;
+                    Ok(EXIT_PROBLEMS)
+                }
+            }
         }
     }
 }
