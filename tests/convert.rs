@@ -733,3 +733,30 @@ fn a_full_load_file_of_3m_rows_in_one_row_group_converts_with_every_column_compl
         }
     }
 }
+
+#[test]
+fn a_commit_time_after_the_file_was_written_is_clamped_to_the_files_time() {
+    let catalog = lab_catalog(|_| {});
+    // The file's name says 2026-11-26 10:15:00.123; one row claims year 9999.
+    let bytes = parquet_bytes(vec![
+        (
+            "Op",
+            Arc::new(StringArray::from(vec!["I", "I"])) as ArrayRef,
+        ),
+        (
+            "dms_ts",
+            Arc::new(StringArray::from(vec![
+                "2026-11-26 10:14:00.000001",
+                "9999-12-31 23:59:59.999999",
+            ])),
+        ),
+        (
+            "account_id",
+            Arc::new(arrow_array::UInt64Array::from(vec![1, 2])),
+        ),
+    ]);
+    let outcome = convert_bytes(&catalog, CDC_KEY, bytes, None).unwrap();
+    assert_eq!(outcome.commit_ts_clamped, 1);
+    let file_time = 1_795_688_100_123_000; // 2026-11-26T10:15:00.123Z
+    assert_eq!(outcome.commit_ts_max, Some(file_time));
+}

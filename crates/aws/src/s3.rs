@@ -104,6 +104,13 @@ impl ObjectStore for S3Store {
                     .map(|ms| ms * 1000),
             })),
             Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => Ok(None),
+            // HEAD has no body to tell the cases apart: without s3:ListBucket on the prefix S3
+            // answers 403 for a missing key too. Retrying cannot help either way.
+            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 403 => {
+                Err(PortError::permanent(format!(
+                    "HeadObject s3://{bucket}/{key}: 403 Forbidden: the object is missing (S3 answers 403 instead of 404 without s3:ListBucket on its prefix) or the loader's role may not read it"
+                )))
+            }
             Err(e) => Err(port(format!("HeadObject s3://{bucket}/{key}"), e)),
         }
     }

@@ -62,7 +62,10 @@ impl DeadLetters for SqsDeadLetters {
             .send_message()
             .queue_url(&self.queue_url)
             .message_body(&message.body)
-            .message_attributes(REASON_ATTRIBUTE, string_attribute(cut(reason, REASON_MAX))?)
+            .message_attributes(
+                REASON_ATTRIBUTE,
+                string_attribute(&ferry_core::text::escape_controls(cut(reason, REASON_MAX)))?,
+            )
             .message_attributes(
                 ORIGINAL_ID_ATTRIBUTE,
                 string_attribute(&message.message_id)?,

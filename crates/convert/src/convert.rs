@@ -84,6 +84,9 @@ pub struct ConvertOutcome {
     pub commit_ts_max: Option<i64>,
     /// Rows whose DMS timestamp was NULL or unreadable and took the file's time instead.
     pub commit_ts_fallbacks: u64,
+    /// Rows whose DMS timestamp lay more than [`FUTURE_TOLERANCE_MICROS`] after the file's own
+    /// time (CDC: its name; full load: when S3 says it was written) and took the file's time.
+    pub commit_ts_clamped: u64,
     /// Bytes read from the input.
     pub bytes_read: u64,
     /// Bytes written to the output.
@@ -443,6 +446,7 @@ impl Conversion {
             commit_ts_min: stats.ts_min,
             commit_ts_max: stats.ts_max,
             commit_ts_fallbacks: stats.fallbacks,
+            commit_ts_clamped: stats.clamped,
             bytes_read: input.bytes_fetched(),
             bytes_written,
             columns_copied: copied,
@@ -553,7 +557,7 @@ impl Conversion {
                     transform::apply(*t, input.as_ref()).map_err(|bad| ConvertError::BadValue {
                         column: name.clone(),
                         row: row_base + bad.row as u64,
-                        value: bad.value,
+                        value: ferry_core::text::quote_value(&bad.value),
                         reason: bad.reason.to_owned(),
                     })?
                 }
@@ -608,7 +612,7 @@ impl Conversion {
                 other => {
                     return Err(ConvertError::BadOp {
                         row: row_base + i as u64,
-                        value: other.unwrap_or("NULL").to_owned(),
+                        value: ferry_core::text::quote_value(other.unwrap_or("NULL")),
                     });
                 }
             });
@@ -740,8 +744,13 @@ fn check_counts(written: &ParquetMetaData, rows: u64) -> Result<()> {
     Ok(())
 }
 
+/// How far a row's commit time may lie after its file's own time (clock skew between the
+/// source and DMS) before it is taken as the file's time.
+pub const FUTURE_TOLERANCE_MICROS: i64 = 5 * 60 * 1_000_000;
+
 #[derive(Default)]
 struct Stats {
+    clamped: u64,
     ops: OpCounts,
     ts_min: Option<i64>,
     ts_max: Option<i64>,
@@ -756,10 +765,18 @@ fn commit_times(ts: Option<&ArrayRef>, n: usize, file_time: i64, stats: &mut Sta
         Some(s) => s
             .iter()
             .map(|v| {
-                v.and_then(|v| parser.parse(v)).unwrap_or_else(|| {
+                let t = v.and_then(|v| parser.parse(v)).unwrap_or_else(|| {
                     stats.fallbacks += 1;
                     file_time
-                })
+                });
+                // A commit after the file was written is impossible; one far after it (a forged
+                // row in year 9999) would win every later change of its key forever.
+                if file_time > 0 && t > file_time + FUTURE_TOLERANCE_MICROS {
+                    stats.clamped += 1;
+                    file_time
+                } else {
+                    t
+                }
             })
             .collect(),
         None => vec![file_time; n],

@@ -29,6 +29,7 @@ pub mod partition;
 pub mod plan;
 pub mod schema;
 pub mod sql;
+pub mod text;
 
 pub use jobid::JobId;
 pub use key::{DmsFile, DmsObject, FileKind, SkipReason, decode_event_key};

@@ -245,10 +245,52 @@ pub fn warehouse_options_from_env() -> Result<WarehouseOptions, String> {
     Ok(o)
 }
 
+/// The log filter for Lambda's `AWS_LAMBDA_LOG_LEVEL` (TRACE, DEBUG, INFO, WARN, ERROR, FATAL):
+/// the level applies to ferry's own crates only; every dependency stays at `warn`, so that
+/// raising the level never makes the HTTP, TLS or SDK crates log requests, headers or
+/// credentials. An unknown or missing level is `info`.
+pub fn log_filter(level: Option<&str>) -> String {
+    let level = match level.map(str::to_ascii_lowercase).as_deref() {
+        Some(l @ ("trace" | "debug" | "info" | "warn" | "error")) => l.to_owned(),
+        Some("fatal") => "error".to_owned(),
+        _ => "info".to_owned(),
+    };
+    let crates = [
+        "bootstrap",
+        "ferry_lambda",
+        "ferry_pipeline",
+        "ferry_convert",
+        "ferry_core",
+        "ferry_bigquery",
+        "ferry_aws",
+    ];
+    let mut filter = "warn".to_owned();
+    for c in crates {
+        filter.push_str(&format!(",{c}={level}"));
+    }
+    filter
+}
+
 /// Milliseconds since the epoch.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod log_tests {
+    #[test]
+    fn the_log_level_reaches_ferry_only() {
+        let f = super::log_filter(Some("DEBUG"));
+        assert!(f.starts_with("warn,"), "{f}");
+        assert!(
+            f.contains("ferry_bigquery=debug") && f.contains("bootstrap=debug"),
+            "{f}"
+        );
+        assert!(!f.contains("hyper") && !f.contains("aws_smithy"), "{f}");
+        assert_eq!(super::log_filter(None), super::log_filter(Some("nonsense")));
+        assert!(super::log_filter(Some("fatal")).contains("ferry_core=error"));
+    }
 }

@@ -14,8 +14,8 @@ async fn main() -> Result<(), Error> {
     let started = Instant::now();
     let json_logs =
         std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AWS_LAMBDA_LOG_LEVEL")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL").ok();
+    let filter = tracing_subscriber::EnvFilter::new(ferry_lambda::log_filter(level.as_deref()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

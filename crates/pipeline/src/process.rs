@@ -355,6 +355,12 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
         };
         event.rows = outcome.rows;
         event.commit_ts_max = outcome.commit_ts_max;
+        if outcome.commit_ts_clamped > 0 {
+            tracing::warn!(
+                rows = outcome.commit_ts_clamped,
+                "commit times after the file's own time were taken as the file's time"
+            );
+        }
         Ok(Prepared {
             source,
             table,

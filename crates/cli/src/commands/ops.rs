@@ -64,17 +64,20 @@ pub(crate) fn dlq(cmd: DlqCommand, out: &mut dyn Write, err: &mut dyn Write) -> 
                 if json {
                     writeln!(out, "{}", serde_json::to_string(d)?)?;
                 } else {
+                    // Keys and reasons come from whoever wrote to the bucket: escaped, so that
+                    // they cannot drive the terminal.
+                    let safe = ferry_core::text::escape_controls;
                     writeln!(
                         out,
                         "{}  received {}x  {}\n    {}",
-                        d.message_id,
+                        safe(&d.message_id),
                         d.receive_count,
                         if d.objects.is_empty() {
                             "(no S3 object in the body)".to_owned()
                         } else {
-                            d.objects.join(" ")
+                            safe(&d.objects.join(" "))
                         },
-                        d.reason
+                        safe(&d.reason)
                     )?;
                 }
             }
