@@ -760,3 +760,42 @@ fn a_commit_time_after_the_file_was_written_is_clamped_to_the_files_time() {
     let file_time = 1_795_688_100_123_000; // 2026-11-26T10:15:00.123Z
     assert_eq!(outcome.commit_ts_max, Some(file_time));
 }
+
+#[test]
+fn op_and_the_timestamp_column_are_found_by_name_in_any_position() {
+    let catalog = lab_catalog(|_| {});
+    // Real DMS files put the timestamp column first; Op second here. A delete must stay one.
+    let bytes = parquet_bytes(vec![
+        (
+            "dms_ts",
+            Arc::new(StringArray::from(vec![
+                "2026-11-26 10:14:00.000001",
+                "2026-11-26 10:14:00.000002",
+            ])) as ArrayRef,
+        ),
+        ("Op", Arc::new(StringArray::from(vec!["I", "D"]))),
+        (
+            "account_id",
+            Arc::new(arrow_array::UInt64Array::from(vec![1, 1])),
+        ),
+    ]);
+    let outcome = convert_bytes(&catalog, CDC_KEY, bytes, None).unwrap();
+    assert_eq!(
+        (outcome.ops.insert, outcome.ops.delete),
+        (1, 1),
+        "{:?}",
+        outcome.ops
+    );
+    assert!(!outcome.timestamp_column_missing);
+    assert!(outcome.schema.field("Op").is_none() && outcome.schema.field("dms_ts").is_none());
+    // A file without the mapped timestamp column says so.
+    let bytes = parquet_bytes(vec![
+        ("Op", Arc::new(StringArray::from(vec!["I"])) as ArrayRef),
+        (
+            "account_id",
+            Arc::new(arrow_array::UInt64Array::from(vec![1])),
+        ),
+    ]);
+    let outcome = convert_bytes(&catalog, CDC_KEY, bytes, None).unwrap();
+    assert!(outcome.timestamp_column_missing);
+}

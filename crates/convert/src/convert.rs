@@ -87,6 +87,9 @@ pub struct ConvertOutcome {
     /// Rows whose DMS timestamp lay more than [`FUTURE_TOLERANCE_MICROS`] after the file's own
     /// time (CDC: its name; full load: when S3 says it was written) and took the file's time.
     pub commit_ts_clamped: u64,
+    /// The mapping names a DMS timestamp column (`source.dms.timestamp_column`) that this file
+    /// does not have: every row took the file's time. A misconfigured endpoint or mapping.
+    pub timestamp_column_missing: bool,
     /// Bytes read from the input.
     pub bytes_read: u64,
     /// Bytes written to the output.
@@ -151,7 +154,9 @@ impl Conversion {
         for (leaf, field) in arrow_schema.fields().iter().enumerate() {
             let col = descr.column(leaf);
             let name = field.name().as_str();
-            if leaf == 0 && name == DMS_OP {
+            // Found by name wherever DMS put it (real DMS files put the timestamp column
+            // first; nothing promises `Op` a position).
+            if name == DMS_OP && op_leaf.is_none() {
                 op_leaf = Some(leaf);
                 continue;
             }
@@ -447,6 +452,8 @@ impl Conversion {
             commit_ts_max: stats.ts_max,
             commit_ts_fallbacks: stats.fallbacks,
             commit_ts_clamped: stats.clamped,
+            timestamp_column_missing: req.source.timestamp_column.is_some()
+                && self.ts_leaf.is_none(),
             bytes_read: input.bytes_fetched(),
             bytes_written,
             columns_copied: copied,

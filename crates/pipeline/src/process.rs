@@ -355,6 +355,12 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
         };
         event.rows = outcome.rows;
         event.commit_ts_max = outcome.commit_ts_max;
+        if outcome.timestamp_column_missing {
+            tracing::warn!(
+                column = source.timestamp_column.as_deref().unwrap_or(""),
+                "the mapping's DMS timestamp column is not in this file: rows take the file's time (check the endpoint's TimestampColumnName)"
+            );
+        }
         if outcome.commit_ts_clamped > 0 {
             tracing::warn!(
                 rows = outcome.commit_ts_clamped,
