@@ -35,6 +35,7 @@ use parquet::schema::types::{ColumnPath, Type, TypePtr};
 
 use crate::derive::{Action, PlanProblem, Transform, arrow_type_for, plan_column};
 use crate::error::{ConvertError, Result, classify_arrow, classify_read};
+use crate::limits::Limits;
 use crate::source::RangeReader;
 use crate::timefmt;
 use crate::transform;
@@ -124,17 +125,32 @@ pub struct Conversion {
     added: Vec<BqField>,
     op_leaf: Option<usize>,
     ts_leaf: Option<usize>,
+    limits: Limits,
 }
 
 impl Conversion {
     /// Reads the footer and plans every column. Nothing but the footer is read.
     pub fn plan(input: &RangeReader, req: &ConvertRequest<'_>) -> Result<Conversion> {
+        Conversion::plan_with(input, req, Limits::from_env())
+    }
+
+    /// [`Conversion::plan`] under explicit caps.
+    pub fn plan_with(
+        input: &RangeReader,
+        req: &ConvertRequest<'_>,
+        limits: Limits,
+    ) -> Result<Conversion> {
         let metadata = Arc::new(
             ParquetMetaDataReader::new()
                 .with_prefetch_hint(Some(64 * 1024))
                 .parse_and_finish(input)
                 .map_err(classify_read)?,
         );
+        crate::limits::check_footer(
+            &metadata,
+            parquet::file::reader::Length::len(input),
+            &limits,
+        )?;
         let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
         let arrow =
             ArrowReaderMetadata::try_new(Arc::clone(&metadata), options).map_err(classify_read)?;
@@ -253,6 +269,7 @@ impl Conversion {
             added,
             op_leaf,
             ts_leaf,
+            limits,
         })
     }
 
@@ -358,6 +375,11 @@ impl Conversion {
                 .create_column_writers(rg)
                 .map_err(ConvertError::write)?;
 
+            // The pages about to be decompressed are checked first (their headers decide the
+            // allocations).
+            for leaf in &decode_leaves {
+                crate::limits::check_pages(input, rg_meta.column(*leaf), &self.limits)?;
+            }
             let mut done = 0usize;
             let mut batches = self.batches(input, rg, &decode_leaves)?;
             while done < rg_rows {
@@ -891,4 +913,14 @@ pub fn convert<W: Write + Send>(
     out: W,
 ) -> Result<ConvertOutcome> {
     Conversion::plan(input, req)?.write(input, req, out)
+}
+
+/// [`convert`] under explicit caps.
+pub fn convert_with<W: Write + Send>(
+    input: &RangeReader,
+    req: &ConvertRequest<'_>,
+    out: W,
+    limits: Limits,
+) -> Result<ConvertOutcome> {
+    Conversion::plan_with(input, req, limits)?.write(input, req, out)
 }

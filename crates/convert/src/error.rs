@@ -79,6 +79,19 @@ pub enum ConvertError {
         /// Why.
         reason: String,
     },
+    /// The file claims more than a cap allows (rows, page sizes, decompressed bytes): refused
+    /// before anything is decoded (see [`crate::limits`]).
+    #[error("{what}: the file claims {claim}, over the cap of {cap} ({setting})")]
+    LimitExceeded {
+        /// What the claim is about.
+        what: String,
+        /// What the file claims.
+        claim: u64,
+        /// The cap.
+        cap: u64,
+        /// The setting that raises the cap.
+        setting: String,
+    },
     /// Writing the output failed.
     #[error("writing the converted file failed: {message}")]
     Write {

@@ -14,6 +14,7 @@
 //! - [`convert`]: the streaming converter.
 //! - [`concat`]: several converted files of a table as one, chunks copied (one load job).
 //! - [`error`]: errors, retryable or permanent.
+//! - [`limits`]: what a file may claim (rows, page sizes), checked before decoding.
 //! - `timefmt`: date and time text.
 
 pub mod canonical;
@@ -21,12 +22,14 @@ pub mod concat;
 pub mod convert;
 mod derive;
 pub mod error;
+pub mod limits;
 pub mod source;
 mod timefmt;
 mod transform;
 
 pub use concat::concat;
-pub use convert::{Conversion, ConvertOutcome, ConvertRequest, convert};
+pub use convert::{Conversion, ConvertOutcome, ConvertRequest, convert, convert_with};
 pub use error::ConvertError;
 pub use ferry_core::schema::OpCounts;
+pub use limits::Limits;
 pub use source::{RangeReader, RangeSource};
