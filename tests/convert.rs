@@ -800,78 +800,17 @@ fn op_and_the_timestamp_column_are_found_by_name_in_any_position() {
     assert!(outcome.timestamp_column_missing);
 }
 
-/// A snappy CDC file of `rows` rows whose `Op` column is the last one.
-fn snappy_cdc(rows: usize) -> Vec<u8> {
-    use parquet::basic::Compression;
-    use parquet::file::properties::WriterProperties;
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("dms_ts", DataType::Utf8, true),
-        Field::new("account_id", DataType::UInt64, true),
-        Field::new("Op", DataType::Utf8, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![
-            Arc::new(StringArray::from_iter_values(
-                (0..rows).map(|i| format!("2026-11-26 10:14:00.{i:06}")),
-            )),
-            Arc::new(arrow_array::UInt64Array::from_iter_values(0..rows as u64)),
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-                "U", rows,
-            ))),
-        ],
-    )
-    .unwrap();
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_dictionary_enabled(false)
-        .build();
-    let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props)).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    buf
-}
-
-fn zigzag_varint(v: i64) -> Vec<u8> {
-    let mut n = ((v << 1) ^ (v >> 63)) as u64;
-    let mut out = Vec::new();
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return out;
-        }
-        out.push(b | 0x80);
-    }
-}
-
 #[test]
-fn a_page_claiming_2_gib_uncompressed_is_refused_before_anything_is_decoded() {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
+fn crafted_claims_are_refused_before_anything_is_decoded() {
+    use ferry_tests::crafted;
     let catalog = lab_catalog(|_| {});
-    let mut file = snappy_cdc(100);
-    // The Op column's first page header: type (field 1), then uncompressed_page_size (field 2).
-    let start = {
-        let reader = SerializedFileReader::new(Bytes::from(file.clone())).unwrap();
-        let col = reader.metadata().row_group(0).column(2);
-        assert_eq!(col.column_path().string(), "Op");
-        col.byte_range().0 as usize
-    };
-    assert_eq!(
-        &file[start..start + 3],
-        &[0x15, 0x00, 0x15],
-        "a DATA_PAGE header"
-    );
-    let old_len = file[start + 3..]
-        .iter()
-        .position(|b| b & 0x80 == 0)
-        .unwrap()
-        + 1;
-    let claim = zigzag_varint(i64::from(i32::MAX));
-    file.splice(start + 3..start + 3 + old_len, claim);
-    let e = convert_bytes(&catalog, CDC_KEY, Bytes::from(file), None).unwrap_err();
+    let e = convert_bytes(
+        &catalog,
+        CDC_KEY,
+        Bytes::from(crafted::page_claims_2_gib()),
+        None,
+    )
+    .unwrap_err();
     assert!(!e.is_retryable());
     let m = e.to_string();
     assert!(
@@ -880,6 +819,25 @@ fn a_page_claiming_2_gib_uncompressed_is_refused_before_anything_is_decoded() {
             && m.contains("FERRY_MAX_PAGE_MIB"),
         "{m}"
     );
+    // A footer claiming 50M rows over 10 real ones: a clear permanent error, no allocation to
+    // the claim's size.
+    let e = convert_bytes(
+        &catalog,
+        CDC_KEY,
+        Bytes::from(crafted::footer_claims_rows(50_000_000)),
+        None,
+    )
+    .unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    // Over the row cap, it is refused from the footer alone.
+    let e = convert_bytes(
+        &catalog,
+        CDC_KEY,
+        Bytes::from(crafted::footer_claims_rows(600_000_000)),
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("FERRY_MAX_ROWS_PER_FILE"), "{e}");
 }
 
 #[test]
@@ -894,7 +852,7 @@ fn claims_over_the_caps_are_refused_naming_the_cap_and_the_setting() {
         object_time_micros: None,
         known: None,
     };
-    let file = Bytes::from(snappy_cdc(50_000));
+    let file = Bytes::from(ferry_tests::crafted::snappy_cdc(50_000));
     let run = |limits: Limits| {
         ferry_convert::convert_with(
             &RangeReader::new(Arc::new(file.clone())),

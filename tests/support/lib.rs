@@ -4,6 +4,7 @@
 
 pub mod bqrules;
 pub mod bqserver;
+pub mod crafted;
 pub mod stand_ins;
 
 use std::path::{Path, PathBuf};

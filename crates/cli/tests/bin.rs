@@ -5,6 +5,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+#[path = "../../../tests/support/crafted.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod crafted;
+
 fn ferry() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferry"))
 }
@@ -118,74 +122,41 @@ fn a_killed_run_resumes_without_loss_or_duplicates() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A snappy CDC file of the test mapping's `lab.accounts` whose `Op` page header claims
-/// 2 GiB uncompressed (the header patched; the file is otherwise valid).
-fn crafted_2_gib_page() -> Vec<u8> {
-    use std::sync::Arc;
-
-    use arrow_array::{RecordBatch, StringArray, UInt64Array};
-    use arrow_schema::{DataType, Field, Schema};
-    use parquet::arrow::ArrowWriter;
-    use parquet::file::properties::WriterProperties;
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("dms_ts", DataType::Utf8, true),
-        Field::new("account_id", DataType::UInt64, true),
-        Field::new("Op", DataType::Utf8, true),
-    ]));
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
-        vec![
-            Arc::new(StringArray::from(vec!["2026-11-26 10:14:00.000001"; 10])),
-            Arc::new(UInt64Array::from_iter_values(0..10)),
-            Arc::new(StringArray::from(vec!["U"; 10])),
-        ],
-    )
-    .unwrap();
-    let props = WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .set_dictionary_enabled(false)
-        .build();
-    let mut file = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut file, schema, Some(props)).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    let reader = SerializedFileReader::new(bytes::Bytes::from(file.clone())).unwrap();
-    let start = reader.metadata().row_group(0).column(2).byte_range().0 as usize;
-    assert_eq!(&file[start..start + 3], &[0x15, 0x00, 0x15]);
-    let old = file[start + 3..]
-        .iter()
-        .position(|b| b & 0x80 == 0)
-        .unwrap()
-        + 1;
-    // zigzag(i32::MAX) as a varint.
-    file.splice(start + 3..start + 3 + old, [0xfe, 0xff, 0xff, 0xff, 0x0f]);
-    file
-}
-
 #[test]
-fn a_crafted_file_is_refused_cleanly_under_a_1_5_gib_address_space_limit() {
+fn crafted_files_are_refused_cleanly_under_a_1_5_gib_address_space_limit() {
     let dir = std::env::temp_dir().join(format!("ferry-crafted-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let input = dir.join("crafted.parquet");
-    std::fs::write(&input, crafted_2_gib_page()).unwrap();
     let mappings = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/convert");
-    let script = format!(
-        "ulimit -v 1572864; exec '{}' convert --mappings '{}' --key lab/dms/lab/accounts/20261126-101500123.parquet '{}' '{}'",
-        env!("CARGO_BIN_EXE_ferry"),
-        mappings.display(),
-        input.display(),
-        dir.join("out.parquet").display()
-    );
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // A clean refusal: exit code 1 (not a signal, not an abort), naming the cap.
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("FERRY_MAX_PAGE_MIB"), "{stderr}");
-    assert!(!dir.join("out.parquet").exists(), "no output left behind");
+    for (name, bytes, needle) in [
+        ("page", crafted::page_claims_2_gib(), "FERRY_MAX_PAGE_MIB"),
+        (
+            "rows",
+            crafted::footer_claims_rows(50_000_000),
+            "permanent error",
+        ),
+    ] {
+        let input = dir.join(format!("{name}.parquet"));
+        let output = dir.join(format!("{name}.out.parquet"));
+        std::fs::write(&input, bytes).unwrap();
+        let script = format!(
+            "ulimit -v 1572864; exec '{}' convert --mappings '{}' --key '{}' '{}' '{}'",
+            env!("CARGO_BIN_EXE_ferry"),
+            mappings.display(),
+            crafted::KEY,
+            input.display(),
+            output.display()
+        );
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A clean refusal: exit code 1 (not a signal, not an abort), saying why.
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(needle), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        assert!(!output.exists(), "{name}: no output left behind");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

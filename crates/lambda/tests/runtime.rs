@@ -13,6 +13,9 @@ mod bqrules;
 #[path = "../../../tests/support/bqserver.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod bqserver;
+#[path = "../../../tests/support/crafted.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod crafted;
 #[path = "../../../tests/support/stand_ins.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod stand_ins;
@@ -208,6 +211,8 @@ fn bootstrap_answers_a_real_invocation_with_the_partial_batch_response() {
         .files[0]
         .clone();
     let corrupt = "slots/account/slots_account/players/20261126-235900000.parquet";
+    // A crafted object: a valid file whose Op page header claims 2 GiB.
+    let crafted_key = "slots/account/slots_account/players/20261126-235800000.parquet";
     let dlq = rt.block_on(async {
         let (s3, sqs) = stand_ins::moto_clients().await;
         s3.create_bucket().bucket(BUCKET).send().await.unwrap();
@@ -225,6 +230,13 @@ fn bootstrap_answers_a_real_invocation_with_the_partial_batch_response() {
             .bucket(BUCKET)
             .key(corrupt)
             .body(b"not parquet".to_vec().into())
+            .send()
+            .await
+            .unwrap();
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(crafted_key)
+            .body(crafted::page_claims_2_gib().into())
             .send()
             .await
             .unwrap();
@@ -246,10 +258,15 @@ fn bootstrap_answers_a_real_invocation_with_the_partial_batch_response() {
         Fault::JobFailsOn("wallets", "backendError"),
         Fault::Http(Route::GetJob, 503, "backendError"),
     ]);
-    let event = json!({"Records": [message("m-players", &players), message("m-corrupt", corrupt), message("m-wallets", &wallets)]});
+    let event = json!({"Records": [message("m-players", &players), message("m-corrupt", corrupt), message("m-crafted", crafted_key), message("m-wallets", &wallets)]});
     let seen = Arc::new(Mutex::new(Seen::default()));
     let api = runtime_api(event, seen.clone());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
+    // Under a 1.5 GiB address-space limit: a file that made the loader allocate what it claims
+    // would abort the process and lose the whole batch.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1572864; exec \"$0\"")
+        .arg(env!("CARGO_BIN_EXE_bootstrap"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("AWS_LAMBDA_RUNTIME_API", &api)
@@ -332,6 +349,15 @@ fn bootstrap_answers_a_real_invocation_with_the_partial_batch_response() {
     assert!(
         lines.iter().any(|l| l["message"] == "object failed"
             && l["reason"].as_str().is_some_and(|r| r.contains(corrupt))),
+        "{out}"
+    );
+    // The crafted object was refused by the caps, dead-lettered (not in batchItemFailures), and
+    // the rest of the batch went on.
+    assert!(
+        lines.iter().any(|l| l["message"] == "object failed"
+            && l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(crafted_key) && r.contains("FERRY_MAX_PAGE_MIB"))),
         "{out}"
     );
     assert!(
