@@ -28,8 +28,10 @@ pub struct Limits {
     /// Rows in one file (`FERRY_MAX_ROWS_PER_FILE`, default 500,000,000: DMS cuts full-load
     /// files at `MaxFileSize`, 1 GB by default).
     pub max_rows_per_file: u64,
-    /// Rows in one row group (`FERRY_MAX_ROWS_PER_ROW_GROUP`, default 100,000,000; DMS's
-    /// `RowGroupLength` defaults to 10,000).
+    /// Rows in one row group (`FERRY_MAX_ROWS_PER_ROW_GROUP`, default 32,000,000; DMS's
+    /// `RowGroupLength` defaults to 10,000). The metadata columns ferry encodes for a row group
+    /// are buffered until it closes, about 15 bytes per row (2^24 rows measured at 250 MB peak),
+    /// so this cap keeps a 1 GB Lambda safe.
     pub max_rows_per_row_group: u64,
     /// Uncompressed bytes of one page (`FERRY_MAX_PAGE_MIB`, default 128 MiB; DMS writes
     /// pages of about 1 MiB).
@@ -43,7 +45,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_rows_per_file: 500_000_000,
-            max_rows_per_row_group: 100_000_000,
+            max_rows_per_row_group: 32_000_000,
             max_page_bytes: 128 << 20,
             max_compression_ratio: 1_100,
         }
