@@ -571,3 +571,64 @@ fn a_cdc_file_with_no_rows_loads_and_changes_nothing() {
     assert_eq!((second.loaded, second.dead_lettered), (1, 0), "{second:?}");
     assert_eq!(mismatches(&p, &estate.manifest), Vec::<String>::new());
 }
+
+#[test]
+fn an_unusable_service_account_key_reaches_no_dead_letter_reason() {
+    use ferry_bigquery::{Auth, BigQueryWarehouse, Client, ClientConfig, WarehouseOptions};
+    let estate = Estate::new("local-bad-key");
+    let rt = ferry_tests::runtime();
+    // Structurally a PKCS#8 key (it passes cold start), but no key at all.
+    let line = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQDKEYMATERIAL0";
+    let body: Vec<&str> = std::iter::repeat_n(line, 20).collect();
+    let key = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        body.join("\n")
+    );
+    let doc = serde_json::json!({
+        "type": "service_account", "project_id": "p", "private_key_id": "k", "private_key": key,
+        "client_email": "ferry@p.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    let auth = rt
+        .block_on(async { Auth::from_credentials_json(&doc.to_string()) })
+        .unwrap();
+    let server = ferry_tests::bqserver::BqServer::start(None);
+    let config = ClientConfig {
+        base_url: server.url.clone(),
+        max_tries: 1,
+        ..ClientConfig::default()
+    };
+    let client = Client::new(config, auth, "acme-analytics").unwrap();
+    let warehouse =
+        BigQueryWarehouse::new(client, rt.handle().clone(), WarehouseOptions::default());
+    let dlq = SqliteWarehouse::open(&estate.dir.path().join("bad-key.sqlite")).unwrap();
+    let p = Pipeline {
+        catalog: Arc::new(estate.catalog.clone()),
+        store: DirStore::new(estate.bucket()),
+        warehouse,
+        work_dir: estate.dir.path().join("work"),
+    };
+    let key_name = estate.manifest.tables[0].files[0].clone();
+    let event = SqsEvent {
+        records: vec![SqsMessage {
+            message_id: "m0".into(),
+            body: s3_event_body("ferry-test", &key_name, 1, "x", "2026-11-26T00:00:00Z"),
+            attributes: Default::default(),
+            receipt_handle: String::new(),
+            event_source_arn: String::new(),
+        }],
+    };
+    let report =
+        std::thread::spawn(move || handle_batch(&p, &dlq, &event, HandlerOptions::default()))
+            .join()
+            .unwrap();
+    let reasons: Vec<&String> = report.dead_lettered.iter().map(|(_, r)| r).collect();
+    assert_eq!(reasons.len(), 1, "{report:?}");
+    assert!(reasons[0].contains("service_account"), "{}", reasons[0]);
+    assert!(
+        !reasons[0].contains("KEYMATERIAL"),
+        "key material in {}",
+        reasons[0]
+    );
+    assert!(!format!("{report:?}").contains("KEYMATERIAL"));
+}
