@@ -723,7 +723,8 @@ fn a_full_load_file_of_3m_rows_in_one_row_group_converts_with_every_column_compl
     )
     .unwrap();
     assert_eq!((outcome.rows, outcome.row_groups), (rows as u64, 1));
-    let reader = parquet::file::reader::SerializedFileReader::new(Bytes::from(out)).unwrap();
+    let out_bytes = Bytes::from(out);
+    let reader = parquet::file::reader::SerializedFileReader::new(out_bytes.clone()).unwrap();
     use parquet::file::reader::FileReader;
     let meta = reader.metadata();
     assert_eq!(meta.file_metadata().num_rows(), rows as i64);
@@ -732,6 +733,29 @@ fn a_full_load_file_of_3m_rows_in_one_row_group_converts_with_every_column_compl
             assert_eq!(c.num_values(), rg.num_rows(), "{}", c.column_path());
         }
     }
+    // The values round-trip: every id in order, every constant column complete.
+    drop(reader);
+    let bytes = out_bytes;
+    let mut next_id: u64 = 0;
+    let builder =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+    for batch in builder.with_batch_size(1 << 20).build().unwrap() {
+        let batch = batch.unwrap();
+        let ids = batch
+            .column_by_name("account_id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::Decimal128Array>()
+            .map(|a| a.iter().map(|v| v.unwrap() as u64).collect::<Vec<_>>())
+            .unwrap();
+        for id in ids {
+            assert_eq!(id, next_id);
+            next_id += 1;
+        }
+        let files = batch.column_by_name("_ferry_file").unwrap();
+        assert_eq!(files.null_count(), 0);
+    }
+    assert_eq!(next_id, rows as u64);
 }
 
 #[test]
