@@ -931,6 +931,21 @@ fn test_server_a_409_for_a_job_not_visible_yet_is_looked_up_again_not_skipped() 
 
 // ---- one writer per replica: the apply lock ----
 
+/// Two invocations apply the test table's replica at the same moment.
+fn apply_at_once(f: &Fixture, warehouses: [&BigQueryWarehouse; 2]) {
+    let table = f.catalog.source("games").unwrap().tables[0].clone();
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        for w in warehouses {
+            let (table, barrier) = (&table, &barrier);
+            s.spawn(move || {
+                barrier.wait();
+                w.apply(table).unwrap();
+            });
+        }
+    });
+}
+
 /// Two invocations (two warehouses, as two Lambda processes) load files of one table, then
 /// apply its replica at the same moment; the strict server records every overlap of mutating
 /// statements on a table, which is where BigQuery's snapshot isolation inserts a new key twice.
@@ -948,17 +963,7 @@ fn race(lock: Option<Arc<dyn ferry_pipeline::ports::ApplyLock>>) -> Vec<String> 
     let (a, b) = (make(), make());
     load(&f, &a, &key(40), "e", &bytes(40)).unwrap();
     load(&f, &b, &key(41), "e", &bytes(41)).unwrap();
-    let table = f.catalog.source("games").unwrap().tables[0].clone();
-    let barrier = std::sync::Barrier::new(2);
-    std::thread::scope(|s| {
-        for w in [&a, &b] {
-            let (table, barrier) = (&table, &barrier);
-            s.spawn(move || {
-                barrier.wait();
-                w.apply(table).unwrap();
-            });
-        }
-    });
+    apply_at_once(&f, [&a, &b]);
     let st = server.state.lock().unwrap();
     let merges = st.queries.iter().filter(|q| q.starts_with("MERGE")).count();
     assert_eq!(merges, 4, "each invocation applied (tombstones, replica)");
@@ -1106,17 +1111,7 @@ fn test_server_a_merge_that_loses_a_concurrent_update_is_retried() {
     let (a, b) = (patient(), patient());
     load(&f, &a, &key(57), "e", &bytes(57)).unwrap();
     load(&f, &b, &key(58), "e", &bytes(58)).unwrap();
-    let table = f.catalog.source("games").unwrap().tables[0].clone();
-    let barrier = std::sync::Barrier::new(2);
-    std::thread::scope(|s| {
-        for w in [&a, &b] {
-            let (table, barrier) = (&table, &barrier);
-            s.spawn(move || {
-                barrier.wait();
-                w.apply(table).unwrap();
-            });
-        }
-    });
+    apply_at_once(&f, [&a, &b]);
     let st = server.state.lock().unwrap();
     assert!(
         st.refusals
@@ -1165,7 +1160,6 @@ fn test_server_a_column_added_by_another_writer_makes_the_load_retry_with_the_fr
 /// A converted file of object `n` inserting keys `ids` (commit time `ts`).
 fn inserts(n: u32, ids: &[i64], ts: i64) -> Converted {
     use arrow_array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
-    use arrow_schema::{Field, Schema};
     let rows = ids.len();
     let text = |v: String| Arc::new(StringArray::from(vec![v; rows])) as ArrayRef;
     let columns: Vec<(&str, ArrayRef)> = vec![
@@ -1183,21 +1177,12 @@ fn inserts(n: u32, ids: &[i64], ts: i64) -> Converted {
         (meta::SOURCE, text("games".into())),
         ("id", Arc::new(Int64Array::from(ids.to_vec()))),
     ];
-    let fields: Vec<Field> = columns
+    let required: Vec<&str> = columns
         .iter()
-        .map(|(name, a)| Field::new(*name, a.data_type().clone(), *name == "id"))
+        .map(|(n, _)| *n)
+        .filter(|n| *n != "id")
         .collect();
-    let schema = Arc::new(Schema::new(fields));
-    let batch = arrow_array::RecordBatch::try_new(
-        schema.clone(),
-        columns.into_iter().map(|(_, a)| a).collect(),
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    Converted::InMemory(Bytes::from(buf))
+    Converted::InMemory(Bytes::from(ferry_tests::parquet_file(columns, &required)))
 }
 
 #[test]
@@ -1220,17 +1205,7 @@ fn bqemulator_two_invocations_inserting_the_same_new_keys_leave_one_replica_row_
     // full-load row and its CDC insert arriving through two invocations).
     load(&f, &a, &key(30), "e", &inserts(30, &[1, 2, 3], 1)).unwrap();
     load(&f, &b, &key(31), "e", &inserts(31, &[1, 2, 3], 2)).unwrap();
-    let table = f.catalog.source("games").unwrap().tables[0].clone();
-    let barrier = std::sync::Barrier::new(2);
-    std::thread::scope(|s| {
-        for w in [&a, &b] {
-            let (table, barrier) = (&table, &barrier);
-            s.spawn(move || {
-                barrier.wait();
-                w.apply(table).unwrap();
-            });
-        }
-    });
+    apply_at_once(&f, [&a, &b]);
     let rows = f
         .rt
         .block_on(a.client().query(

@@ -8,8 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
-use arrow_schema::{Field, Schema};
+use arrow_array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
 use bytes::Bytes;
 use ferry_bigquery::client::{QueryResult, Upload};
 use ferry_bigquery::warehouse::request_id;
@@ -91,21 +90,7 @@ fn refused(r: Result<QueryResult, BqError>, status: u16, reason: &str, needle: &
 }
 
 fn parquet(columns: Vec<(&str, ArrayRef)>) -> Vec<u8> {
-    let fields: Vec<Field> = columns
-        .iter()
-        .map(|(n, a)| Field::new(*n, a.data_type().clone(), true))
-        .collect();
-    let schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(
-        schema.clone(),
-        columns.into_iter().map(|(_, a)| a).collect(),
-    )
-    .unwrap();
-    let mut buf = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    buf
+    ferry_tests::parquet_file(columns, &[])
 }
 
 #[test]

@@ -414,6 +414,26 @@ fn convert_source(
     convert(&RangeReader::new(source), &request, Vec::new())
 }
 
+/// Converts `input` as object `key` of a new table; the outcome and the converted bytes.
+fn convert_out(catalog: &Catalog, key: &str, input: Vec<u8>) -> (ConvertOutcome, Vec<u8>) {
+    let (src, object, table) = lookup(catalog, key);
+    let request = ConvertRequest {
+        source: src,
+        table,
+        object: &object,
+        object_time_micros: None,
+        known: None,
+    };
+    let mut out = Vec::new();
+    let outcome = convert(
+        &RangeReader::new(Arc::new(Bytes::from(input))),
+        &request,
+        &mut out,
+    )
+    .unwrap();
+    (outcome, out)
+}
+
 const CDC_KEY: &str = "lab/dms/lab/accounts/20261126-101500123.parquet";
 
 fn cdc_columns(op: &str, cutoff: &str) -> Vec<(&'static str, ArrayRef)> {
@@ -586,21 +606,7 @@ fn a_file_without_rows_converts_to_a_loadable_empty_file() {
         .unwrap()
         .close()
         .unwrap();
-    let (src, object, table) = lookup(&catalog, CDC_KEY);
-    let request = ConvertRequest {
-        source: src,
-        table,
-        object: &object,
-        object_time_micros: None,
-        known: None,
-    };
-    let mut out = Vec::new();
-    let outcome = convert(
-        &RangeReader::new(Arc::new(Bytes::from(buf))),
-        &request,
-        &mut out,
-    )
-    .unwrap();
+    let (outcome, out) = convert_out(&catalog, CDC_KEY, buf);
     assert_eq!((outcome.rows, outcome.row_groups), (0, 0));
     assert!(read_rows(out.into()).is_empty());
 }
@@ -707,21 +713,7 @@ fn a_full_load_file_of_3m_rows_in_one_row_group_converts_with_every_column_compl
     w.write(&batch).unwrap();
     w.close().unwrap();
     drop(batch);
-    let (src, object, table) = lookup(&catalog, "lab/dms/lab/accounts/LOAD00000001.parquet");
-    let request = ConvertRequest {
-        source: src,
-        table,
-        object: &object,
-        object_time_micros: None,
-        known: None,
-    };
-    let mut out = Vec::new();
-    let outcome = convert(
-        &RangeReader::new(Arc::new(Bytes::from(buf))),
-        &request,
-        &mut out,
-    )
-    .unwrap();
+    let (outcome, out) = convert_out(&catalog, "lab/dms/lab/accounts/LOAD00000001.parquet", buf);
     assert_eq!((outcome.rows, outcome.row_groups), (rows as u64, 1));
     let out_bytes = Bytes::from(out);
     let reader = parquet::file::reader::SerializedFileReader::new(out_bytes.clone()).unwrap();

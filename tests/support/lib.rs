@@ -76,3 +76,24 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A parquet file of the given columns, one row group; a column is REQUIRED when `required`
+/// names it.
+pub fn parquet_file(columns: Vec<(&str, arrow_array::ArrayRef)>, required: &[&str]) -> Vec<u8> {
+    use std::sync::Arc;
+    let fields: Vec<arrow_schema::Field> = columns
+        .iter()
+        .map(|(n, a)| arrow_schema::Field::new(*n, a.data_type().clone(), !required.contains(n)))
+        .collect();
+    let schema = Arc::new(arrow_schema::Schema::new(fields));
+    let batch = arrow_array::RecordBatch::try_new(
+        Arc::clone(&schema),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    buf
+}

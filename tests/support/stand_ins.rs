@@ -154,16 +154,22 @@ pub fn moto() -> &'static str {
     })
 }
 
-/// S3 (path-style) and SQS clients of the real AWS SDK pointed at moto (started if needed).
-pub async fn moto_clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+/// The AWS SDK's configuration for moto (started if needed): its endpoint, a region, static
+/// test credentials.
+pub async fn moto_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(moto())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_s3::config::Credentials::new(
             "test", "test", None, None, "tests",
         ))
         .load()
-        .await;
+        .await
+}
+
+/// S3 (path-style) and SQS clients of the real AWS SDK pointed at moto (started if needed).
+pub async fn moto_clients() -> (aws_sdk_s3::Client, aws_sdk_sqs::Client) {
+    let config = moto_config().await;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&config)
             .force_path_style(true)
@@ -178,14 +184,7 @@ pub async fn moto_lock_table(table: &str) -> aws_sdk_dynamodb::Client {
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
     };
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(moto())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .load()
-        .await;
+    let config = moto_config().await;
     let client = aws_sdk_dynamodb::Client::new(&config);
     let created = client
         .create_table()

@@ -225,17 +225,7 @@ pub fn json_columns(table: &TableMapping) -> Vec<&str> {
 /// and `_ferry_invalid_json` where the table has JSON columns.
 pub fn replica_fields(table: &TableMapping, changelog: &TableSchema) -> Vec<BqField> {
     let json = json_columns(table);
-    let mut fields: Vec<BqField> = changelog
-        .fields
-        .iter()
-        .map(|f| match json.contains(&f.name.as_str()) {
-            true => BqField {
-                bq_type: BqType::Json,
-                ..f.clone()
-            },
-            false => f.clone(),
-        })
-        .collect();
+    let mut fields = in_replica(table, &changelog.fields);
     fields.push(BqField {
         name: DELETED.to_owned(),
         bq_type: BqType::Bool,
@@ -253,6 +243,21 @@ pub fn replica_fields(table: &TableMapping, changelog: &TableSchema) -> Vec<BqFi
         });
     }
     fields
+}
+
+/// Change-log columns as the replica has them: JSON-hinted ones as JSON, the rest unchanged.
+pub fn in_replica(table: &TableMapping, changelog: &[BqField]) -> Vec<BqField> {
+    let json = json_columns(table);
+    changelog
+        .iter()
+        .map(|f| match json.contains(&f.name.as_str()) {
+            true => BqField {
+                bq_type: BqType::Json,
+                ..f.clone()
+            },
+            false => f.clone(),
+        })
+        .collect()
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for a replica and (hard deletes) its tombstone table.
@@ -351,7 +356,6 @@ pub fn table_statements(
         create_changelog(table, first)?,
     ];
     out.extend(create_replica(table, first)?);
-    let json = json_columns(table);
     for pair in schemas.windows(2) {
         let added: Vec<BqField> = pair[1]
             .fields
@@ -364,17 +368,7 @@ pub fn table_statements(
             .collect();
         out.extend(add_columns(&table.changelog, &added));
         if let Some(replica) = &table.replica {
-            let replica_added: Vec<BqField> = added
-                .iter()
-                .map(|f| match json.contains(&f.name.as_str()) {
-                    true => BqField {
-                        bq_type: BqType::Json,
-                        ..f.clone()
-                    },
-                    false => f.clone(),
-                })
-                .collect();
-            out.extend(add_columns(replica, &replica_added));
+            out.extend(add_columns(replica, &in_replica(table, &added)));
         }
     }
     Ok(out)

@@ -178,18 +178,7 @@ impl BigQueryWarehouse {
                 .map(|r| r.contains(replica))
                 .unwrap_or(false);
             if ready {
-                let json = sql::json_columns(table);
-                let added: Vec<BqField> = missing
-                    .iter()
-                    .map(|f| match json.contains(&f.name.as_str()) {
-                        true => BqField {
-                            bq_type: ferry_core::bqtype::BqType::Json,
-                            ..f.clone()
-                        },
-                        false => f.clone(),
-                    })
-                    .collect();
-                if let Some(alter) = sql::add_columns(replica, &added) {
+                if let Some(alter) = sql::add_columns(replica, &sql::in_replica(table, &missing)) {
                     self.run(&alter, location, "ddl").await?;
                 }
             } else {
