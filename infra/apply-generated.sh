@@ -5,6 +5,7 @@
 #  2. each DMS task's table mappings (infra/dms/<source>.table-mappings.json): the task is
 #     stopped, modified and resumed; tables new to the selection are reloaded (full load).
 # DMS_TASK_ARNS: JSON object, source name -> replication task ARN, for this stage.
+# EVENT_SOURCE: `notifications` (default) or `eventbridge`, as the stack was deployed.
 set -euo pipefail
 stage="${1:?usage: infra/apply-generated.sh STAGE}"
 cd "$(dirname "$0")/.."
@@ -19,6 +20,26 @@ queue_arn="$(aws cloudformation describe-stacks --stack-name "ferry-${stage}" \
 # bucket-notification` exits 1, changing nothing, if another stage (or anything not ferry's)
 # receives an overlapping prefix's events: a dev deploy never redirects production's.
 mapfile -t buckets < <(python3 -c 'import json; print("\n".join(sorted({n["Bucket"] for n in json.load(open("infra/generated/deploy.json"))["notifications"]})))')
+# EVENT_SOURCE=eventbridge (the stack deployed with --param=eventSource=eventbridge): the buckets
+# send every event to EventBridge, where the stack's rule picks the mapped folders'; the bucket's
+# other notifications are kept.
+if [[ "${EVENT_SOURCE:-notifications}" == eventbridge ]]; then
+  for bucket in "${buckets[@]}"; do
+    aws s3api get-bucket-notification-configuration --bucket "$bucket" --output json > "$work/current.json"
+    python3 - "$work/current.json" > "$work/merged.json" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read().strip()
+current = json.loads(text) if text else {}
+current.pop("ResponseMetadata", None)
+current["EventBridgeConfiguration"] = {}
+json.dump(current, sys.stdout)
+PY
+    aws s3api put-bucket-notification-configuration --bucket "$bucket" \
+      --notification-configuration "file://$work/merged.json"
+    echo "bucket $bucket sends its events to EventBridge"
+  done
+  buckets=()
+fi
 for bucket in "${buckets[@]}"; do
   aws s3api get-bucket-notification-configuration --bucket "$bucket" --output json > "$work/current.json"
   ferry deploy bucket-notification --mappings mappings --bucket "$bucket" --stage "$stage" \

@@ -170,8 +170,45 @@ def template_problems(t):
         for qpol in policies
         for st in qpol["Properties"]["PolicyDocument"]["Statement"]
     )
-    if not allows_s3:
+    allows_rule = any(
+        st.get("Principal", {}).get("Service") == "events.amazonaws.com"
+        for qpol in policies
+        for st in qpol["Properties"]["PolicyDocument"]["Statement"]
+    )
+    if not allows_s3 and not allows_rule:
         problems.append("no queue policy lets the DMS bucket (and only it) send notifications")
+    return problems
+
+
+def eventbridge_problems(t):
+    """The EventBridge variant: a rule for the mapped prefixes' Object Created events of the DMS
+    buckets, targeting the loader's queue, and a queue policy letting only that rule send."""
+    problems = []
+    rules = resources_of(t, "AWS::Events::Rule")
+    if len(rules) != 1:
+        return [f"eventbridge: expected one EventBridge rule, found {len(rules)}"]
+    (rule_id, rule), = rules.items()
+    p = rule["Properties"]
+    pattern = p.get("EventPattern", {})
+    if pattern.get("source") != ["aws.s3"] or pattern.get("detail-type") != ["Object Created"]:
+        problems.append("eventbridge: the rule does not match S3 Object Created events only")
+    prefixes = {k.get("prefix") for k in pattern.get("detail", {}).get("object", {}).get("key", [])}
+    wanted = {pfx for _, pfx in mapped_prefixes()}
+    if prefixes != wanted or "" in prefixes:
+        problems.append(f"eventbridge: the rule's key prefixes {sorted(prefixes)} are not exactly the mapped folders {sorted(wanted)}")
+    buckets = set(pattern.get("detail", {}).get("bucket", {}).get("name", []))
+    if buckets != {b for b, _ in mapped_prefixes()}:
+        problems.append(f"eventbridge: the rule's buckets {sorted(buckets)} are not the mapped buckets")
+    targets = p.get("Targets", [])
+    if [ref_name(x.get("Arn")) for x in targets] != ["LoaderQueue"]:
+        problems.append("eventbridge: the rule does not target the loader's queue (only)")
+    allowed = [
+        st for qpol in resources_of(t, "AWS::SQS::QueuePolicy").values()
+        for st in qpol["Properties"]["PolicyDocument"]["Statement"]
+        if isinstance(st, dict) and st.get("Principal", {}).get("Service") == "events.amazonaws.com"
+    ]
+    if not any(ref_name(st.get("Condition", {}).get("ArnEquals", {}).get("aws:SourceArn")) == rule_id for st in allowed):
+        problems.append("eventbridge: no queue policy lets the rule (and only it) send")
     return problems
 
 
@@ -286,7 +323,8 @@ def main():
     serverless = sys.argv[1]
     failures = []
     with tempfile.TemporaryDirectory(prefix="ferry-deploy-") as work:
-        for rel in ("serverless.yml", "infra/generated/deploy.json"):
+        for rel in ("serverless.yml", "infra/generated/deploy.json", "infra/events-notifications.yml",
+                    "infra/events-eventbridge.yml"):
             os.makedirs(os.path.dirname(os.path.join(work, rel)) or work, exist_ok=True)
             shutil.copy(os.path.join(ROOT, rel), os.path.join(work, rel))
         artifact = os.path.join(work, "target/lambda/bootstrap/bootstrap.zip")
@@ -313,7 +351,33 @@ def main():
                     found = template_problems(broken)
                     if not any(name.lower() in p.lower() for p in found):
                         failures.append(f"breaking '{name}' went unnoticed (found: {found})")
+            if stage == "dev" and resources_of(template, "AWS::Events::Rule"):
+                failures.append("dev: an EventBridge rule exists although eventSource is notifications")
             print(f"ok: serverless package --stage {stage}, cfn-lint, invariants")
+        # The EventBridge variant of the same stack.
+        out = subprocess.run([serverless, "package", "--stage", "dev", "--param=eventSource=eventbridge"],
+                             cwd=work, env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            failures.append(f"serverless package (eventbridge) failed:\n{out.stdout}\n{out.stderr}")
+        else:
+            path = os.path.join(work, ".serverless", "cloudformation-template-update-stack.json")
+            lint = subprocess.run([os.path.join(VENV_BIN, "cfn-lint"), path], capture_output=True, text=True)
+            if lint.returncode != 0:
+                failures.append(f"cfn-lint (eventbridge):\n{lint.stdout}{lint.stderr}")
+            with open(path) as f:
+                template = json.load(f)
+            failures += [f"eventbridge: {p}" for p in template_problems(template)]
+            failures += eventbridge_problems(template)
+            for name, breaker in [
+                ("key prefixes", lambda x: x["Resources"]["LoaderEventRule"]["Properties"]["EventPattern"]["detail"]["object"]["key"].append({"prefix": ""})),
+                ("target the loader", lambda x: x["Resources"]["LoaderEventRule"]["Properties"]["Targets"].append({"Id": "x", "Arn": "arn:aws:sqs:us-east-1:1:other"})),
+                ("lets the rule", lambda x: x["Resources"]["LoaderQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"].pop()),
+            ]:
+                broken = copy.deepcopy(template)
+                breaker(broken)
+                if not any(name.lower() in p.lower() for p in eventbridge_problems(broken)):
+                    failures.append(f"eventbridge: breaking '{name}' went unnoticed")
+            print("ok: serverless package --param eventSource=eventbridge, cfn-lint, invariants")
 
     with open(os.path.join(ROOT, "infra/generated/deploy.json")) as f:
         deploy_config = json.load(f)

@@ -496,4 +496,53 @@ fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_th
             .any(|d| d.objects.iter().any(|o| o.ends_with(corrupt))),
         "{left:#?}"
     );
+
+    // An object announced through EventBridge (the deployment's `eventSource: eventbridge`):
+    // moto does not route S3 events through EventBridge to SQS here, so the body the stack's rule
+    // would deliver (the S3 User Guide's "Object Created" shape) is sent to the queue directly.
+    // The folder is one the bucket's notifications do not cover, so only this body announces it.
+    let eb_tree = TempDir::new("e2e-eventbridge");
+    let eb = ferry_sim::simulate(
+        &catalog,
+        &ferry_sim::SimOptions {
+            rows: 20,
+            minutes: 1,
+            changes_per_minute: 3,
+            only: vec!["slots_game.spins".into()],
+            ..ferry_sim::SimOptions::default()
+        },
+        eb_tree.path(),
+    )
+    .unwrap();
+    let eb_key = eb.tables[0].files[0].clone();
+    assert!(eb_key.starts_with("slots/game/"), "{eb_key}");
+    rt.block_on(async {
+        put(
+            &aws,
+            &eb_key,
+            std::fs::read(eb_tree.path().join(&eb_key)).unwrap(),
+        )
+        .await;
+        let body = json!({
+            "version": "0", "id": "e2e-1", "detail-type": "Object Created", "source": "aws.s3",
+            "account": "123456789012", "time": "2026-11-26T12:00:00Z", "region": "us-east-1",
+            "resources": [format!("arn:aws:s3:::{BUCKET}")],
+            "detail": {"version": "0", "bucket": {"name": BUCKET},
+                "object": {"key": eb_key, "size": 1, "etag": "x", "sequencer": "1"},
+                "reason": "PutObject"}
+        });
+        aws.sqs
+            .send_message()
+            .queue_url(&aws.queue)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        drain(&aws, &loader).await;
+    });
+    assert_eq!(
+        loaded_files(&server).get(&eb_key).map(Vec::len),
+        Some(1),
+        "the EventBridge-announced object is loaded once"
+    );
 }

@@ -132,3 +132,44 @@ fn batch_response_shape() {
         r#"{"batchItemFailures":[]}"#
     );
 }
+
+#[test]
+fn eventbridge_s3_events_as_the_s3_user_guide_shows_them() {
+    // "Object Created": loaded; the key is not URL-encoded (a `+` and `%2F` stay as they are).
+    let created = parse_body(&fixture("eventbridge-object-created.json")).unwrap();
+    assert_eq!(created.objects.len(), 1, "{created:?}");
+    let o = &created.objects[0];
+    assert_eq!(o.bucket, "acme-casino-dms-cdc");
+    assert_eq!(
+        o.key,
+        "slots/account/slots_account/players/we ird+%2F 你好 😊.parquet"
+    );
+    assert_eq!(
+        (o.size, o.etag.as_deref(), o.event_name.as_str()),
+        (
+            Some(5),
+            Some("b1946ac92492d2347c6235b4d2611184"),
+            "ObjectCreated:PutObject"
+        )
+    );
+    assert_eq!(o.event_time.as_deref(), Some("2026-11-26T12:00:01Z"));
+    // "Object Deleted": acknowledged, like ObjectRemoved, and said why.
+    let deleted = parse_body(&fixture("eventbridge-object-deleted.json")).unwrap();
+    assert!(deleted.objects.is_empty());
+    assert!(
+        deleted.ignored[0].contains("Object Deleted")
+            && deleted.ignored[0].contains("LOAD00000001"),
+        "{deleted:?}"
+    );
+    // A created event without a key is refused.
+    let mut broken: serde_json::Value =
+        serde_json::from_str(&fixture("eventbridge-object-created.json")).unwrap();
+    broken["detail"]["object"]
+        .as_object_mut()
+        .unwrap()
+        .remove("key");
+    assert!(matches!(
+        parse_body(&broken.to_string()),
+        Err(EventError::BadRecord { .. })
+    ));
+}

@@ -632,3 +632,39 @@ fn an_unusable_service_account_key_reaches_no_dead_letter_reason() {
     );
     assert!(!format!("{report:?}").contains("KEYMATERIAL"));
 }
+
+#[test]
+fn rerunning_over_poison_objects_keeps_one_dead_letter_each() {
+    let estate = Estate::new("local-dlq-once");
+    let corrupt = "lab/dms/lab/accounts/20261126-235959000.parquet";
+    std::fs::write(estate.bucket().join(corrupt), b"PAR1 not parquet at all").unwrap();
+    let p = estate.pipeline("dlq-once.sqlite");
+    for _ in 0..3 {
+        let report = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+        assert_eq!(report.dead_lettered, 1, "{report:?}");
+    }
+    let rows = p
+        .warehouse
+        .query("SELECT count(*), max(repeats) FROM _ferry_dlq")
+        .unwrap()
+        .rows;
+    assert_eq!(
+        rows[0],
+        vec![Value::from(1), Value::from(3)],
+        "one entry, counted three times"
+    );
+    // A new version of the object is a new entry.
+    std::fs::write(
+        estate.bucket().join(corrupt),
+        b"PAR1 still not parquet, longer",
+    )
+    .unwrap();
+    ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!(
+        p.warehouse
+            .query("SELECT count(*) FROM _ferry_dlq")
+            .unwrap()
+            .rows[0][0],
+        Value::from(2)
+    );
+}

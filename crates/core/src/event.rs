@@ -115,8 +115,11 @@ pub enum EventError {
     /// Not JSON at all.
     #[error("message body is not JSON: {0}")]
     NotJson(String),
-    /// JSON, but neither an S3 notification, an SNS envelope nor an S3 test event.
-    #[error("message body is not an S3 event notification (no Records, Event or SNS Message)")]
+    /// JSON, but neither an S3 notification, an EventBridge S3 event, an SNS envelope nor an S3
+    /// test event.
+    #[error(
+        "message body is not an S3 event notification (no Records, EventBridge aws.s3 event, Event or SNS Message)"
+    )]
     UnknownShape,
     /// A record without the fields every S3 record has.
     #[error("record {index}: {reason}")]
@@ -148,6 +151,11 @@ pub fn parse_body(body: &str) -> Result<Notification, EventError> {
 fn parse_value(value: &Value, allow_envelope: bool) -> Result<Notification, EventError> {
     if let Some(records) = value.get("Records").and_then(Value::as_array) {
         return parse_records(records);
+    }
+    if value.get("source").and_then(Value::as_str) == Some("aws.s3")
+        && let Some(detail_type) = value.get("detail-type").and_then(Value::as_str)
+    {
+        return parse_eventbridge(value, detail_type);
     }
     if value.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
         return Ok(Notification {
@@ -208,6 +216,45 @@ fn parse_records(records: &[Value]) -> Result<Notification, EventError> {
             event_name,
             event_time: text(record.get("eventTime")),
         });
+    }
+    Ok(out)
+}
+
+/// An S3 event delivered through Amazon EventBridge (S3 User Guide, "EventBridge event message
+/// structure"): `source` `aws.s3`, `detail-type` `Object Created` (loaded like
+/// `ObjectCreated:*`), `Object Deleted` (acknowledged like `ObjectRemoved:*`) or another type
+/// (acknowledged). Bucket and object are under `detail`; unlike S3 notifications, the key is not
+/// URL-encoded, so it is taken as it is.
+fn parse_eventbridge(value: &Value, detail_type: &str) -> Result<Notification, EventError> {
+    let bad = |reason: &str| EventError::BadRecord {
+        index: 0,
+        reason: format!("EventBridge {detail_type} event: {reason}"),
+    };
+    let text = |p: &str| value.pointer(p).and_then(Value::as_str).map(str::to_owned);
+    let mut out = Notification::default();
+    match detail_type {
+        "Object Created" => {
+            let bucket = text("/detail/bucket/name").ok_or_else(|| bad("no detail.bucket.name"))?;
+            let key = text("/detail/object/key").ok_or_else(|| bad("no detail.object.key"))?;
+            if key.is_empty() {
+                return Err(bad("an empty detail.object.key"));
+            }
+            out.objects.push(ObjectEvent {
+                bucket,
+                key,
+                size: value.pointer("/detail/object/size").and_then(Value::as_u64),
+                etag: text("/detail/object/etag").map(|e| e.trim_matches('"').to_owned()),
+                event_name: format!(
+                    "ObjectCreated:{}",
+                    text("/detail/reason").unwrap_or_else(|| "EventBridge".into())
+                ),
+                event_time: text("/time"),
+            });
+        }
+        other => out.ignored.push(format!(
+            "EventBridge {other} event for {}: not an object creation",
+            text("/detail/object/key").unwrap_or_default()
+        )),
     }
     Ok(out)
 }

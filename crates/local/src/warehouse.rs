@@ -56,8 +56,9 @@ CREATE TABLE IF NOT EXISTS _ferry_events (
 CREATE INDEX IF NOT EXISTS _ferry_events_table ON _ferry_events (source, table_name, at);
 CREATE TABLE IF NOT EXISTS _ferry_dlq (
     id INTEGER PRIMARY KEY, message_id TEXT NOT NULL, body TEXT NOT NULL, reason TEXT NOT NULL,
-    receive_count INTEGER NOT NULL, at INTEGER NOT NULL
+    receive_count INTEGER NOT NULL, at INTEGER NOT NULL, repeats INTEGER NOT NULL DEFAULT 1
 );
+CREATE INDEX IF NOT EXISTS _ferry_dlq_body ON _ferry_dlq (body);
 "#;
 
 /// The SQLite warehouse.
@@ -101,6 +102,16 @@ impl SqliteWarehouse {
              PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 20000;",
         )
         .map_err(db_error)?;
+        // Dead-letter tables from before `repeats` get it (the index in LEDGER needs none).
+        let has_repeats = conn
+            .prepare("SELECT repeats FROM _ferry_dlq LIMIT 0")
+            .is_ok();
+        if !has_repeats && conn.prepare("SELECT id FROM _ferry_dlq LIMIT 0").is_ok() {
+            conn.execute_batch(
+                "ALTER TABLE _ferry_dlq ADD COLUMN repeats INTEGER NOT NULL DEFAULT 1",
+            )
+            .map_err(db_error)?;
+        }
         conn.execute_batch(LEDGER).map_err(db_error)?;
         Ok(SqliteWarehouse {
             conn: Mutex::new(conn),
@@ -494,11 +505,25 @@ impl Warehouse for SqliteWarehouse {
 }
 
 impl DeadLetters for SqliteWarehouse {
+    /// One entry per message body (local mode's bodies name the object by bucket, key and size,
+    /// so a rewritten object of another size is a new entry): a poison object dead-lettered
+    /// again, by a rerun over the same folder, is counted in `repeats` with its latest reason,
+    /// not added again.
     fn send(&self, message: &SqsMessage, reason: &str) -> Result<(), PortError> {
         self.with_conn(|c| {
+            let now = ferry_pipeline::now_micros();
+            let updated = c
+                .execute(
+                    "UPDATE _ferry_dlq SET repeats = repeats + 1, reason = ?2, at = ?3 WHERE body = ?1",
+                    params![message.body, reason, now],
+                )
+                .map_err(db_error)?;
+            if updated > 0 {
+                return Ok(());
+            }
             c.execute(
                 "INSERT INTO _ferry_dlq (message_id, body, reason, receive_count, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![message.message_id, message.body, reason, message.receive_count(), ferry_pipeline::now_micros()],
+                params![message.message_id, message.body, reason, message.receive_count(), now],
             )
             .map(drop)
             .map_err(db_error)
