@@ -497,8 +497,8 @@ fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_th
         "{left:#?}"
     );
 
-    // An object announced through EventBridge (the deployment's `eventSource: eventbridge`):
-    // moto does not route S3 events through EventBridge to SQS here, so the body the stack's rule
+    // An object announced through EventBridge (the deployment's `eventSource: eventbridge`). The
+    // S3 -> EventBridge -> SQS routing itself is not exercised on moto: the body the stack's rule
     // would deliver (the S3 User Guide's "Object Created" shape) is sent to the queue directly.
     // The folder is one the bucket's notifications do not cover, so only this body announces it.
     let eb_tree = TempDir::new("e2e-eventbridge");
