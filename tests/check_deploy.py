@@ -117,11 +117,14 @@ def template_problems(t):
         if ref_name(env.get("FERRY_DLQ_URL")) != dlq_id:
             problems.append("FERRY_DLQ_URL is not the queue's dead-letter queue")
         alarms = resources_of(t, "AWS::CloudWatch::Alarm").values()
-        watched = {(a["Properties"]["MetricName"], ref_name(a["Properties"]["Dimensions"][0]["Value"])) for a in alarms}
+        watched = {(a["Properties"]["MetricName"], ref_name((a["Properties"].get("Dimensions") or [{}])[0].get("Value"))) for a in alarms}
         if ("ApproximateNumberOfMessagesVisible", dlq_id) not in watched:
             problems.append("no alarm on the dead-letter queue's depth")
         if ("ApproximateAgeOfOldestMessage", queue_id) not in watched:
             problems.append("no alarm on the oldest message's age")
+        if not any(a["Properties"].get("MetricName") == "ObjectsRemoved" and a["Properties"].get("Namespace") == "ferry"
+                   for a in alarms):
+            problems.append("no alarm on objects removed from mapped folders (truncates)")
 
     bodies = []
     for d in resources_of(t, "AWS::CloudWatch::Dashboard").values():
@@ -190,8 +193,8 @@ def eventbridge_problems(t):
     (rule_id, rule), = rules.items()
     p = rule["Properties"]
     pattern = p.get("EventPattern", {})
-    if pattern.get("source") != ["aws.s3"] or pattern.get("detail-type") != ["Object Created"]:
-        problems.append("eventbridge: the rule does not match S3 Object Created events only")
+    if pattern.get("source") != ["aws.s3"] or pattern.get("detail-type") != ["Object Created", "Object Deleted"]:
+        problems.append("eventbridge: the rule does not match S3 Object Created and Object Deleted events only")
     prefixes = {k.get("prefix") for k in pattern.get("detail", {}).get("object", {}).get("key", [])}
     wanted = {pfx for _, pfx in mapped_prefixes()}
     if prefixes != wanted or "" in prefixes:
@@ -308,6 +311,7 @@ def mutations(t):
         ("oldest message", lambda x: x["Resources"].pop("OldestMessageAgeAlarm")),
         ("queue policy", lambda x: x["Resources"].pop("LoaderQueuePolicy")),
         ("dashboard", lambda x: x["Resources"].pop("LoaderDashboard")),
+        ("objects removed", lambda x: x["Resources"].pop("ObjectsRemovedAlarm")),
         ("injected or widened ARN", lambda x: first_statement(x, "s3:GetObject").update(Resource=["arn:aws:s3:::acme-casino-dms-cdc/x${env:HOME}*"])),
         ("FERRY_LOCK_TABLE", lambda x: fn(x)["Environment"]["Variables"].pop("FERRY_LOCK_TABLE")),
         ("apply lock access", lambda x: first_statement(x, "dynamodb:PutItem").update(Action=["dynamodb:PutItem", "dynamodb:Scan"])),

@@ -62,14 +62,15 @@ fn sns_envelope_test_event_and_removals() {
     assert!(test.test_event);
     assert!(test.objects.is_empty());
 
+    // Removals are not loaded, but reported (a DMS truncate removes a table's files).
     let removed = parse_body(&fixture("s3-removed-body.json")).unwrap();
-    assert!(removed.objects.is_empty());
-    assert_eq!(removed.ignored.len(), 1);
-    assert!(
-        removed.ignored[0].contains("ObjectRemoved:Delete is not an object creation"),
-        "{:?}",
-        removed.ignored
+    assert!(removed.objects.is_empty() && removed.ignored.is_empty());
+    assert_eq!(removed.removed.len(), 1);
+    assert_eq!(
+        removed.removed[0].key,
+        "slots/account/slots_account/players/LOAD00000001.parquet"
     );
+    assert_eq!(removed.removed[0].event_name, "ObjectRemoved:Delete");
 }
 
 #[test]
@@ -153,14 +154,15 @@ fn eventbridge_s3_events_as_the_s3_user_guide_shows_them() {
         )
     );
     assert_eq!(o.event_time.as_deref(), Some("2026-11-26T12:00:01Z"));
-    // "Object Deleted": acknowledged, like ObjectRemoved, and said why.
+    // "Object Deleted": reported like ObjectRemoved, never loaded.
     let deleted = parse_body(&fixture("eventbridge-object-deleted.json")).unwrap();
     assert!(deleted.objects.is_empty());
-    assert!(
-        deleted.ignored[0].contains("Object Deleted")
-            && deleted.ignored[0].contains("LOAD00000001"),
-        "{deleted:?}"
+    assert_eq!(deleted.removed.len(), 1, "{deleted:?}");
+    assert_eq!(
+        deleted.removed[0].key,
+        "slots/account/slots_account/players/LOAD00000001.parquet"
     );
+    assert_eq!(deleted.removed[0].event_name, "ObjectRemoved:DeleteObject");
     // A created event without a key is refused.
     let mut broken: serde_json::Value =
         serde_json::from_str(&fixture("eventbridge-object-created.json")).unwrap();

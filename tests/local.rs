@@ -469,6 +469,33 @@ fn test_events_and_removals_are_acknowledged() {
     let report = handle_batch(&p, p.warehouse.as_ref(), &event, HandlerOptions::default());
     assert!(report.response.batch_item_failures.is_empty() && report.dead_lettered.is_empty());
     assert_eq!(count(&p, "SELECT count(*) FROM _ferry_loads"), 0);
+    // That removal was outside the mapped folders. One under a mapped table's folder (what a
+    // DMS truncate does) is reported and recorded for the table; nothing is loaded or deleted.
+    let first = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    let key = estate.manifest.tables[0].files[0].clone();
+    let body = s3_event_body("ferry-test", &key, 1, "x", "2026-11-26T00:00:00Z")
+        .replace("ObjectCreated:Put", "ObjectRemoved:Delete");
+    let event = SqsEvent {
+        records: vec![message("gone", body)],
+    };
+    let report = handle_batch(&p, p.warehouse.as_ref(), &event, HandlerOptions::default());
+    assert!(report.response.batch_item_failures.is_empty() && report.dead_lettered.is_empty());
+    assert_eq!(
+        report.removed,
+        vec![(estate.manifest.tables[0].table.clone(), key)]
+    );
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM _ferry_events WHERE kind = 'removed'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM _ferry_loads") as u64,
+        first.loaded
+    );
+    assert_eq!(mismatches(&p, &estate.manifest), Vec::<String>::new());
 }
 
 /// A warehouse whose load panics for objects whose key contains `marker` (a bug in one object's

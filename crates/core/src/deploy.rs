@@ -56,7 +56,7 @@ pub fn deploy_config(catalog: &Catalog) -> Value {
             "Bucket": s.bucket,
             "Prefix": s.prefix(),
             "Suffix": ".parquet",
-            "Events": ["s3:ObjectCreated:*"],
+            "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
         }));
     }
     // The EventBridge variant's rule pattern: the buckets, and one key prefix per source folder
@@ -97,7 +97,7 @@ pub fn bucket_notification(catalog: &Catalog, bucket: &str, stage: &str, queue_a
             json!({
                 "Id": notification_id(stage, &s.name),
                 "QueueArn": queue_arn,
-                "Events": ["s3:ObjectCreated:*"],
+                "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
                 "Filter": { "Key": { "FilterRules": rules } },
             })
         })

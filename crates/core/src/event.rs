@@ -103,6 +103,10 @@ pub struct ObjectEvent {
 pub struct Notification {
     /// Created objects to load.
     pub objects: Vec<ObjectEvent>,
+    /// Removed objects (`ObjectRemoved:*`, EventBridge `Object Deleted`): nothing is loaded or
+    /// deleted for them, but a DMS truncate or reload removes a table's files, so they are
+    /// recorded per table and raise an alarm.
+    pub removed: Vec<ObjectEvent>,
     /// Records that are not object creations (removals, restores, ...), with why they are ignored.
     pub ignored: Vec<String>,
     /// Whether this is S3's `s3:TestEvent` (sent when notifications are configured).
@@ -194,7 +198,8 @@ fn parse_records(records: &[Value]) -> Result<Notification, EventError> {
             return Err(bad(&format!("eventVersion {version:?} is not 2.x")));
         }
         let event_name = text(record.get("eventName")).ok_or_else(|| bad("no eventName"))?;
-        if !event_name.starts_with("ObjectCreated:") {
+        let removed = event_name.starts_with("ObjectRemoved:");
+        if !event_name.starts_with("ObjectCreated:") && !removed {
             out.ignored.push(format!(
                 "record {index}: {event_name} is not an object creation"
             ));
@@ -208,21 +213,26 @@ fn parse_records(records: &[Value]) -> Result<Notification, EventError> {
             key: raw_key.clone(),
             source,
         })?;
-        out.objects.push(ObjectEvent {
+        let event = ObjectEvent {
             bucket,
             key,
             size: s3.pointer("/object/size").and_then(Value::as_u64),
             etag: text(s3.pointer("/object/eTag")).map(|e| e.trim_matches('"').to_owned()),
             event_name,
             event_time: text(record.get("eventTime")),
-        });
+        };
+        if removed {
+            out.removed.push(event);
+        } else {
+            out.objects.push(event);
+        }
     }
     Ok(out)
 }
 
 /// An S3 event delivered through Amazon EventBridge (S3 User Guide, "EventBridge event message
 /// structure"): `source` `aws.s3`, `detail-type` `Object Created` (loaded like
-/// `ObjectCreated:*`), `Object Deleted` (acknowledged like `ObjectRemoved:*`) or another type
+/// `ObjectCreated:*`), `Object Deleted` (recorded like `ObjectRemoved:*`) or another type
 /// (acknowledged). Bucket and object are under `detail`; unlike S3 notifications, the key is not
 /// URL-encoded, so it is taken as it is.
 fn parse_eventbridge(value: &Value, detail_type: &str) -> Result<Notification, EventError> {
@@ -251,6 +261,20 @@ fn parse_eventbridge(value: &Value, detail_type: &str) -> Result<Notification, E
                 event_time: text("/time"),
             });
         }
+        "Object Deleted" => match (text("/detail/bucket/name"), text("/detail/object/key")) {
+            (Some(bucket), Some(key)) => out.removed.push(ObjectEvent {
+                bucket,
+                key,
+                size: None,
+                etag: text("/detail/object/etag"),
+                event_name: format!(
+                    "ObjectRemoved:{}",
+                    text("/detail/reason").unwrap_or_else(|| "EventBridge".into())
+                ),
+                event_time: text("/time"),
+            }),
+            _ => return Err(bad("no detail.bucket.name or detail.object.key")),
+        },
         other => out.ignored.push(format!(
             "EventBridge {other} event for {}: not an object creation",
             text("/detail/object/key").unwrap_or_default()

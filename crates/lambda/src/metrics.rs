@@ -20,6 +20,8 @@ pub struct TableCounts {
     pub skipped: u64,
     /// Objects that failed (retryable or permanent).
     pub failures: u64,
+    /// Objects removed from the table's folder (a DMS truncate or reload).
+    pub removed: u64,
     /// The newest source commit time loaded, µs since the epoch.
     pub newest_commit_micros: Option<i64>,
 }
@@ -47,6 +49,9 @@ pub fn per_table(report: &BatchReport) -> BTreeMap<String, TableCounts> {
             ObjectResult::Failed { .. } => ("-", |c, _| c.failures += 1),
         };
         f(out.entry(table.to_owned()).or_default(), result);
+    }
+    for (table, _) in &report.removed {
+        out.entry(table.clone()).or_default().removed += 1;
     }
     out
 }
@@ -87,6 +92,7 @@ pub fn lines(report: &BatchReport, elapsed: Duration, now_millis: i64) -> Vec<St
                 ("AlreadyLoaded", count, c.already_loaded),
                 ("Skipped", count, c.skipped),
                 ("Failures", count, c.failures),
+                ("ObjectsRemoved", count, c.removed),
             ];
             // Lag: how old the newest change loaded for the table is, from source commit to
             // BigQuery (the whole path: DMS, S3, SQS, ferry).
@@ -107,6 +113,7 @@ pub fn lines(report: &BatchReport, elapsed: Duration, now_millis: i64) -> Vec<St
                 u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             ),
             ("DeadLettered", count, report.dead_lettered.len() as u64),
+            ("ObjectsRemoved", count, report.removed.len() as u64),
             (
                 "RetriedMessages",
                 count,
@@ -120,6 +127,29 @@ pub fn lines(report: &BatchReport, elapsed: Duration, now_millis: i64) -> Vec<St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removals_count_per_table_and_for_the_alarm() {
+        let mut report = BatchReport::default();
+        report.removed.push((
+            "casino.bets".into(),
+            "cdc/casino/bets/LOAD00000001.parquet".into(),
+        ));
+        assert_eq!(per_table(&report)["casino.bets"].removed, 1);
+        let values: Vec<serde_json::Value> = lines(&report, Duration::from_millis(5), 61_000)
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let table = values.iter().find(|v| v["Table"] == "casino.bets").unwrap();
+        assert_eq!(table["ObjectsRemoved"], 1);
+        // The batch line (no dimension) carries the total the stack's alarm watches.
+        let batch = values.iter().find(|v| v.get("BatchMs").is_some()).unwrap();
+        assert_eq!(batch["ObjectsRemoved"], 1);
+        assert_eq!(
+            batch["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([[]])
+        );
+    }
 
     #[test]
     fn counts_by_table_and_emits_valid_emf() {

@@ -51,6 +51,8 @@ pub struct BatchReport {
     pub objects: Vec<(String, String, ObjectResult)>,
     /// Messages sent to the dead-letter queue, with the reason.
     pub dead_lettered: Vec<(String, String)>,
+    /// Objects of mapped tables that were removed from the bucket: (`schema.table`, key).
+    pub removed: Vec<(String, String)>,
 }
 
 /// A message's fate so far.
@@ -80,6 +82,7 @@ where
     W: Warehouse,
 {
     pipeline.warehouse.set_deadline(options.deadline);
+    let mut removed_objects: Vec<(String, String, String)> = Vec::new();
     let mut states: Vec<MessageState> = event
         .records
         .iter()
@@ -91,6 +94,13 @@ where
             Ok(notification) => {
                 for ignored in &notification.ignored {
                     tracing::info!(message_id = %message.message_id, reason = %ignored, "record ignored");
+                }
+                for gone in &notification.removed {
+                    removed_objects.push((
+                        message.message_id.clone(),
+                        gone.bucket.clone(),
+                        gone.key.clone(),
+                    ));
                 }
                 for object in notification.objects {
                     let plan =
@@ -191,6 +201,36 @@ where
     });
 
     let mut report = BatchReport::default();
+    // Removed objects of mapped tables: nothing is deleted from the warehouse, but a removal
+    // under a mapped folder is how a DMS truncate (or a reload that drops the folder) shows.
+    for (message_id, bucket, key) in removed_objects {
+        let plan = plan_object(&pipeline.catalog, Some(&bucket), &key, None);
+        let (Some(source), Some(table)) = (plan.source, plan.table) else {
+            continue;
+        };
+        tracing::warn!(
+            message_id = %message_id, bucket = %bucket, key = %key, table = %table.source_table(),
+            "object removed from a mapped table's folder (a DMS truncate or reload?); the replica is unchanged"
+        );
+        let event = crate::ports::StatusEvent {
+            at_micros: crate::process::now_micros(),
+            kind: "removed".into(),
+            source: Some(source.name.clone()),
+            table: Some(table.source_table()),
+            bucket,
+            key: key.clone(),
+            code: Some("object_removed".into()),
+            job_id: None,
+            rows: 0,
+            bytes: 0,
+            commit_ts_max: None,
+            message: Some("removed from the bucket; nothing was changed in the warehouse".into()),
+        };
+        if let Err(e) = pipeline.warehouse.record(&event) {
+            tracing::warn!(error = %e.message, "could not record the removal");
+        }
+        report.removed.push((table.source_table(), key));
+    }
     for (message, key, result) in results.into_inner().unwrap_or_default() {
         match &result {
             ObjectResult::Failed {
