@@ -337,19 +337,27 @@ def main():
             z.writestr("bootstrap", "placeholder: packaging only")
         env = dict(os.environ, AWS_ACCESS_KEY_ID="offline", AWS_SECRET_ACCESS_KEY="offline",
                    SLS_TELEMETRY_DISABLED="1", SLS_NOTIFICATIONS_MODE="off", SLS_DEPRECATION_DISABLE="*")
-        for stage in ("dev", "prod"):
-            out = subprocess.run([serverless, "package", "--stage", stage], cwd=work, env=env,
+        def package(label, *args):
+            """Renders the stack with `serverless package ARGS` and lints it: the template, or
+            None after recording why it could not be made."""
+            out = subprocess.run([serverless, "package", *args], cwd=work, env=env,
                                  capture_output=True, text=True)
             if out.returncode != 0:
-                failures.append(f"serverless package --stage {stage} failed:\n{out.stdout}\n{out.stderr}")
-                continue
+                failures.append(f"serverless package ({label}) failed:\n{out.stdout}\n{out.stderr}")
+                return None
             path = os.path.join(work, ".serverless", "cloudformation-template-update-stack.json")
             lint = subprocess.run([os.path.join(VENV_BIN, "cfn-lint"), path], capture_output=True, text=True)
             if lint.returncode != 0:
-                failures.append(f"cfn-lint ({stage}):\n{lint.stdout}{lint.stderr}")
+                failures.append(f"cfn-lint ({label}):\n{lint.stdout}{lint.stderr}")
             with open(path) as f:
                 template = json.load(f)
-            failures += [f"{stage}: {p}" for p in template_problems(template)]
+            failures.extend(f"{label}: {p}" for p in template_problems(template))
+            return template
+
+        for stage in ("dev", "prod"):
+            template = package(stage, "--stage", stage)
+            if template is None:
+                continue
             if stage == "dev":
                 for name, broken in mutations(template):
                     found = template_problems(broken)
@@ -359,18 +367,8 @@ def main():
                 failures.append("dev: an EventBridge rule exists although eventSource is notifications")
             print(f"ok: serverless package --stage {stage}, cfn-lint, invariants")
         # The EventBridge variant of the same stack.
-        out = subprocess.run([serverless, "package", "--stage", "dev", "--param=eventSource=eventbridge"],
-                             cwd=work, env=env, capture_output=True, text=True)
-        if out.returncode != 0:
-            failures.append(f"serverless package (eventbridge) failed:\n{out.stdout}\n{out.stderr}")
-        else:
-            path = os.path.join(work, ".serverless", "cloudformation-template-update-stack.json")
-            lint = subprocess.run([os.path.join(VENV_BIN, "cfn-lint"), path], capture_output=True, text=True)
-            if lint.returncode != 0:
-                failures.append(f"cfn-lint (eventbridge):\n{lint.stdout}{lint.stderr}")
-            with open(path) as f:
-                template = json.load(f)
-            failures += [f"eventbridge: {p}" for p in template_problems(template)]
+        template = package("eventbridge", "--stage", "dev", "--param=eventSource=eventbridge")
+        if template is not None:
             failures += eventbridge_problems(template)
             for name, breaker in [
                 ("key prefixes", lambda x: x["Resources"]["LoaderEventRule"]["Properties"]["EventPattern"]["detail"]["object"]["key"].append({"prefix": ""})),

@@ -402,7 +402,7 @@ fn cluster(items: &[Vec<Tok>], columns: &[Column]) -> Result<Vec<String>, Refusa
 }
 
 /// What a DDL statement does to the catalogue, once its rules passed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Ddl {
     /// `CREATE TABLE [IF NOT EXISTS] path (...)`.
     Create {
@@ -422,31 +422,18 @@ pub enum Ddl {
     },
 }
 
-impl PartialEq for Table {
-    fn eq(&self, other: &Table) -> bool {
-        self.columns == other.columns
-            && self.partition == other.partition
-            && self.cluster == other.cluster
-    }
-}
-
 /// Parses and checks a DDL statement (`None`: not DDL ferry writes: left to the engine).
 pub fn ddl(sql: &str) -> Option<Result<Ddl, Refusal>> {
     let toks = tokens(sql);
-    let mut i = 0;
     if word(toks.first(), "CREATE") && word(toks.get(1), "TABLE") {
-        i = 2;
-        let if_not_exists = word(toks.get(i), "IF");
-        if if_not_exists {
-            i += 3;
-        }
-        return Some(create(&toks, i, if_not_exists));
+        // `IF NOT EXISTS` is three words.
+        let if_not_exists = word(toks.get(2), "IF");
+        let start = if if_not_exists { 5 } else { 2 };
+        return Some(create(&toks, start, if_not_exists));
     }
     if word(toks.first(), "ALTER") && word(toks.get(1), "TABLE") {
-        i = 2;
-        return Some(alter(&toks, &mut i));
+        return Some(alter(&toks, &mut 2));
     }
-    let _ = i;
     None
 }
 

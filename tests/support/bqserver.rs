@@ -803,10 +803,15 @@ fn run_query(
                    "rows": [{"f": [{"v": n.to_string()}]}], "totalRows": "1"}),
         );
     }
-    let ddl = match bqrules::ddl(&q) {
+    let parsed = match bqrules::ddl(&q) {
         Some(Err(r)) => return refusal(&mut st, r),
-        Some(Ok(d)) => {
-            // The metadata-update limit is checked before the engine runs the statement.
+        Some(Ok(d)) => Some(d),
+        None => None,
+    };
+    // The metadata-update limit is checked before the engine runs the statement; the catalogue
+    // changes only once the engine has run it.
+    let ddl = match &parsed {
+        Some(d) => {
             let mut probe = st.tables.clone();
             if let Err(r) = bqrules::apply_ddl(&mut probe, d.clone(), std::time::Instant::now()) {
                 return refusal(&mut st, r);
@@ -839,8 +844,8 @@ fn run_query(
     }
     // DuckDB takes one ALTER command per statement (the emulator's gap; BigQuery takes
     // several): an ALTER with several ADD COLUMN clauses is run there one clause at a time.
-    let split = match bqrules::ddl(&q) {
-        Some(Ok(bqrules::Ddl::AddColumns { table, columns })) if columns.len() > 1 => Some(
+    let split = match &parsed {
+        Some(bqrules::Ddl::AddColumns { table, columns }) if columns.len() > 1 => Some(
             columns
                 .iter()
                 .map(|(c, _)| {
