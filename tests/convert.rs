@@ -416,6 +416,16 @@ fn convert_source(
 
 /// Converts `input` as object `key` of a new table; the outcome and the converted bytes.
 fn convert_out(catalog: &Catalog, key: &str, input: Vec<u8>) -> (ConvertOutcome, Vec<u8>) {
+    let (outcome, out) = try_convert_out(catalog, key, input);
+    (outcome.unwrap(), out)
+}
+
+/// [`convert_out`] returning the converter's result.
+fn try_convert_out(
+    catalog: &Catalog,
+    key: &str,
+    input: Vec<u8>,
+) -> (Result<ConvertOutcome, ConvertError>, Vec<u8>) {
     let (src, object, table) = lookup(catalog, key);
     let request = ConvertRequest {
         source: src,
@@ -429,8 +439,7 @@ fn convert_out(catalog: &Catalog, key: &str, input: Vec<u8>) -> (ConvertOutcome,
         &RangeReader::new(Arc::new(Bytes::from(input))),
         &request,
         &mut out,
-    )
-    .unwrap();
+    );
     (outcome, out)
 }
 
@@ -1066,22 +1075,10 @@ fn random_dms_like_files_never_panic_and_every_value_round_trips() {
     for seed in 1..=cases {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let (file, expected) = random_dms_file(&mut rng);
-        let (src, object, table) = lookup(&catalog, CDC_KEY);
-        let request = ConvertRequest {
-            source: src,
-            table,
-            object: &object,
-            object_time_micros: None,
-            known: None,
-        };
-        let mut out = Vec::new();
-        let input = RangeReader::new(Arc::new(Bytes::from(file)));
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            convert(&input, &request, &mut out)
-        }));
-        let outcome = match result {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => panic!("seed {seed}: a valid file was refused: {e}"),
+        let result = std::panic::catch_unwind(|| try_convert_out(&catalog, CDC_KEY, file));
+        let (outcome, out) = match result {
+            Ok((Ok(outcome), out)) => (outcome, out),
+            Ok((Err(e), _)) => panic!("seed {seed}: a valid file was refused: {e}"),
             Err(_) => panic!("seed {seed}: the converter panicked"),
         };
         assert_eq!(outcome.rows as usize, expected.len(), "seed {seed}");
