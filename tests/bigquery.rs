@@ -106,12 +106,14 @@ fn load_with(
     );
     let job_id =
         ferry_core::JobId::for_object("dms-bucket", &object, Some(etag), &table.changelog, 0);
+    let file_seq = object.file_seq(None);
     w.load(&LoadRequest {
         job_id: &job_id,
         source,
         table,
         object: &object,
         bucket: "dms-bucket",
+        file_seq: &file_seq,
         schema,
         added: &[],
         file,
@@ -555,25 +557,29 @@ fn load_many(
                 &table.changelog,
                 0,
             );
-            (source, table, object, job_id, *file)
+            let file_seq = object.file_seq(None);
+            (source, table, object, job_id, *file, file_seq)
         })
         .collect();
     let requests: Vec<LoadRequest<'_>> = prepared
         .iter()
-        .map(|(source, table, object, job_id, file)| LoadRequest {
-            job_id,
-            source,
-            table,
-            object,
-            bucket: "dms-bucket",
-            schema: &schema,
-            added: &[],
-            file,
-            rows: 3,
-            ops: OpCounts::default(),
-            commit_ts_min: Some(1),
-            commit_ts_max: Some(2),
-        })
+        .map(
+            |(source, table, object, job_id, file, file_seq)| LoadRequest {
+                job_id,
+                source,
+                table,
+                object,
+                bucket: "dms-bucket",
+                file_seq,
+                schema: &schema,
+                added: &[],
+                file,
+                rows: 3,
+                ops: OpCounts::default(),
+                commit_ts_min: Some(1),
+                commit_ts_max: Some(2),
+            },
+        )
         .collect();
     w.load_group(&requests)
 }
@@ -1169,6 +1175,7 @@ fn inserts(n: u32, ids: &[i64], ts: i64) -> Converted {
             Arc::new(TimestampMicrosecondArray::from(vec![ts; rows]).with_timezone("UTC")),
         ),
         (meta::FILE_SEQ, text(format!("c{n:08}"))),
+        (meta::CHANGE_SEQ, text(String::new())),
         (
             meta::ROW,
             Arc::new(Int64Array::from_iter_values(0..rows as i64)),

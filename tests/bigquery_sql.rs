@@ -132,6 +132,7 @@ fn insert_rows(env: &Env, table: &TableMapping, file: &File) {
             sql::string_literal(ch.op),
             format!("TIMESTAMP_MICROS({})", ch.ts),
             sql::string_literal(file.seq),
+            sql::string_literal(""),
             row.to_string(),
             sql::string_literal(file.name),
             sql::string_literal("games"),
@@ -178,29 +179,32 @@ fn window(file: &File) -> ApplyWindow {
         files: vec![file.name.to_owned()],
         commit_ts_min: file.changes.iter().map(|c| c.ts).min(),
         commit_ts_max: file.changes.iter().map(|c| c.ts).max(),
+        rebuild: sql::Rebuild::No,
     }
 }
 
-/// The latest change per key over all files, by (commit time, file sequence, row).
+/// The source's state after its changes, replayed one by one in the order the source
+/// committed them (`files` in source order, rows in file order): the model the replica must
+/// match. A soft-delete replica keeps deleted keys, flagged.
 fn expected(files: &[&File], soft: bool) -> BTreeMap<Vec<i64>, (Option<String>, bool)> {
-    type Version<'a> = (i64, &'a str, usize);
-    let mut latest: BTreeMap<Vec<i64>, (Version, &Change)> = BTreeMap::new();
+    let mut state = BTreeMap::new();
     for f in files {
-        for (row, ch) in f.changes.iter().enumerate() {
-            let v = (ch.ts, f.seq, row);
-            match latest.get(&ch.key) {
-                Some((cur, _)) if *cur >= v => {}
+        for ch in &f.changes {
+            match ch.op {
+                // DMS writes a delete with the row's before-image; the flagged row keeps it.
+                "DELETE" if soft => {
+                    state.insert(ch.key.clone(), (ch.note.map(str::to_owned), true));
+                }
+                "DELETE" => {
+                    state.remove(&ch.key);
+                }
                 _ => {
-                    latest.insert(ch.key.clone(), (v, ch));
+                    state.insert(ch.key.clone(), (ch.note.map(str::to_owned), false));
                 }
             }
         }
     }
-    latest
-        .into_iter()
-        .filter(|(_, (_, ch))| soft || ch.op != "DELETE")
-        .map(|(k, (_, ch))| (k, (ch.note.map(str::to_owned), ch.op == "DELETE")))
-        .collect()
+    state
 }
 
 fn replica_state(env: &Env, table: &TableMapping) -> BTreeMap<Vec<i64>, (Option<String>, bool)> {
@@ -459,4 +463,159 @@ fn strict_grammar_accepts_every_generated_statement() {
     let st = env.server.state.lock().unwrap();
     assert!(st.refusals.is_empty(), "{:?}", st.refusals);
     assert!(st.tables.len() >= 6, "{:?}", st.tables.keys());
+}
+
+/// A full load with changes committed while it ran, whole-second timestamps out of commit
+/// order, and a reload after an uncaptured truncate, as DMS writes them. The truth is the
+/// source's table, written by hand from the story below, not derived from any ordering rule.
+///
+/// - Rows 1 `a`, 2 `b`, 3 `c` exist. The load starts at t=100 and reads row 1 (t=101).
+/// - During the load: 1 becomes `a2` (t=102), 3 is deleted (t=103), 2 becomes `b2` (t=104).
+/// - The load reads row 2 as `b2` (t=105); row 3 is gone. `LOAD00000001` is written at t=110,
+///   its rows stamped with their transfer times; the cached changes follow in a CDC file.
+/// - Later: 4 is inserted as `d`, then a transaction that began at t=149 commits after the
+///   one stamped t=151 and sets 4 to `d3`: binlog order, not timestamps, says `d3` wins.
+/// - 6 is inserted (t=250). A TRUNCATE at t=280 is not captured; 7 `g` is inserted after it.
+/// - A reload at t=300 writes `LOAD00000001` again (row 7 only); during it 7 becomes `g2` and
+///   8 `h` is inserted.
+fn dms_story(task_start_timestamps: bool) -> Vec<File> {
+    // `_ferry_commit_ts` of full-load rows: the transfer time, or the task's start.
+    let load_ts = |t: i64| if task_start_timestamps { 100 } else { t };
+    let reload_ts = |t: i64| if task_start_timestamps { 300 } else { t };
+    vec![
+        File {
+            name: "cdc/casino/bets/LOAD00000001.parquet",
+            seq: "00000000000000000110.0.0..0000000000.00000001.LOAD00000001.parquet",
+            changes: vec![
+                c(&[1], "LOAD", Some("a"), load_ts(101)),
+                c(&[2], "LOAD", Some("b2"), load_ts(105)),
+            ],
+        },
+        File {
+            name: "cdc/casino/bets/20261126-000000111.parquet",
+            seq: "00000000000000000111.1.20261126-000000111.parquet",
+            changes: vec![
+                c(&[1], "UPDATE", Some("a2"), 102),
+                c(&[3], "DELETE", Some("c"), 103),
+                c(&[2], "UPDATE", Some("b2"), 104),
+            ],
+        },
+        File {
+            name: "cdc/casino/bets/20261126-000000200.parquet",
+            seq: "00000000000000000200.1.20261126-000000200.parquet",
+            changes: vec![
+                c(&[4], "INSERT", Some("d"), 150),
+                c(&[4], "UPDATE", Some("d2"), 151),
+                c(&[4], "UPDATE", Some("d3"), 149),
+            ],
+        },
+        File {
+            name: "cdc/casino/bets/20261126-000000260.parquet",
+            seq: "00000000000000000260.1.20261126-000000260.parquet",
+            changes: vec![c(&[6], "INSERT", Some("f"), 250)],
+        },
+        File {
+            name: "cdc/casino/bets/20261126-000000290.parquet",
+            seq: "00000000000000000290.1.20261126-000000290.parquet",
+            changes: vec![c(&[7], "INSERT", Some("g"), 285)],
+        },
+        File {
+            name: "cdc/casino/bets/LOAD00000001.parquet",
+            seq: "00000000000000000310.0.0..0000000000.00000001.LOAD00000001.parquet",
+            changes: vec![c(&[7], "LOAD", Some("g"), reload_ts(305))],
+        },
+        File {
+            name: "cdc/casino/bets/20261126-000000400.parquet",
+            seq: "00000000000000000400.1.20261126-000000400.parquet",
+            changes: vec![
+                c(&[7], "UPDATE", Some("g2"), 320),
+                c(&[8], "INSERT", Some("h"), 350),
+            ],
+        },
+    ]
+}
+
+fn source_table(rows: &[(i64, &str)]) -> BTreeMap<Vec<i64>, (Option<String>, bool)> {
+    rows.iter()
+        .map(|(k, v)| (vec![*k], (Some((*v).to_owned()), false)))
+        .collect()
+}
+
+/// Applies `files` (indexes into the story) one window each, with the rebuild the writer
+/// derives from a run start.
+fn replay_story(env: &Env, table: &TableMapping, files: &[File], order: &[usize]) {
+    let schema = schema_for(table);
+    env.run(&sql::create_changelog(table, &schema).unwrap());
+    for ddl in sql::create_replica(table, &schema).unwrap() {
+        env.run(&ddl);
+    }
+    for &i in order {
+        let file = &files[i];
+        insert_rows(env, table, file);
+        let mut w = window(file);
+        if file.name.ends_with("/LOAD00000001.parquet") {
+            w.rebuild = sql::Rebuild::From(file.seq.to_owned());
+        }
+        env.rt
+            .block_on(env.warehouse.apply_window(table, None, &w))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn bqemulator_full_load_overlap_whole_seconds_and_reload_match_the_source() {
+    for task_start in [false, true] {
+        let env = env(if task_start {
+            "story_task_start"
+        } else {
+            "story_transfer"
+        });
+        let table = env.table("bets");
+        let files = dms_story(task_start);
+        // Up to the truncate: the first run and its changes.
+        replay_story(&env, &table, &files, &[0, 1, 2, 3]);
+        assert_eq!(
+            replica_state(&env, &table),
+            source_table(&[(1, "a2"), (2, "b2"), (4, "d3"), (6, "f")]),
+            "task_start_timestamps={task_start}: changes during the load beat its stale rows"
+        );
+        // The reload rebuilds the table: 1, 2, 4 and 6 were truncated away.
+        replay_story(&env, &table, &files, &[4, 5, 6]);
+        assert_eq!(
+            replica_state(&env, &table),
+            source_table(&[(7, "g2"), (8, "h")]),
+            "task_start_timestamps={task_start}: the reload replaced the old run"
+        );
+        // A late, duplicated file from before the reload changes nothing.
+        replay_story(&env, &table, &files, &[2, 1]);
+        assert_eq!(
+            replica_state(&env, &table),
+            source_table(&[(7, "g2"), (8, "h")])
+        );
+        // A full re-apply of the change log (both runs' rows) gives the same table.
+        env.rt
+            .block_on(
+                env.warehouse
+                    .apply_window(&table, None, &ApplyWindow::everything()),
+            )
+            .unwrap();
+        assert_eq!(
+            replica_state(&env, &table),
+            source_table(&[(7, "g2"), (8, "h")])
+        );
+    }
+}
+
+#[test]
+fn bqemulator_story_delivered_out_of_order_matches_the_source() {
+    let env = env("story_shuffled");
+    let table = env.table("bets");
+    let files = dms_story(false);
+    // The cached changes before their load, the reload before the file before it, the last
+    // file first.
+    replay_story(&env, &table, &files, &[6, 1, 3, 0, 5, 2, 4, 1]);
+    assert_eq!(
+        replica_state(&env, &table),
+        source_table(&[(7, "g2"), (8, "h")])
+    );
 }

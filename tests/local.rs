@@ -695,3 +695,74 @@ fn rerunning_over_poison_objects_keeps_one_dead_letter_each() {
         Value::from(2)
     );
 }
+
+/// The committed mappings' estate (68 tables) with DMS's hard cases, under both full-load
+/// timestamp settings, delivered newest first: every replica and change log must equal the
+/// simulator's source. The estate must contain each case, so that none passes by absence.
+#[test]
+fn dms_hard_cases_under_both_full_load_timestamp_settings_match_the_source() {
+    let catalog = Catalog::load_dir(&repo_root().join("mappings")).unwrap();
+    for task_start in [false, true] {
+        let dir = TempDir::new(if task_start {
+            "hard-task-start"
+        } else {
+            "hard-transfer"
+        });
+        let opts = SimOptions {
+            rows: 40,
+            minutes: 6,
+            changes_per_minute: 12,
+            manifest_rows: 0,
+            task_start_timestamps: task_start,
+            ..SimOptions::default()
+        };
+        let manifest = simulate(&catalog, &opts, &dir.path().join("bucket")).unwrap();
+        let with = |case: &str| {
+            manifest
+                .tables
+                .iter()
+                .filter(|t| t.cases.iter().any(|c| c.starts_with(case)))
+                .count()
+        };
+        assert!(with("reload@") > 0 && with("truncate@") > 0, "{manifest:?}");
+        assert!(manifest.tables.iter().any(|t| !t.removed.is_empty()));
+        let p = Pipeline {
+            catalog: Arc::new(catalog.clone()),
+            store: DirStore::new(dir.path().join("bucket")),
+            warehouse: Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite")).unwrap()),
+            work_dir: dir.path().join("work"),
+        };
+        let mut bodies: Vec<String> = manifest
+            .tables
+            .iter()
+            .filter(|t| t.enabled)
+            .flat_map(|t| {
+                let bucket = &catalog.source(&t.source).unwrap().bucket;
+                t.files
+                    .iter()
+                    .map(|k| s3_event_body(bucket, k, 1, "x", "2026-11-26T00:00:00Z"))
+            })
+            .collect();
+        bodies.reverse();
+        for chunk in bodies.chunks(25) {
+            let event = SqsEvent {
+                records: chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| message(&format!("m{i}"), b.clone()))
+                    .collect(),
+            };
+            let report = handle_batch(&p, p.warehouse.as_ref(), &event, HandlerOptions::default());
+            assert!(
+                report.response.batch_item_failures.is_empty(),
+                "{:?}",
+                report.objects
+            );
+        }
+        assert_eq!(
+            mismatches(&p, &manifest),
+            Vec::<String>::new(),
+            "task_start_timestamps={task_start}"
+        );
+    }
+}

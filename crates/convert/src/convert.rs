@@ -50,6 +50,10 @@ const PREFETCH_MAX: u64 = 32 << 20;
 /// The DMS change-operation column.
 const DMS_OP: &str = "Op";
 
+/// The column the `add-column` rule ferry generates gives DMS's `$AR_H_CHANGE_SEQ` header
+/// (matched whatever its case).
+pub const DMS_CHANGE_SEQ: &str = "AR_H_CHANGE_SEQ";
+
 /// What the converter needs to know about the object besides its bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvertRequest<'a> {
@@ -69,6 +73,8 @@ pub struct ConvertRequest<'a> {
 /// What a conversion did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ConvertOutcome {
+    /// The file's `_ferry_file_seq` (see `DmsObject::file_seq`).
+    pub file_seq: String,
     /// The table's schema after this file: the known columns, then the added ones.
     pub schema: TableSchema,
     /// Columns this file has that the table did not (the writer adds them).
@@ -125,6 +131,7 @@ pub struct Conversion {
     added: Vec<BqField>,
     op_leaf: Option<usize>,
     ts_leaf: Option<usize>,
+    cs_leaf: Option<usize>,
     limits: Limits,
 }
 
@@ -166,6 +173,7 @@ impl Conversion {
         let ts_name = req.source.timestamp_column.as_deref();
         let mut op_leaf = None;
         let mut ts_leaf = None;
+        let mut cs_leaf = None;
         let mut file_columns: Vec<(String, BqType, Out)> = Vec::new();
         for (leaf, field) in arrow_schema.fields().iter().enumerate() {
             let col = descr.column(leaf);
@@ -178,6 +186,10 @@ impl Conversion {
             }
             if Some(name) == ts_name {
                 ts_leaf = Some(leaf);
+                continue;
+            }
+            if name.eq_ignore_ascii_case(DMS_CHANGE_SEQ) && cs_leaf.is_none() {
+                cs_leaf = Some(leaf);
                 continue;
             }
             if col.max_rep_level() > 0 || col.path().parts().len() != 1 {
@@ -269,6 +281,7 @@ impl Conversion {
             added,
             op_leaf,
             ts_leaf,
+            cs_leaf,
             limits,
         })
     }
@@ -351,7 +364,11 @@ impl Conversion {
         let op_leaf = self
             .op_leaf
             .filter(|_| matches!(req.object.file, DmsFile::Cdc { .. }));
-        let mut decode_leaves: Vec<usize> = op_leaf.into_iter().chain(self.ts_leaf).collect();
+        let mut decode_leaves: Vec<usize> = op_leaf
+            .into_iter()
+            .chain(self.ts_leaf)
+            .chain(self.change_seq_leaf(req))
+            .collect();
         decode_leaves.extend(self.columns.iter().filter_map(|(_, o)| match o {
             Out::Transform(leaf, _) => Some(*leaf),
             _ => None,
@@ -465,6 +482,7 @@ impl Conversion {
             _ => (c, t),
         });
         Ok(ConvertOutcome {
+            file_seq: constants[meta::FILE_SEQ].clone(),
             schema: self.schema,
             added: self.added,
             rows: row_base,
@@ -487,7 +505,7 @@ impl Conversion {
     /// encoded once per row-group size and spliced in, not encoded row by row.
     fn constants(&self, req: &ConvertRequest<'_>) -> BTreeMap<&'static str, String> {
         let mut constants = BTreeMap::from([
-            (meta::FILE_SEQ, req.object.file_seq()),
+            (meta::FILE_SEQ, req.object.file_seq(req.object_time_micros)),
             (meta::FILE, req.object.key.clone()),
             (meta::SOURCE, req.source.name.clone()),
         ]);
@@ -496,7 +514,17 @@ impl Conversion {
         } else if self.op_leaf.is_none() {
             constants.insert(meta::OP, meta::op::INSERT.to_owned());
         }
+        if self.change_seq_leaf(req).is_none() {
+            constants.insert(meta::CHANGE_SEQ, String::new());
+        }
         constants
+    }
+
+    /// The change-sequence column to decode: CDC files only (DMS leaves it empty in full-load
+    /// rows).
+    fn change_seq_leaf(&self, req: &ConvertRequest<'_>) -> Option<usize> {
+        self.cs_leaf
+            .filter(|_| matches!(req.object.file, DmsFile::Cdc { .. }))
     }
 
     /// Whether the task compresses its files (DMS `CompressionType`): ferry's own columns
@@ -576,6 +604,9 @@ impl Conversion {
                     .clone()
                     .ok_or_else(|| ConvertError::write("no Op values"))?,
                 Out::Meta(meta::COMMIT_TS) => Arc::clone(&commit),
+                Out::Meta(meta::CHANGE_SEQ) => {
+                    change_seqs(self.change_seq_leaf(req).and_then(leaf_array), n)?
+                }
                 Out::Meta(meta::ROW) => Arc::new(Int64Array::from_iter_values(
                     (row_base..row_base + n as u64).map(|r| r as i64),
                 )),
@@ -817,11 +848,30 @@ fn commit_times(ts: Option<&ArrayRef>, n: usize, file_time: i64, stats: &mut Sta
     Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
 }
 
+/// `_ferry_change_seq` for a batch: DMS's text (a NULL as empty), which must be a string.
+fn change_seqs(cs: Option<&ArrayRef>, n: usize) -> Result<ArrayRef> {
+    let Some(cs) = cs else {
+        return Ok(Arc::new(StringArray::from_iter_values(
+            std::iter::repeat_n("", n),
+        )));
+    };
+    let strings =
+        cs.as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| ConvertError::UnsupportedType {
+                column: DMS_CHANGE_SEQ.into(),
+                parquet: format!("{:?}", cs.data_type()),
+            })?;
+    Ok(Arc::new(StringArray::from_iter_values(
+        strings.iter().map(|v| v.unwrap_or("")),
+    )))
+}
+
 /// The time a file stands for: its name's timestamp (CDC), else when S3 says it was written,
 /// else the epoch.
 fn file_time_micros(req: &ConvertRequest<'_>) -> i64 {
     match &req.object.file {
-        DmsFile::Cdc { timestamp, .. } => timefmt::cdc_micros(timestamp),
+        DmsFile::Cdc { timestamp, .. } => timestamp.micros(),
         DmsFile::FullLoad { .. } => req.object_time_micros.unwrap_or(0),
     }
 }

@@ -1,17 +1,6 @@
 //! Date and time text as DMS writes it, to microseconds since the Unix epoch.
 
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-pub(crate) fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-const MICROS_PER_DAY: i64 = 86_400_000_000;
+use ferry_core::civil::{MICROS_PER_DAY, days_from_civil};
 
 fn digits(s: &[u8]) -> Option<u32> {
     if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
@@ -106,24 +95,9 @@ fn days_in_month(year: u32, month: u32) -> u32 {
     }
 }
 
-/// Microseconds since the epoch of a CDC file name's timestamp (UTC).
-pub(crate) fn cdc_micros(t: &ferry_core::key::CdcTimestamp) -> i64 {
-    let days = days_from_civil(i64::from(t.year), u32::from(t.month), u32::from(t.day));
-    let secs = i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second);
-    days * MICROS_PER_DAY + secs * 1_000_000 + i64::from(t.nanos / 1000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn epoch_days() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(1969, 12, 31), -1);
-        assert_eq!(days_from_civil(2026, 11, 26), 20_783);
-    }
 
     #[test]
     fn datetimes() {

@@ -179,6 +179,18 @@ impl CdcTimestamp {
         )
     }
 
+    /// Microseconds since the epoch (UTC; nanoseconds past the microsecond are dropped).
+    pub fn micros(&self) -> i64 {
+        let days = crate::civil::days_from_civil(
+            i64::from(self.year),
+            u32::from(self.month),
+            u32::from(self.day),
+        );
+        let secs =
+            i64::from(self.hour) * 3600 + i64::from(self.minute) * 60 + i64::from(self.second);
+        days * crate::civil::MICROS_PER_DAY + secs * 1_000_000 + i64::from(self.nanos / 1000)
+    }
+
     /// ISO-8601 form, `2023-01-15T09:30:00.123000000Z`.
     pub fn iso8601(&self) -> String {
         format!(
@@ -287,11 +299,33 @@ impl DmsObject {
         self.file.kind()
     }
 
-    /// A string that sorts a table's files in the order their rows must be applied: every
-    /// full-load file before any CDC file, full-load files by (parallel-load partition, segment,
-    /// counter), CDC files by timestamp (not by name length), then by name. Loaded next to every
-    /// row (with the row's position) so that BigQuery can order changes the same way.
-    pub fn file_seq(&self) -> String {
+    /// Whether the file opens a load run: `LOAD00000001` outside any parallel-load partition or
+    /// segment. DMS writes it first whenever it loads the table, on the first load and on every
+    /// reload; everything older than it is replaced by the run.
+    pub fn is_run_start(&self) -> bool {
+        matches!(
+            self.file,
+            DmsFile::FullLoad {
+                partition: None,
+                segment: None,
+                counter: 1,
+            }
+        )
+    }
+
+    /// The file's place in its table's source order, loaded next to every row (with the row's
+    /// position) so that the warehouse orders changes the same way. It sorts by the time DMS
+    /// wrote the file, because only that orders a full load against the changes captured while
+    /// it ran: DMS caches those changes and writes them after the load, so their own
+    /// timestamps are older than rows they must override.
+    ///
+    /// `written_micros` is when S3 says a full-load file was written (`LastModified`; its name
+    /// has no time); a CDC file's name carries the time. The form is
+    /// `<20-digit µs>.0.<0|1>.<partition>.<segment>.<counter>.<name>` for a full-load file (`0`
+    /// for a run start, see [`DmsObject::is_run_start`] and [`run_start_sql`]) and
+    /// `<20-digit µs>.1.<name>` for a CDC file: at the same instant a full load sorts first.
+    /// Without a time, full-load files sort before every CDC file (the order within one batch).
+    pub fn file_seq(&self, written_micros: Option<i64>) -> String {
         let name = self.key.rsplit('/').next().unwrap_or_default();
         match &self.file {
             DmsFile::FullLoad {
@@ -299,28 +333,36 @@ impl DmsObject {
                 segment,
                 counter,
             } => {
+                let t = written_micros.unwrap_or(0).max(0);
                 // No partition sorts before every named one; no segment before SEGMENT0.
                 let partition = partition
                     .as_ref()
                     .map(|p| format!("1{p}"))
                     .unwrap_or_default();
                 let segment = segment.map_or(0, |s| u64::from(s) + 1);
-                format!("0.{partition}.{segment:010}.{counter:08X}.{name}")
+                let run = if self.is_run_start() { '0' } else { '1' };
+                format!("{t:020}.0.{run}.{partition}.{segment:010}.{counter:08X}.{name}")
             }
-            DmsFile::Cdc { timestamp: t, .. } => format!(
-                "1.{:04}{:02}{:02}{:02}{:02}{:02}{:09}.{name}",
-                t.year, t.month, t.day, t.hour, t.minute, t.second, t.nanos
-            ),
+            DmsFile::Cdc { timestamp: t, .. } => {
+                format!("{:020}.1.{name}", t.micros().max(0))
+            }
         }
     }
 
-    /// Compares two files of the same table in apply order ([`DmsObject::file_seq`]); the key
-    /// breaks any remaining tie, so the order is total.
+    /// Compares two files of the same table in the order a batch loads them (full-load files,
+    /// then CDC files by time, see [`DmsObject::file_seq`] without write times); the key breaks
+    /// any remaining tie, so the order is total.
     pub fn apply_order(&self, other: &Self) -> Ordering {
-        self.file_seq()
-            .cmp(&other.file_seq())
+        self.file_seq(None)
+            .cmp(&other.file_seq(None))
             .then_with(|| self.key.cmp(&other.key))
     }
+}
+
+/// An SQL condition (BigQuery and SQLite) that holds where `seq`, a `_ferry_file_seq` value,
+/// is a run start's ([`DmsObject::is_run_start`]).
+pub fn run_start_sql(seq: &str) -> String {
+    format!("SUBSTR({seq}, 22, 3) = '0.0'")
 }
 
 /// The outcome of parsing a key: a data object, or why it is skipped.

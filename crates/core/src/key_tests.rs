@@ -693,3 +693,43 @@ fn apply_order_is_total_and_puts_full_load_first() {
         }
     }
 }
+
+#[test]
+fn file_seq_orders_by_write_time_so_a_reload_follows_the_changes_before_it() {
+    let at = |key: &str| parse_key(key, "d", None).expect(key);
+    let t = |h: i64, m: i64, s: i64| {
+        crate::civil::days_from_civil(2026, 11, 26) * crate::civil::MICROS_PER_DAY
+            + ((h * 60 + m) * 60 + s) * 1_000_000
+    };
+    let load1 = at("d/s/t/LOAD00000001.parquet");
+    let load2 = at("d/s/t/LOAD00000002.parquet");
+    // Changes captured during the load are written after it, so their files are newer than
+    // every LOAD file of the run even though their rows' timestamps are older.
+    let cached = at("d/s/t/20261126-100500000.parquet");
+    let later = at("d/s/t/20261126-110000000.parquet");
+    let first_run = [
+        load1.file_seq(Some(t(10, 0, 0))),
+        load2.file_seq(Some(t(10, 4, 59))),
+        cached.file_seq(None),
+        later.file_seq(None),
+    ];
+    assert!(first_run.windows(2).all(|w| w[0] < w[1]), "{first_run:#?}");
+    // A reload writes LOAD00000001 again, after the CDC files before it.
+    let reload = load1.file_seq(Some(t(12, 0, 0)));
+    assert!(reload > first_run[3], "{reload} > {}", first_run[3]);
+    // Only the run's first file is a run start, and the SQL test reads the same position.
+    assert!(load1.is_run_start() && !load2.is_run_start() && !cached.is_run_start());
+    assert!(!at("d/s/t/SEGMENT1_LOAD00000001.parquet").is_run_start());
+    assert!(!at("d/s/t/p0/LOAD00000001.parquet").is_run_start());
+    for (seq, start) in [
+        (&reload, true),
+        (&first_run[1], false),
+        (&first_run[2], false),
+    ] {
+        assert_eq!(&seq[21..24] == "0.0", start, "{seq}");
+    }
+    assert_eq!(run_start_sql("x"), "SUBSTR(x, 22, 3) = '0.0'");
+    // The same instant: a full-load file sorts before a CDC file.
+    let same = at("d/s/t/20261126-100000000.parquet").file_seq(None);
+    assert!(load1.file_seq(Some(t(10, 0, 0))) < same);
+}

@@ -19,6 +19,7 @@
 //! - [`sql`]: the BigQuery DDL and replica MERGE ferry runs.
 
 pub mod bqtype;
+pub mod civil;
 pub mod deploy;
 pub mod event;
 pub mod jobid;

@@ -69,8 +69,11 @@ pub mod meta {
     pub const OP: &str = "_ferry_op";
     /// The change's source commit time (full load: the time DMS read the row).
     pub const COMMIT_TS: &str = "_ferry_commit_ts";
-    /// The file's place in its table's apply order (see `DmsObject::file_seq`).
+    /// The file's place in its table's source order (see `DmsObject::file_seq`).
     pub const FILE_SEQ: &str = "_ferry_file_seq";
+    /// DMS's `AR_H_CHANGE_SEQ` header (a rule ferry generates adds it to every CDC row): the
+    /// change's place in the task's whole stream; empty for full-load rows and older tasks.
+    pub const CHANGE_SEQ: &str = "_ferry_change_seq";
     /// The row's 0-based position in its file.
     pub const ROW: &str = "_ferry_row";
     /// The S3 key of the file the row came from.
@@ -79,7 +82,12 @@ pub mod meta {
     pub const SOURCE: &str = "_ferry_source";
 
     /// Every metadata column, in table order.
-    pub const ALL: [&str; 6] = [OP, COMMIT_TS, FILE_SEQ, ROW, FILE, SOURCE];
+    pub const ALL: [&str; 7] = [OP, COMMIT_TS, FILE_SEQ, CHANGE_SEQ, ROW, FILE, SOURCE];
+
+    /// A change's version, compared in this order: the file's place, then the change sequence,
+    /// then the row's place. The commit timestamp is not part of it: MySQL's has whole seconds
+    /// and the statement's start, and a full-load row's is when it was read.
+    pub const VERSION: [&str; 3] = [FILE_SEQ, CHANGE_SEQ, ROW];
 
     /// `_ferry_op` values.
     pub mod op {
@@ -117,12 +125,17 @@ pub mod meta {
             f(
                 FILE_SEQ,
                 BqType::String,
-                "ferry: the file's place in the table's apply order",
+                "ferry: the file's place in the table's source order (when DMS wrote it)",
+            ),
+            f(
+                CHANGE_SEQ,
+                BqType::String,
+                "ferry: DMS AR_H_CHANGE_SEQ of the change; empty for full-load rows",
             ),
             f(
                 ROW,
                 BqType::Int64,
-                "ferry: the row's position in its file; apply order is (_ferry_commit_ts, _ferry_file_seq, _ferry_row)",
+                "ferry: the row's position in its file; source order is (_ferry_file_seq, _ferry_change_seq, _ferry_row)",
             ),
             f(FILE, BqType::String, "ferry: S3 key of the source file"),
             f(

@@ -5,14 +5,25 @@
 //! tests and executed on a BigQuery-dialect engine without a cloud account.
 //!
 //! # Replica apply
-//! A replica holds the latest change per primary key, in source commit order: `_ferry_commit_ts`,
-//! then `_ferry_file_seq` (the file's place in DMS's output), then `_ferry_row` (the row's place
-//! in its file). Arrival order never matters: a change wins only where it is newer than what
-//! the replica row or the key's tombstone already holds, so rerunning an apply, a duplicated
-//! file or a file delivered late changes nothing it should not. Hard deletes leave a tombstone
+//! A replica holds the latest change per primary key, in source order: `_ferry_file_seq` (when
+//! DMS wrote the row's file), then `_ferry_change_seq` (DMS's `AR_H_CHANGE_SEQ`, when the task
+//! adds it), then `_ferry_row` (the row's place in its file). Commit timestamps order nothing:
+//! MySQL's have whole seconds and record the statement's start, and a full-load row's is when
+//! DMS read it, later than the changes captured during the load that must override it. Arrival
+//! order never matters: a change wins only where it is newer than what the replica row or the
+//! key's tombstone already holds, so rerunning an apply, a duplicated file or a file delivered
+//! late changes nothing it should not. Hard deletes leave a tombstone
 //! (`<replica>__ferry_tombstones`: the key and the delete's version) so that an older insert
 //! arriving after the delete cannot bring the row back; soft-delete replicas keep the row
 //! itself, flagged `_ferry_deleted`, which serves the same purpose.
+//!
+//! # Load runs
+//! Each time DMS loads a table (the first load, and every reload) it writes `LOAD00000001`
+//! first. Its `_ferry_file_seq` is recorded in `<replica>__ferry_runs`, and every change older
+//! than the newest recorded run start is ignored, however late it arrives. Rows already in
+//! the replica that are older than the run are removed when the run start is applied
+//! (hard deletes: tombstoned at the run's start; soft deletes: flagged); the rows the run
+//! delivers are newer than its start and stay.
 //!
 //! An apply reads only the change-log rows of the files it is given, within their commit-time
 //! range (so BigQuery prunes the change log to the partitions those files touch).
@@ -68,6 +79,16 @@ pub fn tombstones_of(replica: &TableRef) -> TableRef {
         project: replica.project.clone(),
         dataset: replica.dataset.clone(),
         table: format!("{}__ferry_tombstones", replica.table),
+    }
+}
+
+/// A replica's load-run table: the `_ferry_file_seq` of every run start applied (see "Load
+/// runs"), so that a change older than the newest run, however late it arrives, is ignored.
+pub fn runs_of(replica: &TableRef) -> TableRef {
+    TableRef {
+        project: replica.project.clone(),
+        dataset: replica.dataset.clone(),
+        table: format!("{}__ferry_runs", replica.table),
     }
 }
 
@@ -260,7 +281,8 @@ pub fn in_replica(table: &TableMapping, changelog: &[BqField]) -> Vec<BqField> {
         .collect()
 }
 
-/// `CREATE TABLE IF NOT EXISTS` for a replica and (hard deletes) its tombstone table.
+/// `CREATE TABLE IF NOT EXISTS` for a replica, its run table and (hard deletes) its tombstone
+/// table.
 pub fn create_replica(
     table: &TableMapping,
     changelog: &TableSchema,
@@ -285,13 +307,19 @@ pub fn create_replica(
         cluster_clause(&clusterable(&cluster_columns(table), &schema)),
         string_literal(&described("ferry replica of", table)),
     )];
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n  {} STRING NOT NULL\n)\nOPTIONS(description={})",
+        table_path(&runs_of(replica)),
+        ident(meta::FILE_SEQ),
+        string_literal(&described("ferry load runs of", table)),
+    ));
     if !table.soft_delete {
         let fields: Vec<BqField> = table
             .primary_key
             .iter()
             .filter_map(|k| changelog.field(k).cloned())
             .chain(
-                [meta::COMMIT_TS, meta::FILE_SEQ, meta::ROW]
+                TOMBSTONE_META
                     .iter()
                     .filter_map(|m| changelog.field(m).cloned()),
             )
@@ -403,15 +431,29 @@ pub struct ApplyWindow {
     pub commit_ts_min: Option<i64>,
     /// Latest commit time among them; `None`: no upper bound.
     pub commit_ts_max: Option<i64>,
+    /// Whether the apply rebuilds the replica from a load run (see the module docs).
+    pub rebuild: Rebuild,
+}
+
+/// Which load run, if any, an apply rebuilds the replica from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebuild {
+    /// None: the window holds no run start.
+    No,
+    /// The run whose first file has this `_ferry_file_seq` (the newest run start in the window).
+    From(String),
+    /// The newest run start in the whole change log (a full re-apply).
+    Newest,
 }
 
 impl ApplyWindow {
-    /// The whole change log (a full re-apply).
+    /// The whole change log (a full re-apply), rebuilt from its newest load run.
     pub fn everything() -> ApplyWindow {
         ApplyWindow {
             files: Vec::new(),
             commit_ts_min: None,
             commit_ts_max: None,
+            rebuild: Rebuild::Newest,
         }
     }
 }
@@ -441,23 +483,37 @@ fn window_filter(window: &ApplyWindow) -> String {
     }
 }
 
-/// `(a.commit_ts, a.file_seq, a.row) > (b...)`, or `>=` with `or_equal`.
+/// `a`'s version ([`meta::VERSION`]) is newer than `b`'s, or as new with `or_equal`.
 fn newer(a: &str, b: &str, or_equal: bool) -> String {
-    let [ts, seq, row] = [meta::COMMIT_TS, meta::FILE_SEQ, meta::ROW].map(ident);
+    let [seq, cs, row] = meta::VERSION.map(ident);
     let last = if or_equal { ">=" } else { ">" };
     format!(
-        "({a}.{ts} > {b}.{ts} OR ({a}.{ts} = {b}.{ts} AND ({a}.{seq} > {b}.{seq} OR ({a}.{seq} = {b}.{seq} AND {a}.{row} {last} {b}.{row}))))"
+        "({a}.{seq} > {b}.{seq} OR ({a}.{seq} = {b}.{seq} AND ({a}.{cs} > {b}.{cs} OR ({a}.{cs} = {b}.{cs} AND {a}.{row} {last} {b}.{row}))))"
     )
 }
 
-/// The latest change per key among the window's rows.
-fn latest_changes(table: &TableMapping, window: &ApplyWindow) -> String {
-    let keys: Vec<String> = table.primary_key.iter().map(|k| ident(k)).collect();
-    let [ts, seq, row] = [meta::COMMIT_TS, meta::FILE_SEQ, meta::ROW].map(ident);
+/// A tombstone's columns after the key: the delete's commit time (for reading) and version.
+const TOMBSTONE_META: [&str; 4] = [meta::COMMIT_TS, meta::FILE_SEQ, meta::CHANGE_SEQ, meta::ROW];
+
+/// The newest run start recorded for a replica, `''` when none.
+fn newest_run(replica: &TableRef) -> String {
+    let seq = ident(meta::FILE_SEQ);
     format!(
-        "SELECT * FROM {cl}\n    WHERE {filter}\n    QUALIFY ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {ts} DESC, {seq} DESC, {row} DESC) = 1",
+        "IFNULL((SELECT MAX({seq}) FROM {}), '')",
+        table_path(&runs_of(replica))
+    )
+}
+
+/// The latest change per key among the window's rows that are not older than the newest load
+/// run.
+fn latest_changes(table: &TableMapping, replica: &TableRef, window: &ApplyWindow) -> String {
+    let keys: Vec<String> = table.primary_key.iter().map(|k| ident(k)).collect();
+    let [seq, cs, row] = meta::VERSION.map(ident);
+    format!(
+        "SELECT * FROM {cl}\n    WHERE {filter}\n      AND {seq} >= {run}\n    QUALIFY ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {seq} DESC, {cs} DESC, {row} DESC) = 1",
         cl = table_path(&table.changelog),
         filter = window_filter(window),
+        run = newest_run(replica),
         keys = keys.join(", "),
     )
 }
@@ -485,14 +541,14 @@ pub fn apply_statements(
     let is_delete = format!("S.{op} = {}", string_literal(meta::op::DELETE));
     let cols: Vec<String> = changelog.fields.iter().map(|f| ident(&f.name)).collect();
     let deleted = ident(DELETED);
-    let mut out = Vec::new();
-    let mut source = latest_changes(table, window);
+    let mut out = record_run(table, replica, window);
+    let mut source = latest_changes(table, replica, window);
     if !table.soft_delete {
         let tomb = tombstones_of(replica);
         let tomb_cols: Vec<String> = keys
             .iter()
             .map(|k| ident(k))
-            .chain([meta::COMMIT_TS, meta::FILE_SEQ, meta::ROW].map(ident))
+            .chain(TOMBSTONE_META.map(ident))
             .collect();
         // 1. Remember the newest delete per key.
         out.push(format!(
@@ -502,7 +558,7 @@ pub fn apply_statements(
             del = string_literal(meta::op::DELETE),
             on = key_match("T", "S", keys),
             newer = newer("S", "T", false),
-            set = [meta::COMMIT_TS, meta::FILE_SEQ, meta::ROW]
+            set = TOMBSTONE_META
                 .map(|c| format!("{c} = S.{c}", c = ident(c)))
                 .join(", "),
             cols = tomb_cols.join(", "),
@@ -514,10 +570,10 @@ pub fn apply_statements(
         ));
         // Changes older than a key's tombstone are dropped (the delete itself passes: equal).
         source = format!(
-            "SELECT C.* FROM (\n    {source}\n  ) C\n  LEFT JOIN {tp} D ON {on}\n  WHERE D.{ts} IS NULL OR {newer_eq}",
+            "SELECT C.* FROM (\n    {source}\n  ) C\n  LEFT JOIN {tp} D ON {on}\n  WHERE D.{seq} IS NULL OR {newer_eq}",
             tp = table_path(&tomb),
             on = key_match("D", "C", keys),
-            ts = ident(meta::COMMIT_TS),
+            seq = ident(meta::FILE_SEQ),
             newer_eq = newer("C", "D", true),
         );
     }
@@ -585,7 +641,67 @@ pub fn apply_statements(
         );
     }
     out.push(merge);
+    out.extend(rebuild_statements(table, replica, window));
     out
+}
+
+/// Records the window's run start, if any, in the replica's run table (before the MERGE, so
+/// that it already ignores what the run replaces).
+fn record_run(table: &TableMapping, replica: &TableRef, window: &ApplyWindow) -> Vec<String> {
+    let seq = ident(meta::FILE_SEQ);
+    let run = match &window.rebuild {
+        Rebuild::No => return Vec::new(),
+        Rebuild::From(s) => string_literal(s),
+        Rebuild::Newest => format!(
+            "(SELECT MAX({seq}) FROM {cl} WHERE {start})",
+            cl = table_path(&table.changelog),
+            start = crate::key::run_start_sql(&seq),
+        ),
+    };
+    vec![format!(
+        "MERGE {rt} T\nUSING (SELECT {run} AS {seq}) S\nON T.{seq} = S.{seq}\nWHEN NOT MATCHED AND S.{seq} IS NOT NULL THEN INSERT ({seq}) VALUES (S.{seq})",
+        rt = table_path(&runs_of(replica)),
+    )]
+}
+
+/// After a window holding a run start: the replica's rows older than the newest run are
+/// removed, tombstoned at the run's start (hard deletes) or flagged deleted (soft deletes).
+/// Rows the run delivers again are newer than its start and stay. Both statements are
+/// idempotent.
+fn rebuild_statements(
+    table: &TableMapping,
+    replica: &TableRef,
+    window: &ApplyWindow,
+) -> Vec<String> {
+    if window.rebuild == Rebuild::No {
+        return Vec::new();
+    }
+    let run = newest_run(replica);
+    let [ts, seq, cs, row] = TOMBSTONE_META.map(ident);
+    let older = format!("{seq} < {run}");
+    if table.soft_delete {
+        return vec![format!(
+            "UPDATE {rp} SET {deleted} = TRUE, {seq} = {run}, {cs} = '', {row} = -1\nWHERE {older}",
+            rp = table_path(replica),
+            deleted = ident(DELETED),
+        )];
+    }
+    let keys: Vec<String> = table.primary_key.iter().map(|k| ident(k)).collect();
+    vec![
+        format!(
+            "MERGE {tp} T\nUSING (\n  SELECT {key_list}, {ts}, {run} AS {seq} FROM {rp} WHERE {older}\n) S\nON {on}\nWHEN MATCHED AND T.{seq} < S.{seq} THEN UPDATE SET {ts} = S.{ts}, {seq} = S.{seq}, {cs} = '', {row} = -1\nWHEN NOT MATCHED THEN INSERT ({key_list}, {ts}, {seq}, {cs}, {row}) VALUES ({s_keys}, S.{ts}, S.{seq}, '', -1)",
+            tp = table_path(&tombstones_of(replica)),
+            rp = table_path(replica),
+            key_list = keys.join(", "),
+            on = key_match("T", "S", &table.primary_key),
+            s_keys = keys
+                .iter()
+                .map(|k| format!("S.{k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        format!("DELETE FROM {rp} WHERE {older}", rp = table_path(replica)),
+    ]
 }
 
 #[cfg(test)]
@@ -621,6 +737,7 @@ mod tests {
             (meta::OP, BqType::String),
             (meta::COMMIT_TS, BqType::Timestamp),
             (meta::FILE_SEQ, BqType::String),
+            (meta::CHANGE_SEQ, BqType::String),
             (meta::ROW, BqType::Int64),
             (meta::FILE, BqType::String),
         ]
@@ -718,7 +835,10 @@ mod tests {
         assert!(ddl.contains("CLUSTER BY `id`\n"), "{ddl}");
         let replica = create_replica(t, &schema).unwrap();
         assert!(
-            replica.iter().all(|d| d.contains("CLUSTER BY `id`")),
+            replica
+                .iter()
+                .filter(|d| !d.contains("__ferry_runs"))
+                .all(|d| d.contains("CLUSTER BY `id`")),
             "{replica:?}"
         );
         let only_bytes = &mapping(r#""g.k": {"primary_key": ["blob"]}"#)[0];
@@ -751,7 +871,8 @@ mod tests {
         assert_eq!(doc.bq_type, BqType::Json);
         assert!(fields.iter().any(|f| f.name == INVALID_JSON));
         let merge = apply_statements(t, &schema, &ApplyWindow::everything())
-            .pop()
+            .into_iter()
+            .find(|s| s.starts_with("MERGE `project-p`.`d`.`docs` T"))
             .unwrap();
         assert!(
             merge.contains("`doc` = SAFE.PARSE_JSON(S.`doc`)"),
@@ -782,6 +903,7 @@ mod tests {
             files: vec!["a/b.parquet".into(), "it's.parquet".into()],
             commit_ts_min: Some(1),
             commit_ts_max: Some(2),
+            rebuild: Rebuild::No,
         };
         let f = window_filter(&w);
         assert!(
@@ -791,5 +913,55 @@ mod tests {
         assert!(f.contains("<= TIMESTAMP_MICROS(2)"), "{f}");
         assert!(f.contains("'it\\'s.parquet'"), "{f}");
         assert_eq!(window_filter(&ApplyWindow::everything()), "TRUE");
+    }
+
+    #[test]
+    fn changes_order_by_file_then_change_sequence_then_row_and_runs_rebuild() {
+        let t = &mapping(r#""g.k": {"primary_key": ["id"]}"#)[0];
+        let schema = with_meta(&[("id", BqType::Int64)]);
+        let window = |rebuild| ApplyWindow {
+            files: vec!["f/g/k/LOAD00000001.parquet".into()],
+            commit_ts_min: None,
+            commit_ts_max: None,
+            rebuild,
+        };
+        let plain = apply_statements(t, &schema, &window(Rebuild::No));
+        assert_eq!(plain.len(), 2, "tombstones and replica: {plain:#?}");
+        let merge = &plain[1];
+        assert!(
+            merge.contains(
+                "ORDER BY `_ferry_file_seq` DESC, `_ferry_change_seq` DESC, `_ferry_row` DESC"
+            ),
+            "{merge}"
+        );
+        assert!(
+            !merge.contains("`_ferry_commit_ts` >"),
+            "timestamps order nothing: {merge}"
+        );
+        // Changes older than the newest run start are ignored, however late they come.
+        assert!(
+            merge.contains("AND `_ferry_file_seq` >= IFNULL((SELECT MAX(`_ferry_file_seq`) FROM `project-p`.`d`.`k__ferry_runs`), '')"),
+            "{merge}"
+        );
+        let rebuild = apply_statements(t, &schema, &window(Rebuild::From("000.0.0.x".into())));
+        assert_eq!(rebuild.len(), 5, "{rebuild:#?}");
+        assert!(rebuild[0].starts_with("MERGE `project-p`.`d`.`k__ferry_runs`"));
+        assert!(rebuild[0].contains("SELECT '000.0.0.x' AS"));
+        assert!(rebuild[3].starts_with("MERGE `project-p`.`d`.`k__ferry_tombstones`"));
+        assert!(rebuild[4].starts_with("DELETE FROM `project-p`.`d`.`k` WHERE"));
+        // A full re-apply finds the newest run start in the change log.
+        let again = apply_statements(t, &schema, &ApplyWindow::everything());
+        assert!(
+            again[0].contains("WHERE SUBSTR(`_ferry_file_seq`, 22, 3) = '0.0'"),
+            "{}",
+            again[0]
+        );
+        let soft = &mapping(r#""g.k": {"primary_key": ["id"], "soft_delete": true}"#)[0];
+        let soft = apply_statements(soft, &schema, &window(Rebuild::From("x".into())));
+        assert!(
+            soft.last()
+                .unwrap()
+                .starts_with("UPDATE `project-p`.`d`.`k` SET `_ferry_deleted` = TRUE")
+        );
     }
 }

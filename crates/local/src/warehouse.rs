@@ -362,7 +362,7 @@ impl Warehouse for SqliteWarehouse {
                 req.table.source_table(),
                 req.bucket,
                 req.object.key,
-                req.object.file_seq(),
+                req.file_seq,
                 rows as i64,
                 req.commit_ts_max,
                 ferry_pipeline::now_micros()
@@ -411,11 +411,13 @@ impl Warehouse for SqliteWarehouse {
         let cols: Vec<String> = schema.fields.iter().map(|f| quote(&f.name)).collect();
         let col_list = cols.join(", ");
         let deleted = format!("{} = '{}'", quote(meta::OP), meta::op::DELETE);
-        let (ts, seq, row) = (
+        let (ts, seq, cs, row) = (
             quote(meta::COMMIT_TS),
             quote(meta::FILE_SEQ),
+            quote(meta::CHANGE_SEQ),
             quote(meta::ROW),
         );
+        let version = |alias: &str| format!("({alias}.{seq}, {alias}.{cs}, {alias}.{row})");
         // Deleted keys keep their version in a tombstone table (soft-delete replicas keep the
         // flagged row instead), so that a late, older insert cannot resurrect them.
         let tombstones = format!("{replica}__ferry_tombstones");
@@ -424,16 +426,26 @@ impl Warehouse for SqliteWarehouse {
             .iter()
             .filter_map(|k| schema.field(k).cloned())
             .chain(
-                schema
-                    .fields
+                [meta::COMMIT_TS, meta::FILE_SEQ, meta::CHANGE_SEQ, meta::ROW]
                     .iter()
-                    .filter(|f| {
-                        f.name == meta::COMMIT_TS || f.name == meta::FILE_SEQ || f.name == meta::ROW
-                    })
-                    .cloned(),
+                    .filter_map(|m| schema.field(m).cloned()),
             )
             .collect();
         ensure_table(&tx, &tombstones, &key_fields, &table.primary_key)?;
+        // Load runs, as the BigQuery apply keeps them (`ferry_core::sql`, "Load runs"): the run
+        // starts among the new rows are recorded first; changes older than the newest are
+        // ignored, and the replica's older rows are removed.
+        let runs = format!("{replica}__ferry_runs");
+        tx.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {rt} ({seq} TEXT PRIMARY KEY);
+             INSERT OR IGNORE INTO {rt} ({seq})
+               SELECT DISTINCT {seq} FROM {cl} WHERE rowid > {last} AND rowid <= {max} AND {start};",
+            rt = quote(&runs),
+            cl = quote(&changelog),
+            start = ferry_core::key::run_start_sql(&seq),
+        ))
+        .map_err(db_error)?;
+        let newest_run = format!("ifnull((SELECT max({seq}) FROM {}), '')", quote(&runs));
         let matches = |alias: &str| {
             keys.iter()
                 .map(|k| format!("{alias}.{k} = _ferry_cand.{k}"))
@@ -441,22 +453,22 @@ impl Warehouse for SqliteWarehouse {
                 .join(" AND ")
         };
         // The latest change per key among the rows loaded since the last apply wins where it is
-        // newer (by `(_ferry_commit_ts, _ferry_file_seq, _ferry_row)`, source commit order, as
+        // newer (by `(_ferry_file_seq, _ferry_change_seq, _ferry_row)`, source order, as
         // BigQuery's MERGE orders) than what the replica or a tombstone holds:
         // the work is proportional to the new rows, and the order of arrival never matters.
         tx.execute_batch(&format!(
             "DROP TABLE IF EXISTS temp._ferry_cand;
              CREATE TEMP TABLE _ferry_cand AS SELECT * FROM (
-               SELECT c.*, row_number() OVER (PARTITION BY {c_keys} ORDER BY c.{ts} DESC, c.{seq} DESC, c.{row} DESC) AS _ferry_rank
-               FROM {cl} c WHERE c.rowid > {last} AND c.rowid <= {max}
+               SELECT c.*, row_number() OVER (PARTITION BY {c_keys} ORDER BY c.{seq} DESC, c.{cs} DESC, c.{row} DESC) AS _ferry_rank
+               FROM {cl} c WHERE c.rowid > {last} AND c.rowid <= {max} AND c.{seq} >= {newest_run}
              ) WHERE _ferry_rank = 1;
              DELETE FROM temp._ferry_cand
-               WHERE EXISTS (SELECT 1 FROM {rp} r WHERE {r_match} AND (r.{ts}, r.{seq}, r.{row}) >= (_ferry_cand.{ts}, _ferry_cand.{seq}, _ferry_cand.{row}))
-                  OR EXISTS (SELECT 1 FROM {tb} t WHERE {t_match} AND (t.{ts}, t.{seq}, t.{row}) >= (_ferry_cand.{ts}, _ferry_cand.{seq}, _ferry_cand.{row}));
+               WHERE EXISTS (SELECT 1 FROM {rp} r WHERE {r_match} AND {r_version} >= {cand})
+                  OR EXISTS (SELECT 1 FROM {tb} t WHERE {t_match} AND {t_version} >= {cand});
              DELETE FROM {rp} WHERE ({key_list}) IN (SELECT {key_list} FROM temp._ferry_cand);
              DELETE FROM {tb} WHERE ({key_list}) IN (SELECT {key_list} FROM temp._ferry_cand);
              INSERT INTO {rp} (_ferry_deleted, {col_list}) SELECT {deleted}, {col_list} FROM temp._ferry_cand {keep_deleted};
-             INSERT INTO {tb} ({key_list}, {ts}, {seq}, {row}) SELECT {key_list}, {ts}, {seq}, {row} FROM temp._ferry_cand WHERE {deleted} {tombstone_rows};
+             INSERT INTO {tb} ({key_list}, {ts}, {seq}, {cs}, {row}) SELECT {key_list}, {ts}, {seq}, {cs}, {row} FROM temp._ferry_cand WHERE {deleted} {tombstone_rows};
              DROP TABLE temp._ferry_cand;",
             cl = quote(&changelog),
             rp = quote(&replica),
@@ -464,10 +476,47 @@ impl Warehouse for SqliteWarehouse {
             c_keys = keys.iter().map(|k| format!("c.{k}")).collect::<Vec<_>>().join(", "),
             r_match = matches("r"),
             t_match = matches("t"),
+            r_version = version("r"),
+            t_version = version("t"),
+            cand = version("_ferry_cand"),
             keep_deleted = if table.soft_delete { String::new() } else { format!("WHERE NOT ({deleted})") },
             tombstone_rows = if table.soft_delete { "AND 0" } else { "" },
         ))
         .map_err(db_error)?;
+        let run: Option<String> = tx
+            .query_row(
+                &format!(
+                    "SELECT {newest_run} WHERE EXISTS (SELECT 1 FROM {cl} WHERE rowid > {last} AND rowid <= {max} AND {start})",
+                    cl = quote(&changelog),
+                    start = ferry_core::key::run_start_sql(&seq),
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_error)?;
+        if let Some(run) = run {
+            let rp = quote(&replica);
+            let tb = quote(&tombstones);
+            let statements = if table.soft_delete {
+                vec![format!(
+                    "UPDATE {rp} SET _ferry_deleted = 1, {seq} = ?1, {cs} = '', {row} = -1 WHERE {seq} < ?1"
+                )]
+            } else {
+                vec![
+                    format!(
+                        "DELETE FROM {tb} WHERE ({key_list}) IN (SELECT {key_list} FROM {rp} WHERE {seq} < ?1)"
+                    ),
+                    format!(
+                        "INSERT INTO {tb} ({key_list}, {ts}, {seq}, {cs}, {row}) SELECT {key_list}, {ts}, ?1, '', -1 FROM {rp} WHERE {seq} < ?1"
+                    ),
+                    format!("DELETE FROM {rp} WHERE {seq} < ?1"),
+                ]
+            };
+            for sql in statements {
+                tx.execute(&sql, [&run]).map_err(db_error)?;
+            }
+        }
         tx.execute(
             "INSERT INTO _ferry_applied (table_name, last_rowid) VALUES (?1, ?2)
              ON CONFLICT (table_name) DO UPDATE SET last_rowid = excluded.last_rowid",

@@ -85,6 +85,8 @@ pub struct LoadRequest<'a> {
     pub object: &'a DmsObject,
     /// The bucket.
     pub bucket: &'a str,
+    /// The file's place in its table's source order (`_ferry_file_seq` of its rows).
+    pub file_seq: &'a str,
     /// The change-log table's schema with this file's columns (known ones first).
     pub schema: &'a TableSchema,
     /// Columns the table gets with this file.

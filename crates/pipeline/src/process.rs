@@ -434,6 +434,7 @@ impl Prepared<'_> {
             table: self.table,
             object: &self.object,
             bucket,
+            file_seq: &self.outcome.file_seq,
             schema: &self.outcome.schema,
             added: &self.outcome.added,
             file: &self.file,

@@ -10,7 +10,7 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use ferry_core::mapping::{Catalog, Mode, Source, TableMapping};
 use ferry_core::partition::{DateDelimiter, DatePartitioning, DateSequence};
-use ferry_core::schema::OpCounts;
+use ferry_core::schema::{OpCounts, meta};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{Compression, GzipLevel};
@@ -25,6 +25,9 @@ use crate::values::{self, V};
 
 /// Rows generated and written at a time.
 const CHUNK_ROWS: u64 = 65_536;
+
+/// The column the task's `add-column` rule fills with `$AR_H_CHANGE_SEQ`.
+pub const CHANGE_SEQ_COLUMN: &str = "AR_H_CHANGE_SEQ";
 
 /// Final states above this many rows get no checksum (it would dominate the run time).
 const CHECKSUM_MAX_ROWS: u64 = 2_000_000;
@@ -54,6 +57,13 @@ pub struct SimOptions {
     pub manifest_rows: usize,
     /// Add a column to every table half way through the CDC stream.
     pub add_column: bool,
+    /// DMS's hard cases: changes committed during the full load (written after it, with older
+    /// timestamps), whole-second timestamps out of commit order, empty CDC files, and for some
+    /// tables a reload or a truncate.
+    pub hard_cases: bool,
+    /// `UseTaskStartTimeForFullLoadTimestamp`: full-load rows carry the load's start, not their
+    /// transfer time.
+    pub task_start_timestamps: bool,
 }
 
 impl Default for SimOptions {
@@ -70,6 +80,8 @@ impl Default for SimOptions {
             only: Vec::new(),
             manifest_rows: 1_000,
             add_column: true,
+            hard_cases: true,
+            task_start_timestamps: false,
         }
     }
 }
@@ -100,9 +112,17 @@ pub struct TableManifest {
     pub target: String,
     /// The columns.
     pub columns: Vec<ColumnManifest>,
-    /// Object keys written, in apply order.
+    /// Object keys in S3 at the end, in the order DMS last wrote them (a reload rewrites
+    /// `LOAD00000001...` under the same keys).
     pub files: Vec<String>,
-    /// Rows written by operation.
+    /// Objects DMS deleted (a truncate deletes the table's folder).
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// The hard cases the table went through (`full_load_overlap`, `whole_second_timestamps`,
+    /// `reload@<minute>`, `truncate@<minute>`).
+    #[serde(default)]
+    pub cases: Vec<String>,
+    /// Rows by operation in the files still in S3.
     pub changes: OpCounts,
     /// Rows the target must hold: the replica's live rows, or every change in a change log.
     pub expected_rows: u64,
@@ -241,12 +261,299 @@ impl TableSim<'_> {
     }
 }
 
-/// One change: the op (`None` for a full-load row), the row number, the row's values and its
-/// commit time.
+/// One row DMS writes: the op (`None` for a full-load row), the row's values, the value of the
+/// timestamp column DMS writes, and the change sequence (`AR_H_CHANGE_SEQ`; empty for full-load
+/// rows).
+#[derive(Clone)]
 struct Change {
     op: Option<&'static str>,
     values: Vec<V>,
-    commit: i64,
+    stamp: i64,
+    change_seq: String,
+}
+
+/// The hard cases one table gets, chosen per table from the seed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cases {
+    /// The CDC minute at which DMS reloads the table (`LOAD00000001...` written again).
+    reload_at: Option<u32>,
+    /// The CDC minute at which the source truncates the table (DMS deletes its S3 folder).
+    truncate_at: Option<u32>,
+}
+
+/// How long the simulated full load of a table runs.
+const LOAD_MICROS: i64 = 20_000_000;
+
+/// The simulated source table and the DMS task writing it.
+struct TableRun<'a, 's> {
+    sim: &'a TableSim<'s>,
+    opts: &'a SimOptions,
+    out: &'a Path,
+    replica: bool,
+    state: Vec<RowState>,
+    live_count: u64,
+    deleted: Vec<u64>,
+    next_k: u64,
+    rng: Rng,
+    /// Changes so far, for `AR_H_CHANGE_SEQ`.
+    change_counter: u64,
+    files: Vec<String>,
+    removed: Vec<String>,
+    /// Per file still in S3, in the order DMS last wrote them: the change-log rows it holds
+    /// (change-log tables only).
+    file_rows: Vec<(String, FileRows)>,
+    bytes: u64,
+}
+
+/// What one file holds: its rows by operation and, for change-log tables, the rows' checksum
+/// share, count and (while few) the rows.
+#[derive(Default)]
+struct FileRows {
+    ops: OpCounts,
+    sum: u128,
+    count: u64,
+    rows: Vec<Map<String, Json>>,
+}
+
+impl TableRun<'_, '_> {
+    fn ensure(&mut self, k: u64) {
+        if self.state.len() <= k as usize {
+            self.state.resize(
+                k as usize + 1,
+                RowState {
+                    version: 0,
+                    with_added: false,
+                    live: false,
+                },
+            );
+        }
+    }
+
+    fn current(&self, k: u64) -> Vec<V> {
+        let s = self.state[k as usize];
+        self.sim.row(k, s.version, s.with_added)
+    }
+
+    /// `AR_H_CHANGE_SEQ` for a change committed at `micros`: 16 digits of time
+    /// (`YYYYMMDDHHmmSShh`) and a 19-digit counter.
+    fn change_seq(&mut self, micros: i64) -> String {
+        self.change_counter += 1;
+        let digits: String = values::datetime_text(micros)
+            .chars()
+            .filter(char::is_ascii_digit)
+            .take(16)
+            .collect();
+        format!("{digits}{:019}", self.change_counter)
+    }
+
+    /// One source change committed at `commit` (µs), applied to the model; returns the row
+    /// DMS writes for it, with the commit's timestamp as MySQL's binlog has it (whole seconds).
+    fn source_change(&mut self, commit: i64, with_added: bool, last: &mut Option<u64>) -> Change {
+        let roll = self.rng.below(100);
+        let (op, k) = if roll < 45 || self.live_count < 3 {
+            // Insert: a new key, or now and then a key that was deleted before.
+            let k = match self.deleted.pop() {
+                Some(k) if self.rng.below(4) == 0 => k,
+                other => {
+                    if let Some(k) = other {
+                        self.deleted.push(k);
+                    }
+                    self.next_k += 1;
+                    self.next_k - 1
+                }
+            };
+            ("I", k)
+        } else {
+            // Update or delete a live row; now and then the row just changed again.
+            let again = last.filter(|k| {
+                self.state.get(*k as usize).is_some_and(|s| s.live) && self.rng.below(3) == 0
+            });
+            let k = match again {
+                Some(k) => k,
+                None => pick_live(&self.state, &mut self.rng),
+            };
+            (if roll < 85 { "U" } else { "D" }, k)
+        };
+        self.ensure(k);
+        let values = if op == "D" {
+            // DMS writes the row as it was before the delete.
+            let v = self.current(k);
+            self.state[k as usize].live = false;
+            self.live_count -= 1;
+            self.deleted.push(k);
+            v
+        } else {
+            let s = &mut self.state[k as usize];
+            s.version += 1;
+            s.with_added = with_added;
+            self.live_count += u64::from(!s.live);
+            s.live = true;
+            self.current(k)
+        };
+        *last = Some(k);
+        let change_seq = self.change_seq(commit);
+        Change {
+            op: Some(op),
+            values,
+            stamp: commit - commit.rem_euclid(1_000_000),
+            change_seq,
+        }
+    }
+
+    /// Writes one file DMS wrote at `written` (µs; also its modification time, as S3's
+    /// `LastModified` would be) and records it.
+    fn write_file(
+        &mut self,
+        key: String,
+        minute: Option<u32>,
+        cdc: bool,
+        rows: &[Change],
+        written: i64,
+    ) -> std::io::Result<()> {
+        let mut writer = DmsWriter::create(self.out, &key, self.sim, minute, cdc, self.opts)?;
+        for chunk in rows.chunks(CHUNK_ROWS as usize) {
+            writer.write(chunk)?;
+        }
+        self.bytes += writer.close(written)?;
+        let mut f = FileRows::default();
+        for c in rows {
+            let (op, count) = match c.op {
+                None => (meta::op::LOAD, &mut f.ops.load),
+                Some("I") => (meta::op::INSERT, &mut f.ops.insert),
+                Some("U") => (meta::op::UPDATE, &mut f.ops.update),
+                _ => (meta::op::DELETE, &mut f.ops.delete),
+            };
+            *count += 1;
+            if !self.replica {
+                let row = self.sim.expected(&c.values, Some(op));
+                f.sum = f.sum.wrapping_add(row_hash(&row));
+                f.count += 1;
+                if f.rows.len() <= self.opts.manifest_rows {
+                    f.rows.push(row);
+                }
+            }
+        }
+        // A file written again under the same key (a reload) replaces the old one.
+        self.file_rows.retain(|(k, _)| *k != key);
+        self.file_rows.push((key.clone(), f));
+        self.files.retain(|k| *k != key);
+        self.files.push(key);
+        Ok(())
+    }
+
+    /// A full load starting at `start`: DMS reads the live rows in key order over
+    /// [`LOAD_MICROS`] while the source keeps changing. A row reads as it is when DMS reaches it;
+    /// the changes committed meanwhile are cached and written after the load as one CDC file,
+    /// with their (older) timestamps. Full-load rows carry their transfer time, or the task's
+    /// start with `UseTaskStartTimeForFullLoadTimestamp`.
+    fn full_load(
+        &mut self,
+        start: i64,
+        minute: Option<u32>,
+        with_added: bool,
+    ) -> std::io::Result<()> {
+        // A reload is how changes DMS never captured get repaired (a stopped task whose binlog
+        // expired): some rows were deleted at the source without DMS writing anything.
+        if minute.is_some() {
+            for _ in 0..3.min(self.live_count) {
+                let k = pick_live(&self.state, &mut self.rng);
+                self.state[k as usize].live = false;
+                self.live_count -= 1;
+            }
+        }
+        let mut keys: Vec<u64> = (0..self.state.len() as u64)
+            .filter(|k| self.state[*k as usize].live)
+            .collect();
+        let overlap = if self.opts.hard_cases {
+            u64::from(self.opts.changes_per_minute / 4).max(1)
+        } else {
+            0
+        };
+        let mut change_times: Vec<i64> = (0..overlap)
+            .map(|_| start + 1_000_000 + self.rng.range(0, LOAD_MICROS - 2_000_000))
+            .collect();
+        change_times.sort_unstable();
+        let n = keys.len().max(1) as i64;
+        let mut cached = Vec::new();
+        let mut loaded: Vec<(i64, Change)> = Vec::new();
+        let mut last = None;
+        let mut changes = change_times.into_iter().peekable();
+        let mut i = 0usize;
+        // Keys inserted during the load lie past the scan: read at its end if still live.
+        while i < keys.len() {
+            let k = keys[i];
+            let read_at = start + 500_000 + (i as i64) * (LOAD_MICROS - 1_000_000) / n;
+            if let Some(&t) = changes.peek()
+                && t < read_at
+            {
+                changes.next();
+                let before = self.next_k;
+                cached.push(self.source_change(t, with_added, &mut last));
+                if self.next_k > before {
+                    keys.push(before);
+                }
+                continue;
+            }
+            i += 1;
+            if !self.state[k as usize].live {
+                continue;
+            }
+            let stamp = if self.opts.task_start_timestamps {
+                start
+            } else {
+                read_at
+            };
+            loaded.push((
+                read_at,
+                Change {
+                    op: None,
+                    values: self.current(k),
+                    stamp,
+                    change_seq: String::new(),
+                },
+            ));
+        }
+        for t in changes {
+            cached.push(self.source_change(t, with_added, &mut last));
+        }
+        let dir = self.sim.table_dir();
+        for (file_no, chunk) in loaded.chunks(self.opts.load_file_rows as usize).enumerate() {
+            let written = chunk.last().map_or(start, |(t, _)| *t) + 200_000;
+            let rows: Vec<Change> = chunk.iter().map(|(_, c)| c.clone()).collect();
+            let key = format!("{dir}/LOAD{:08X}.parquet", file_no + 1);
+            self.write_file(key, minute, false, &rows, written)?;
+        }
+        if !cached.is_empty() {
+            let written = start + LOAD_MICROS + 2_000_000;
+            let key = self.cdc_key(written);
+            self.write_file(key, minute, true, &cached, written)?;
+        }
+        Ok(())
+    }
+
+    fn cdc_key(&self, written: i64) -> String {
+        format!(
+            "{}/{}{}.parquet",
+            self.sim.table_dir(),
+            partition_folders(self.sim.source.date_partitioning, written),
+            cdc_name(written)
+        )
+    }
+
+    /// A TRUNCATE at the source: every row is gone, and DMS deletes the table's files.
+    fn truncate(&mut self) -> std::io::Result<()> {
+        for key in std::mem::take(&mut self.files) {
+            std::fs::remove_file(self.out.join(&key))?;
+            self.file_rows.retain(|(k, _)| *k != key);
+            self.removed.push(key);
+        }
+        for s in &mut self.state {
+            s.live = false;
+        }
+        self.live_count = 0;
+        self.deleted.clear();
+        Ok(())
+    }
 }
 
 fn simulate_table(
@@ -263,197 +570,134 @@ fn simulate_table(
         columns: model::table_columns(table, add_at),
         seed: opts.seed,
     };
-    let replica = table.mode == Mode::Replica;
-    let keep_rows = |n: u64| n <= opts.manifest_rows as u64;
-    let mut files = Vec::new();
-    let mut changes = OpCounts::default();
-    let mut log: Vec<Map<String, Json>> = Vec::new();
-    let mut log_sum: u128 = 0;
-    let mut log_count: u64 = 0;
-    let mut record =
-        |sim: &TableSim<'_>, values: &[V], op: &str, log: &mut Vec<Map<String, Json>>| {
-            if !replica {
-                let row = sim.expected(values, Some(op));
-                log_count += 1;
-                if log_count <= CHECKSUM_MAX_ROWS {
-                    log_sum = log_sum.wrapping_add(row_hash(&row));
-                }
-                if log.len() <= opts.manifest_rows {
-                    log.push(row);
-                }
-            }
-        };
-
-    // Full load: rows 1..=rows, version 0, written before the added column exists.
-    let mut state: Vec<RowState> = vec![
-        RowState {
-            version: 0,
-            with_added: false,
-            live: true
-        };
-        opts.rows as usize + 1
-    ];
-    state[0].live = false;
-    let mut file_no = 1u32;
-    let mut k = 1u64;
-    while k <= opts.rows {
-        let end = (k + opts.load_file_rows).min(opts.rows + 1);
-        let key = format!("{}/LOAD{file_no:08X}.parquet", sim.table_dir());
-        let mut writer = DmsWriter::create(out, &key, &sim, None, opts)?;
-        let mut start = k;
-        while start < end {
-            let stop = (start + CHUNK_ROWS).min(end);
-            let batch: Vec<Change> = (start..stop)
-                .map(|k| Change {
-                    op: None,
-                    values: sim.row(k, 0, false),
-                    commit: opts.start_micros,
-                })
-                .collect();
-            for c in &batch {
-                record(
-                    &sim,
-                    &c.values,
-                    ferry_core::schema::meta::op::LOAD,
-                    &mut log,
-                );
-            }
-            writer.write(&batch)?;
-            start = stop;
+    let name = table.source_table();
+    let mut cases = Cases::default();
+    if opts.hard_cases && opts.minutes >= 3 {
+        match Rng::for_name(opts.seed, &[name.as_bytes(), b"cases"]).below(5) {
+            0 => cases.reload_at = Some(opts.minutes * 2 / 3),
+            1 => cases.truncate_at = Some(opts.minutes / 2 + 1),
+            _ => {}
         }
-        changes.load += end - k;
-        manifest.bytes += writer.close()?;
-        files.push(key);
-        file_no += 1;
-        k = end;
     }
+    let mut run = TableRun {
+        sim: &sim,
+        opts,
+        out,
+        replica: table.mode == Mode::Replica,
+        state: vec![
+            RowState {
+                version: 0,
+                with_added: false,
+                live: true,
+            };
+            opts.rows as usize + 1
+        ],
+        live_count: opts.rows,
+        deleted: Vec::new(),
+        next_k: opts.rows + 1,
+        rng: Rng::for_name(opts.seed, &[name.as_bytes(), b"cdc"]),
+        change_counter: 0,
+        files: Vec::new(),
+        removed: Vec::new(),
+        file_rows: Vec::new(),
+        bytes: 0,
+    };
+    run.state[0].live = false;
 
-    // CDC: one file per minute.
-    let mut rng = Rng::for_name(opts.seed, &[table.source_table().as_bytes(), b"cdc"]);
-    let mut next_k = opts.rows + 1;
-    let mut deleted: Vec<u64> = Vec::new();
-    let mut live_count = opts.rows;
+    // The full load, then one CDC file per minute.
+    run.full_load(opts.start_micros, None, false)?;
     for minute in 0..opts.minutes {
         let with_added = add_at.is_some_and(|a| minute >= a);
-        let n = if opts.changes_per_minute == 0 {
-            0
-        } else {
-            rng.below(u64::from(opts.changes_per_minute) * 2) + 1
-        };
         let minute_start = opts.start_micros + i64::from(minute + 1) * 60_000_000;
-        let mut batch = Vec::with_capacity(n as usize);
-        let mut last_touched: Option<u64> = None;
-        for i in 0..n {
-            let commit = minute_start + 1_000_000 + (i as i64) * (58_000_000 / n as i64);
-            let roll = rng.below(100);
-            let (op, k) = if roll < 45 || live_count < 3 {
-                // Insert: a new key, or now and then a key that was deleted before.
-                let k = match deleted.pop() {
-                    Some(k) if rng.below(4) == 0 => k,
-                    other => {
-                        if let Some(k) = other {
-                            deleted.push(k);
-                        }
-                        next_k += 1;
-                        next_k - 1
-                    }
-                };
-                ("I", k)
-            } else {
-                // Update or delete a live row; now and then the row just changed again.
-                let k = match last_touched
-                    .filter(|k| state.get(*k as usize).is_some_and(|s| s.live) && rng.below(3) == 0)
-                {
-                    Some(k) => k,
-                    None => pick_live(&state, &mut rng),
-                };
-                (if roll < 85 { "U" } else { "D" }, k)
-            };
-            if state.len() <= k as usize {
-                state.resize(
-                    k as usize + 1,
-                    RowState {
-                        version: 0,
-                        with_added: false,
-                        live: false,
-                    },
-                );
-            }
-            let s = &mut state[k as usize];
-            let values = match op {
-                "D" => {
-                    // DMS writes the row as it was before the delete.
-                    let v = sim.row(k, s.version, s.with_added);
-                    s.live = false;
-                    live_count -= 1;
-                    deleted.push(k);
-                    changes.delete += 1;
-                    v
-                }
-                _ => {
-                    s.version += 1;
-                    s.with_added = with_added;
-                    live_count += u64::from(!s.live);
-                    s.live = true;
-                    if op == "I" {
-                        changes.insert += 1;
-                    } else {
-                        changes.update += 1;
-                    }
-                    sim.row(k, s.version, with_added)
-                }
-            };
-            let meta_op = match op {
-                "I" => ferry_core::schema::meta::op::INSERT,
-                "U" => ferry_core::schema::meta::op::UPDATE,
-                _ => ferry_core::schema::meta::op::DELETE,
-            };
-            record(&sim, &values, meta_op, &mut log);
-            batch.push(Change {
-                op: Some(op),
-                values,
-                commit,
-            });
-            last_touched = Some(k);
+        if cases.truncate_at == Some(minute) {
+            run.truncate()?;
         }
-        if batch.is_empty() {
+        if cases.reload_at == Some(minute) {
+            run.full_load(minute_start + 5_000_000, Some(minute), with_added)?;
             continue;
         }
-        let written = minute_start + 59_000_000 + rng.range(0, 999) * 1000;
-        let key = format!(
-            "{}/{}{}.parquet",
-            sim.table_dir(),
-            partition_folders(source.date_partitioning, written),
-            cdc_name(written)
-        );
-        let mut writer = DmsWriter::create(out, &key, &sim, Some(minute), opts)?;
-        writer.write(&batch)?;
-        manifest.bytes += writer.close()?;
-        files.push(key);
+        let n = if opts.changes_per_minute == 0 || (opts.hard_cases && run.rng.below(8) == 0) {
+            0
+        } else {
+            run.rng.below(u64::from(opts.changes_per_minute) * 2) + 1
+        };
+        let mut batch = Vec::with_capacity(n as usize);
+        let mut last = None;
+        for i in 0..n {
+            let commit = minute_start + 1_000_000 + (i as i64) * (58_000_000 / n as i64);
+            let mut change = run.source_change(commit, with_added, &mut last);
+            // A transaction that began before the previous one committed after it: its binlog
+            // timestamp (the statement's start) is older than the row before it.
+            if opts.hard_cases && i > 0 && run.rng.below(8) == 0 {
+                change.stamp -= (run.rng.below(3) as i64 + 1) * 1_000_000;
+            }
+            batch.push(change);
+        }
+        // Nothing changed: DMS writes a file with no rows now and then (hard cases).
+        if batch.is_empty() && !opts.hard_cases {
+            continue;
+        }
+        let written = minute_start + 59_000_000 + run.rng.range(0, 999) * 1000;
+        let key = run.cdc_key(written);
+        run.write_file(key, Some(minute), true, &batch, written)?;
     }
 
-    let (expected_rows, checksum, rows) = if replica {
-        let live: Vec<u64> = (0..state.len() as u64)
-            .filter(|k| state[*k as usize].live)
+    let mut case_names = Vec::new();
+    if opts.hard_cases {
+        case_names.push("full_load_overlap".to_owned());
+        case_names.push("whole_second_timestamps".to_owned());
+    }
+    if let Some(m) = cases.reload_at {
+        case_names.push(format!("reload@{m}"));
+    }
+    if let Some(m) = cases.truncate_at {
+        case_names.push(format!("truncate@{m}"));
+    }
+    let keep_rows = |n: u64| n <= opts.manifest_rows as u64;
+    let (expected_rows, checksum, rows) = if run.replica {
+        let live: Vec<u64> = (0..run.state.len() as u64)
+            .filter(|k| run.state[*k as usize].live)
             .collect();
         let n = live.len() as u64;
-        let rendered = |k: &u64| {
-            let s = state[*k as usize];
-            sim.expected(&sim.row(*k, s.version, s.with_added), None)
-        };
+        let rendered = |k: &u64| sim.expected(&run.current(*k), None);
         let sum = (n <= CHECKSUM_MAX_ROWS)
             .then(|| checksum(live.iter().map(rendered).collect::<Vec<_>>().iter()));
         let rows = keep_rows(n).then(|| live.iter().map(rendered).collect());
         (n, sum, rows)
     } else {
-        let sum = (log_count <= CHECKSUM_MAX_ROWS).then(|| format!("{log_sum:032x}"));
-        (log_count, sum, keep_rows(log_count).then_some(log))
+        let count: u64 = run.file_rows.iter().map(|(_, f)| f.count).sum();
+        let sum = run
+            .file_rows
+            .iter()
+            .fold(0u128, |a, (_, f)| a.wrapping_add(f.sum));
+        let rows = keep_rows(count).then(|| {
+            run.file_rows
+                .iter()
+                .flat_map(|(_, f)| f.rows.iter().cloned())
+                .collect()
+        });
+        (
+            count,
+            (count <= CHECKSUM_MAX_ROWS).then(|| format!("{sum:032x}")),
+            rows,
+        )
     };
-    manifest.files += files.len() as u64;
+    // What the files still in S3 hold (a reload overwrote some, a truncate deleted some).
+    let changes = run
+        .file_rows
+        .iter()
+        .fold(OpCounts::default(), |a, (_, f)| OpCounts {
+            load: a.load + f.ops.load,
+            insert: a.insert + f.ops.insert,
+            update: a.update + f.ops.update,
+            delete: a.delete + f.ops.delete,
+        });
+    manifest.files += run.files.len() as u64;
     manifest.rows += changes.total();
+    manifest.bytes += run.bytes;
     Ok(TableManifest {
         source: source.name.clone(),
-        table: table.source_table(),
+        table: name,
         mode: table.mode.as_str().to_owned(),
         enabled: table.enabled,
         target: table.primary_target().to_string(),
@@ -466,7 +710,9 @@ fn simulate_table(
                 hint: c.hint.map(|h| h.to_string()),
             })
             .collect(),
-        files,
+        files: run.files,
+        removed: run.removed,
+        cases: case_names,
         changes,
         expected_rows,
         checksum,
@@ -513,7 +759,9 @@ fn partition_folders(layout: Option<DatePartitioning>, micros: i64) -> String {
     format!("{joined}/")
 }
 
-/// One parquet file being written the way DMS writes it.
+/// One parquet file being written the way DMS writes it: the timestamp column first and
+/// REQUIRED, then `Op` (CDC files), the table's columns, and the `AR_H_CHANGE_SEQ` column the
+/// task's `add-column` rule appends.
 struct DmsWriter<'s> {
     writer: ArrowWriter<BufWriter<File>>,
     schema: Arc<Schema>,
@@ -524,13 +772,14 @@ struct DmsWriter<'s> {
 }
 
 impl<'s> DmsWriter<'s> {
-    /// `minute` is the CDC minute (`None` for a full-load file): it decides `Op` and whether
-    /// the added column exists yet.
+    /// `minute` is the CDC minute the file belongs to (`None`: the first full load): it decides
+    /// whether the added column exists yet.
     fn create(
         out: &Path,
         key: &str,
         sim: &'s TableSim<'s>,
         minute: Option<u32>,
+        cdc: bool,
         opts: &SimOptions,
     ) -> std::io::Result<Self> {
         let path = out.join(key);
@@ -538,11 +787,11 @@ impl<'s> DmsWriter<'s> {
             std::fs::create_dir_all(dir)?;
         }
         let mut fields = Vec::new();
-        if minute.is_some() {
-            fields.push(Field::new("Op", DataType::Utf8, true));
-        }
         if let Some(ts) = &sim.source.timestamp_column {
-            fields.push(Field::new(ts, DataType::Utf8, true));
+            fields.push(Field::new(ts, DataType::Utf8, false));
+        }
+        if cdc {
+            fields.push(Field::new("Op", DataType::Utf8, true));
         }
         let mut columns = Vec::new();
         for (i, c) in sim.columns.iter().enumerate() {
@@ -556,6 +805,7 @@ impl<'s> DmsWriter<'s> {
                 columns.push(i);
             }
         }
+        fields.push(Field::new(CHANGE_SEQ_COLUMN, DataType::Utf8, true));
         let schema = Arc::new(Schema::new(fields));
         let compression = if opts.gzip {
             Compression::GZIP(GzipLevel::default())
@@ -566,7 +816,7 @@ impl<'s> DmsWriter<'s> {
             .set_writer_version(WriterVersion::PARQUET_1_0)
             .set_compression(compression)
             .set_max_row_group_row_count(Some(opts.row_group_rows))
-            .set_created_by("parquet-mr (ferry DMS simulator)".into())
+            .set_created_by("AWS (ferry DMS simulator)".into())
             .build();
         let options = ArrowWriterOptions::new()
             .with_properties(props)
@@ -579,34 +829,43 @@ impl<'s> DmsWriter<'s> {
             schema,
             columns,
             sim,
-            cdc: minute.is_some(),
+            cdc,
             path,
         })
     }
 
     fn write(&mut self, changes: &[Change]) -> std::io::Result<()> {
         let mut arrays: Vec<ArrayRef> = Vec::new();
+        if self.sim.source.timestamp_column.is_some() {
+            arrays.push(Arc::new(StringArray::from_iter_values(
+                changes.iter().map(|c| values::dms_timestamp_text(c.stamp)),
+            )));
+        }
         if self.cdc {
             arrays.push(Arc::new(
                 changes.iter().map(|c| c.op).collect::<StringArray>(),
             ));
         }
-        if self.sim.source.timestamp_column.is_some() {
-            arrays.push(Arc::new(StringArray::from_iter_values(
-                changes.iter().map(|c| values::dms_timestamp_text(c.commit)),
-            )));
-        }
         for &i in &self.columns {
             let values: Vec<&V> = changes.iter().map(|c| &c.values[i]).collect();
             arrays.push(model::build_array(self.sim.columns[i].mysql, &values));
         }
+        arrays.push(Arc::new(StringArray::from_iter_values(
+            changes.iter().map(|c| c.change_seq.as_str()),
+        )));
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), arrays)
             .map_err(std::io::Error::other)?;
         self.writer.write(&batch).map_err(std::io::Error::other)
     }
 
-    fn close(self) -> std::io::Result<u64> {
+    /// Finishes the file (a file given no rows has no row groups, as DMS writes an empty CDC
+    /// file), dates it `written` (µs) and returns its size.
+    fn close(self, written: i64) -> std::io::Result<u64> {
         self.writer.close().map_err(std::io::Error::other)?;
-        Ok(std::fs::metadata(&self.path)?.len())
+        let file = File::options().write(true).open(&self.path)?;
+        let at = std::time::UNIX_EPOCH
+            + std::time::Duration::from_micros(u64::try_from(written).unwrap_or(0));
+        file.set_modified(at)?;
+        Ok(file.metadata()?.len())
     }
 }

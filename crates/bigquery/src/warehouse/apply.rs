@@ -10,6 +10,7 @@
 //! in BigQuery keeps the lock until it expires.
 
 use super::*;
+use ferry_core::sql::Rebuild;
 
 /// How long an apply lock outlives the wait for its statements: a MERGE whose wait ran out may
 /// still run in BigQuery, and no other writer may start one on the table meanwhile.
@@ -76,12 +77,23 @@ impl BigQueryWarehouse {
                         files: Vec::new(),
                         commit_ts_min: None,
                         commit_ts_max: None,
+                        rebuild: Rebuild::No,
                     },
                     request.source.location.clone(),
                 )
             });
         if !w.files.iter().any(|f| f == &request.object.key) {
             w.files.push(request.object.key.clone());
+        }
+        // A load run's first file rebuilds the replica from that run (the newest one wins).
+        if request.object.is_run_start() {
+            let newer = match &w.rebuild {
+                Rebuild::From(seq) => request.file_seq > seq.as_str(),
+                _ => true,
+            };
+            if newer {
+                w.rebuild = Rebuild::From(request.file_seq.to_owned());
+            }
         }
         let widen = |cur: Option<i64>, new: Option<i64>, min: bool| match (cur, new) {
             (Some(a), Some(b)) => Some(if min { a.min(b) } else { a.max(b) }),
@@ -107,7 +119,7 @@ impl BigQueryWarehouse {
         };
         let mut changed = 0;
         for statement in sql::apply_statements(table, &schema, window) {
-            changed = self.run(&statement, location, "merge").await?;
+            changed += self.run(&statement, location, "merge").await?;
         }
         Ok(changed)
     }

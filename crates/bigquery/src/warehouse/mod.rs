@@ -289,6 +289,9 @@ impl Warehouse for BigQueryWarehouse {
             // Files loaded while the MERGE ran stay pending.
             if let Some((w, _)) = p.get_mut(&table.changelog) {
                 w.files.retain(|f| !window.files.contains(f));
+                if w.rebuild == window.rebuild {
+                    w.rebuild = sql::Rebuild::No;
+                }
                 if w.files.is_empty() {
                     p.remove(&table.changelog);
                 }

@@ -182,13 +182,14 @@ impl BigQueryWarehouse {
                     self.run(&alter, location, "ddl").await?;
                 }
             } else {
-                // Once per process: the replica (and its tombstones) exist with every change-log
-                // column, also after a mode switch or an addition interrupted half way.
+                // Once per process: the replica (and its run and tombstone tables) exist with
+                // every change-log column, also after a mode switch or an addition interrupted
+                // half way.
                 let tombstones = sql::tombstones_of(replica);
-                let has_tombstones =
-                    table.soft_delete || self.fetch_schema(&tombstones).await?.is_some();
+                let has_sides = self.fetch_schema(&sql::runs_of(replica)).await?.is_some()
+                    && (table.soft_delete || self.fetch_schema(&tombstones).await?.is_some());
                 match self.fetch_schema(replica).await? {
-                    Some(actual) if has_tombstones => {
+                    Some(actual) if has_sides => {
                         let wanted = sql::replica_fields(table, &schema);
                         let lacking = missing_columns(replica, &actual, &wanted)?;
                         if let Some(alter) = sql::add_columns(replica, &lacking) {

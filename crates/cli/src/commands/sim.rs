@@ -37,6 +37,14 @@ pub(crate) struct SimArgs {
     /// No column added mid-stream.
     #[arg(long)]
     no_added_column: bool,
+    /// None of DMS's hard cases: no changes during the full load, timestamps in commit order,
+    /// no empty files, reloads or truncates.
+    #[arg(long)]
+    no_hard_cases: bool,
+    /// Full-load rows stamped with the load's start (UseTaskStartTimeForFullLoadTimestamp),
+    /// not their transfer time.
+    #[arg(long)]
+    task_start_timestamps: bool,
 }
 
 /// How much to simulate; shared by `ferry sim` and `ferry demo`.
@@ -79,6 +87,8 @@ pub(crate) fn run(args: SimArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
         gzip: args.gzip,
         only: args.only.clone(),
         add_column: !args.no_added_column,
+        hard_cases: !args.no_hard_cases,
+        task_start_timestamps: args.task_start_timestamps,
         ..args.size.options()
     };
     let started = Instant::now();
