@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use ferry_core::Catalog;
 use ferry_tests::{TempDir, ferry, mappings_dir, repo_root};
+use serde_json::Value;
 
 /// Whether a DMS `object-locator` name pattern matches `name`, as the DMS User Guide describes
 /// selection rules: `%` matches any run of characters (none included), `_` any one character,
@@ -50,9 +51,21 @@ fn dms_table_mappings_select_exactly_the_enabled_mapped_tables() {
     let mut disabled_seen = 0;
     for source in catalog.sources() {
         let doc = ferry_core::deploy::dms_table_mappings(source);
-        let rules: Vec<(String, String)> = doc["rules"]
-            .as_array()
-            .unwrap()
+        let all = doc["rules"].as_array().unwrap();
+        let (selections, transformations): (Vec<&Value>, Vec<&Value>) =
+            all.iter().partition(|r| r["rule-type"] == "selection");
+        // Every selected table gets the change-sequence column, through its own rule.
+        assert_eq!(selections.len(), transformations.len(), "{}", source.name);
+        for (sel, tr) in selections.iter().zip(&transformations) {
+            assert_eq!(tr["rule-type"], "transformation");
+            assert_eq!(tr["rule-target"], "column");
+            assert_eq!(tr["rule-action"], "add-column");
+            assert_eq!(tr["value"], "AR_H_CHANGE_SEQ");
+            assert_eq!(tr["expression"], "$AR_H_CHANGE_SEQ");
+            assert_eq!(tr["data-type"]["type"], "string");
+            assert_eq!(tr["object-locator"], sel["object-locator"]);
+        }
+        let rules: Vec<(String, String)> = selections
             .iter()
             .map(|r| {
                 assert_eq!(r["rule-type"], "selection");
@@ -89,13 +102,8 @@ fn dms_table_mappings_select_exactly_the_enabled_mapped_tables() {
             .collect();
         assert_eq!(selected, enabled, "{}", source.name);
         disabled_seen += source.tables.iter().filter(|t| !t.enabled).count();
-        let ids: BTreeSet<&str> = doc["rules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["rule-id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids.len(), rules.len(), "rule ids are unique");
+        let ids: BTreeSet<&str> = all.iter().map(|r| r["rule-id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), all.len(), "rule ids are unique");
     }
     assert!(
         disabled_seen > 0,
@@ -188,7 +196,11 @@ fn a_mapping_change_makes_the_generated_files_stale_until_regenerated() {
                 && r["object-locator"]["table-name"] == table),
         "{first} is still selected"
     );
-    assert_eq!(rules.len(), tables_count(&text) - 1 - disabled_count(&text));
+    // One selection and one change-sequence rule per table still enabled.
+    assert_eq!(
+        rules.len(),
+        2 * (tables_count(&text) - 1 - disabled_count(&text))
+    );
 }
 
 fn tables_count(text: &str) -> usize {

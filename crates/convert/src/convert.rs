@@ -52,7 +52,7 @@ const DMS_OP: &str = "Op";
 
 /// The column the `add-column` rule ferry generates gives DMS's `$AR_H_CHANGE_SEQ` header
 /// (matched whatever its case).
-pub const DMS_CHANGE_SEQ: &str = "AR_H_CHANGE_SEQ";
+const DMS_CHANGE_SEQ: &str = ferry_core::deploy::CHANGE_SEQ_COLUMN;
 
 /// What the converter needs to know about the object besides its bytes.
 #[derive(Debug, Clone, Copy)]

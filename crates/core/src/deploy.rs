@@ -6,10 +6,15 @@ use serde_json::{Value, json};
 
 use crate::mapping::{Catalog, Source};
 
+/// The column each table's `add-column` rule adds, holding DMS's `$AR_H_CHANGE_SEQ` header.
+pub const CHANGE_SEQ_COLUMN: &str = "AR_H_CHANGE_SEQ";
+
 /// The DMS task table-mapping document of a source: one `include` selection rule per enabled
-/// mapped table, in schema/table order, with stable rule ids and names. The names are escaped
-/// ([`crate::names::dms_literal`]): unescaped, `poker_game.hand_actions` would also select
-/// `pokerXgame.hand1actions`.
+/// mapped table, in schema/table order, with stable rule ids and names, then one `add-column`
+/// transformation rule per table giving every row its `AR_H_CHANGE_SEQ` (the change's place in
+/// the task's stream; DMS User Guide, "Transformation rules and actions", header columns). The
+/// names are escaped ([`crate::names::dms_literal`]): unescaped, `poker_game.hand_actions`
+/// would also select `pokerXgame.hand1actions`.
 pub fn dms_table_mappings(source: &Source) -> Value {
     let mut tables: Vec<(&str, &str)> = source
         .tables
@@ -33,6 +38,22 @@ pub fn dms_table_mappings(source: &Source) -> Value {
                 "rule-action": "include",
             })
         })
+        .chain(tables.iter().enumerate().map(|(i, (schema, table))| {
+            json!({
+                "rule-type": "transformation",
+                "rule-id": (tables.len() + i + 1).to_string(),
+                "rule-name": format!("ferry-change-seq-{schema}-{table}"),
+                "rule-target": "column",
+                "object-locator": {
+                    "schema-name": crate::names::dms_literal(schema),
+                    "table-name": crate::names::dms_literal(table),
+                },
+                "rule-action": "add-column",
+                "value": CHANGE_SEQ_COLUMN,
+                "expression": "$AR_H_CHANGE_SEQ",
+                "data-type": { "type": "string", "length": 50 },
+            })
+        }))
         .collect();
     json!({ "rules": rules })
 }

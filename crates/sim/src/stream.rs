@@ -26,9 +26,6 @@ use crate::values::{self, V};
 /// Rows generated and written at a time.
 const CHUNK_ROWS: u64 = 65_536;
 
-/// The column the task's `add-column` rule fills with `$AR_H_CHANGE_SEQ`.
-pub const CHANGE_SEQ_COLUMN: &str = "AR_H_CHANGE_SEQ";
-
 /// Final states above this many rows get no checksum (it would dominate the run time).
 const CHECKSUM_MAX_ROWS: u64 = 2_000_000;
 
@@ -805,7 +802,11 @@ impl<'s> DmsWriter<'s> {
                 columns.push(i);
             }
         }
-        fields.push(Field::new(CHANGE_SEQ_COLUMN, DataType::Utf8, true));
+        fields.push(Field::new(
+            ferry_core::deploy::CHANGE_SEQ_COLUMN,
+            DataType::Utf8,
+            true,
+        ));
         let schema = Arc::new(Schema::new(fields));
         let compression = if opts.gzip {
             Compression::GZIP(GzipLevel::default())
