@@ -1143,3 +1143,46 @@ fn random_dms_like_files_never_panic_and_every_value_round_trips() {
         }
     }
 }
+
+/// DMS cuts a LOB at `LobMaxSize` with only a warning in its task log: a JSON value cut there
+/// is no longer JSON. The file still loads, and the values that reach the limit are counted
+/// by column. A value one byte shorter is not.
+#[test]
+fn lob_values_at_the_task_s_lob_max_size_are_counted_and_their_file_loads() {
+    for (limit_kb, want) in [(32u32, 1u64), (33, 0)] {
+        let catalog = lab_catalog(|doc| {
+            doc["source"]["dms"]["lob_max_size_kb"] = serde_json::json!(limit_kb);
+        });
+        let cut: String = format!("{{\"history\": \"{}", "x".repeat(32 * 1024 - 13));
+        assert_eq!(cut.len(), 32 * 1024);
+        let short = "x".repeat(32 * 1024 - 1);
+        let mut columns = cdc_columns("I", "13:00:00");
+        columns.push((
+            "profile",
+            Arc::new(StringArray::from(vec![cut.as_str(), r#"{"a": 1}"#])),
+        ));
+        columns.push((
+            "nickname",
+            Arc::new(StringArray::from(vec![short.as_str(), "ok"])),
+        ));
+        let outcome = convert_bytes(&catalog, CDC_KEY, parquet_bytes(columns), None)
+            .unwrap_or_else(|e| panic!("a cut JSON value must not fail its file: {e}"));
+        assert_eq!(outcome.rows, 2);
+        assert_eq!(outcome.lob_at_limit, want, "LobMaxSize {limit_kb} KB");
+        let cols: &[&str] = if want > 0 { &["profile"] } else { &[] };
+        assert_eq!(outcome.lob_columns, cols);
+    }
+    // A bad limit in the mapping is refused.
+    let mut doc: Json =
+        serde_json::from_str(&std::fs::read_to_string(fixture("types-lab.json")).unwrap()).unwrap();
+    doc["source"]["dms"]["lob_max_size_kb"] = serde_json::json!(0);
+    let problems = Catalog::from_files(&[MappingFile {
+        path: "types-lab.json".into(),
+        text: doc.to_string(),
+    }])
+    .unwrap_err();
+    assert!(
+        format!("{problems:?}").contains("lob_max_size_kb"),
+        "{problems:?}"
+    );
+}

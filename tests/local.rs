@@ -766,3 +766,57 @@ fn dms_hard_cases_under_both_full_load_timestamp_settings_match_the_source() {
         );
     }
 }
+
+/// A file whose JSON value reaches DMS's `LobMaxSize` (32 KB by default) loads; the warning is
+/// recorded with the load and shows in the table's status, with the column named.
+#[test]
+fn a_lob_cut_by_dms_loads_and_shows_as_a_warning_in_status() {
+    use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+    let estate = Estate::new("local-lob");
+    let p = estate.pipeline("lob.sqlite");
+    ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    let cut = format!("{{\"notes\": \"{}", "n".repeat(32 * 1024 - 11));
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        (
+            "dms_ts",
+            Arc::new(StringArray::from(vec!["2026-11-27 23:59:58"])),
+        ),
+        ("Op", Arc::new(StringArray::from(vec!["U"]))),
+        ("account_id", Arc::new(UInt64Array::from(vec![1u64]))),
+        ("profile", Arc::new(StringArray::from(vec![cut.as_str()]))),
+    ];
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let key = "lab/dms/lab/accounts/27-11-2026/20261127-235959000.parquet";
+    let path = estate.bucket().join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, buf).unwrap();
+    let run = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!((run.loaded, run.dead_lettered), (1, 0), "{run:?}");
+    let status =
+        ferry_local::status(&p.warehouse, &estate.catalog, ferry_pipeline::now_micros()).unwrap();
+    let accounts = status
+        .tables
+        .iter()
+        .find(|t| t.table == "lab.accounts")
+        .unwrap();
+    assert_eq!(accounts.warnings_24h, 1, "{accounts:?}");
+    let warning = accounts.last_warning.as_deref().unwrap();
+    assert!(
+        warning
+            .starts_with("lob_at_limit: 1 values of profile reach the task's LobMaxSize (32 KB)"),
+        "{warning}"
+    );
+    let seats = status
+        .tables
+        .iter()
+        .find(|t| t.table == "lab.seats")
+        .unwrap();
+    assert_eq!(
+        (seats.warnings_24h, seats.last_warning.as_deref()),
+        (0, None)
+    );
+}

@@ -94,6 +94,10 @@ pub struct ConvertOutcome {
     /// Rows whose DMS timestamp lay more than [`FUTURE_TOLERANCE_MICROS`] after the file's own
     /// time (CDC: its name; full load: when S3 says it was written) and took the file's time.
     pub commit_ts_clamped: u64,
+    /// Values at least the source's `LobMaxSize` long: DMS cut them there without an error.
+    pub lob_at_limit: u64,
+    /// The columns holding them.
+    pub lob_columns: Vec<String>,
     /// The mapping names a DMS timestamp column (`source.dms.timestamp_column`) that this file
     /// does not have: every row took the file's time. A misconfigured endpoint or mapping.
     pub timestamp_column_missing: bool,
@@ -374,6 +378,22 @@ impl Conversion {
             _ => None,
         }));
         let mut row_base: u64 = 0;
+        // LOB values DMS may have cut: byte-array columns, decoded only in row groups whose
+        // chunk is long enough to hold such a value.
+        let lob_limit = u64::from(req.source.lob_max_size_kb) * 1024;
+        let byte_arrays: Vec<(usize, &str)> = self
+            .columns
+            .iter()
+            .filter_map(|(name, out)| match out {
+                Out::Copy(leaf) | Out::Relabel(leaf, _) | Out::Transform(leaf, _)
+                    if in_physical(&self.metadata, *leaf) == parquet::basic::Type::BYTE_ARRAY =>
+                {
+                    Some((*leaf, name.as_str()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut lob_counts: BTreeMap<String, u64> = BTreeMap::new();
 
         for rg in 0..self.metadata.num_row_groups() {
             let rg_meta = self.metadata.row_group(rg);
@@ -392,13 +412,28 @@ impl Conversion {
                 .create_column_writers(rg)
                 .map_err(ConvertError::write)?;
 
+            let lob_leaves: Vec<(usize, &str)> = byte_arrays
+                .iter()
+                .filter(|(leaf, _)| {
+                    u64::try_from(rg_meta.column(*leaf).uncompressed_size()).unwrap_or(0)
+                        >= lob_limit
+                })
+                .copied()
+                .collect();
+            let mut rg_leaves = decode_leaves.clone();
+            rg_leaves.extend(
+                lob_leaves
+                    .iter()
+                    .map(|(l, _)| *l)
+                    .filter(|l| !decode_leaves.contains(l)),
+            );
             // The pages about to be decompressed are checked first (their headers decide the
             // allocations).
-            for leaf in &decode_leaves {
+            for leaf in &rg_leaves {
                 crate::limits::check_pages(input, rg_meta.column(*leaf), &self.limits)?;
             }
             let mut done = 0usize;
-            let mut batches = self.batches(input, rg, &decode_leaves)?;
+            let mut batches = self.batches(input, rg, &rg_leaves)?;
             while done < rg_rows {
                 let n = BATCH_ROWS.min(rg_rows - done);
                 let batch = match batches.as_mut() {
@@ -411,6 +446,17 @@ impl Conversion {
                     None => None,
                 };
                 let n = batch.as_ref().map_or(n, RecordBatch::num_rows);
+                if let Some(b) = &batch {
+                    for (leaf, name) in &lob_leaves {
+                        let field = self.arrow.schema().field(*leaf).name();
+                        let long = b
+                            .column_by_name(field)
+                            .map_or(0, |a| values_at_least(a.as_ref(), lob_limit));
+                        if long > 0 {
+                            *lob_counts.entry((*name).to_owned()).or_default() += long;
+                        }
+                    }
+                }
                 let arrays = self.batch_columns(
                     req,
                     batch.as_ref(),
@@ -492,6 +538,8 @@ impl Conversion {
             commit_ts_max: stats.ts_max,
             commit_ts_fallbacks: stats.fallbacks,
             commit_ts_clamped: stats.clamped,
+            lob_at_limit: lob_counts.values().sum(),
+            lob_columns: lob_counts.into_keys().collect(),
             timestamp_column_missing: req.source.timestamp_column.is_some()
                 && self.ts_leaf.is_none(),
             bytes_read: input.bytes_fetched(),
@@ -846,6 +894,33 @@ fn commit_times(ts: Option<&ArrayRef>, n: usize, file_time: i64, stats: &mut Sta
         stats.ts_max = Some(stats.ts_max.map_or(*hi, |m| m.max(*hi)));
     }
     Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+/// The physical type of a source leaf.
+fn in_physical(metadata: &ParquetMetaData, leaf: usize) -> parquet::basic::Type {
+    metadata
+        .file_metadata()
+        .schema_descr()
+        .column(leaf)
+        .physical_type()
+}
+
+/// How many of a string or binary array's values are at least `limit` bytes long.
+fn values_at_least(array: &dyn Array, limit: u64) -> u64 {
+    let long = |len: usize| u64::from(len as u64 >= limit);
+    if let Some(s) = array.as_any().downcast_ref::<StringArray>() {
+        (0..s.len())
+            .filter(|i| s.is_valid(*i))
+            .map(|i| long(s.value(i).len()))
+            .sum()
+    } else if let Some(b) = array.as_any().downcast_ref::<arrow_array::BinaryArray>() {
+        (0..b.len())
+            .filter(|i| b.is_valid(*i))
+            .map(|i| long(b.value(i).len()))
+            .sum()
+    } else {
+        0
+    }
 }
 
 /// `_ferry_change_seq` for a batch: DMS's text (a NULL as empty), which must be a string.

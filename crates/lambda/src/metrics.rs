@@ -22,6 +22,8 @@ pub struct TableCounts {
     pub failures: u64,
     /// Objects removed from the table's folder (a DMS truncate or reload).
     pub removed: u64,
+    /// Objects loaded with a warning (LOB values at DMS's cut, a missing timestamp column).
+    pub warned: u64,
     /// The newest source commit time loaded, µs since the epoch.
     pub newest_commit_micros: Option<i64>,
 }
@@ -37,10 +39,12 @@ pub fn per_table(report: &BatchReport) -> BTreeMap<String, TableCounts> {
                 if let ObjectResult::Loaded {
                     rows,
                     commit_ts_max,
+                    warnings,
                     ..
                 } = r
                 {
                     c.rows += rows;
+                    c.warned += u64::from(!warnings.is_empty());
                     c.newest_commit_micros = c.newest_commit_micros.max(*commit_ts_max);
                 }
             }),
@@ -93,6 +97,7 @@ pub fn lines(report: &BatchReport, elapsed: Duration, now_millis: i64) -> Vec<St
                 ("Skipped", count, c.skipped),
                 ("Failures", count, c.failures),
                 ("ObjectsRemoved", count, c.removed),
+                ("LoadedWithWarnings", count, c.warned),
             ];
             // Lag: how old the newest change loaded for the table is, from source commit to
             // BigQuery (the whole path: DMS, S3, SQS, ferry).
@@ -163,6 +168,7 @@ mod tests {
                 table: "casino.bets".into(),
                 source: "s".into(),
                 commit_ts_max: Some(1_000_000),
+                warnings: vec!["lob_at_limit: 1 values of doc".into()],
             },
         ));
         report.objects.push((
@@ -190,6 +196,7 @@ mod tests {
         assert_eq!(v["Table"], "casino.bets");
         assert_eq!(v["Rows"], 7);
         assert_eq!(v["LagMs"], 60_000, "committed at 1 s, loaded at 61 s");
+        assert_eq!(v["LoadedWithWarnings"], 1);
         let metrics = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
             .as_array()
             .unwrap();

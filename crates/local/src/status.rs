@@ -34,6 +34,13 @@ pub struct TableStatus {
     pub failures_24h: u64,
     /// Objects skipped in the last 24 hours (an unmapped or disabled table's files).
     pub skipped_24h: u64,
+    /// Objects loaded with a warning in the last 24 hours (LOB values at DMS's cut, a missing
+    /// timestamp column, commit times clamped).
+    pub warnings_24h: u64,
+    /// Objects removed from the table's folder in the last 24 hours (a DMS truncate).
+    pub removed_24h: u64,
+    /// The newest warning, if any in the last 24 hours.
+    pub last_warning: Option<String>,
 }
 
 /// The whole picture.
@@ -60,7 +67,8 @@ pub fn status(
             .prepare(
                 "SELECT source, table_name,
                         sum(kind = 'loaded'), coalesce(sum(CASE WHEN kind = 'loaded' THEN rows END), 0),
-                        sum(kind LIKE 'failed_%'), sum(kind = 'skipped')
+                        sum(kind LIKE 'failed_%'), sum(kind = 'skipped'),
+                        sum(kind = 'loaded' AND warnings IS NOT NULL), sum(kind = 'removed')
                  FROM _ferry_events WHERE at >= ?1 AND source IS NOT NULL AND table_name IS NOT NULL
                  GROUP BY source, table_name",
             )
@@ -74,6 +82,8 @@ pub fn status(
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
                     r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, i64>(7)?,
                 ))
             })
             .map_err(err)?
@@ -84,10 +94,18 @@ pub fn status(
             .map_err(err)?;
         let mut last_commit =
             c.prepare("SELECT max(commit_ts_max) FROM _ferry_loads WHERE source = ?1 AND table_name = ?2").map_err(err)?;
+        let mut last_warning = c
+            .prepare("SELECT warnings FROM _ferry_events WHERE source = ?1 AND table_name = ?2 AND at >= ?3 AND warnings IS NOT NULL ORDER BY at DESC LIMIT 1")
+            .map_err(err)?;
         let mut fill = |t: &mut TableStatus| -> Result<(), PortError> {
             if let Some(r) = rows.iter().find(|r| r.0 == t.source && r.1 == t.table) {
                 (t.files_24h, t.rows_24h, t.failures_24h, t.skipped_24h) = (r.2 as u64, r.3 as u64, r.4 as u64, r.5 as u64);
+                (t.warnings_24h, t.removed_24h) = (r.6 as u64, r.7 as u64);
             }
+            t.last_warning = last_warning
+                .query_row(params![t.source, t.table, since], |r| r.get::<_, String>(0))
+                .optional()
+                .map_err(err)?;
             t.last_file = last
                 .query_row(params![t.source, t.table], |r| r.get::<_, String>(0))
                 .optional()

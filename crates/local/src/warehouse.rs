@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS _ferry_applied (table_name TEXT PRIMARY KEY, last_row
 CREATE TABLE IF NOT EXISTS _ferry_events (
     at INTEGER NOT NULL, kind TEXT NOT NULL, source TEXT, table_name TEXT, bucket TEXT NOT NULL,
     key TEXT NOT NULL, code TEXT, job_id TEXT, rows INTEGER NOT NULL, bytes INTEGER NOT NULL,
-    commit_ts_max INTEGER, message TEXT
+    commit_ts_max INTEGER, message TEXT, warnings TEXT
 );
 CREATE INDEX IF NOT EXISTS _ferry_events_table ON _ferry_events (source, table_name, at);
 CREATE TABLE IF NOT EXISTS _ferry_dlq (
@@ -111,6 +111,14 @@ impl SqliteWarehouse {
                 "ALTER TABLE _ferry_dlq ADD COLUMN repeats INTEGER NOT NULL DEFAULT 1",
             )
             .map_err(db_error)?;
+        }
+        // Event tables from before `warnings` get it.
+        let has_warnings = conn
+            .prepare("SELECT warnings FROM _ferry_events LIMIT 0")
+            .is_ok();
+        if !has_warnings && conn.prepare("SELECT at FROM _ferry_events LIMIT 0").is_ok() {
+            conn.execute_batch("ALTER TABLE _ferry_events ADD COLUMN warnings TEXT")
+                .map_err(db_error)?;
         }
         conn.execute_batch(LEDGER).map_err(db_error)?;
         Ok(SqliteWarehouse {
@@ -530,8 +538,8 @@ impl Warehouse for SqliteWarehouse {
     fn record(&self, e: &StatusEvent) -> Result<(), PortError> {
         self.with_conn(|c| {
             c.execute(
-                "INSERT INTO _ferry_events (at, kind, source, table_name, bucket, key, code, job_id, rows, bytes, commit_ts_max, message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO _ferry_events (at, kind, source, table_name, bucket, key, code, job_id, rows, bytes, commit_ts_max, message, warnings)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     e.at_micros,
                     e.kind,
@@ -544,7 +552,8 @@ impl Warehouse for SqliteWarehouse {
                     e.rows as i64,
                     e.bytes as i64,
                     e.commit_ts_max,
-                    e.message
+                    e.message,
+                    (!e.warnings.is_empty()).then(|| e.warnings.join("\n"))
                 ],
             )
             .map(drop)

@@ -225,6 +225,7 @@ where
             bytes: 0,
             commit_ts_max: None,
             message: Some("removed from the bucket; nothing was changed in the warehouse".into()),
+            warnings: Vec::new(),
         };
         if let Err(e) = pipeline.warehouse.record(&event) {
             tracing::warn!(error = %e.message, "could not record the removal");

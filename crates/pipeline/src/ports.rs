@@ -275,6 +275,9 @@ pub struct StatusEvent {
     pub commit_ts_max: Option<i64>,
     /// The reason of a skip or failure.
     pub message: Option<String>,
+    /// What a loaded object's conversion noticed and could not fix, each `code: detail`
+    /// (`timestamp_column_missing`, `commit_ts_clamped`, `lob_at_limit`).
+    pub warnings: Vec<String>,
 }
 
 impl<T: ObjectStore + ?Sized> ObjectStore for Arc<T> {

@@ -43,6 +43,8 @@ pub enum ObjectResult {
         source: String,
         /// The newest source commit time among the rows, µs since the epoch (for lag).
         commit_ts_max: Option<i64>,
+        /// What the conversion noticed (see `StatusEvent::warnings`).
+        warnings: Vec<String>,
     },
     /// This version was loaded before; nothing written.
     AlreadyLoaded {
@@ -90,6 +92,7 @@ struct Prepared<'c> {
     job_id: JobId,
     outcome: ConvertOutcome,
     file: Converted,
+    warnings: Vec<String>,
     _scratch: Option<Scratch>,
 }
 
@@ -229,6 +232,7 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                         table: p.table.source_table(),
                         source: p.source.name.clone(),
                         commit_ts_max: p.outcome.commit_ts_max,
+                        warnings: p.warnings.clone(),
                     },
                     Ok(LoadOutcome::AlreadyLoaded { job_id }) => ObjectResult::AlreadyLoaded {
                         job_id,
@@ -272,6 +276,7 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
             bytes: 0,
             commit_ts_max: None,
             message: None,
+            warnings: Vec::new(),
         }
     }
 
@@ -355,18 +360,11 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
         };
         event.rows = outcome.rows;
         event.commit_ts_max = outcome.commit_ts_max;
-        if outcome.timestamp_column_missing {
-            tracing::warn!(
-                column = source.timestamp_column.as_deref().unwrap_or(""),
-                "the mapping's DMS timestamp column is not in this file: rows take the file's time (check the endpoint's TimestampColumnName)"
-            );
+        let warnings = conversion_warnings(source, &outcome);
+        for w in &warnings {
+            tracing::warn!(warning = %w, "loaded with a warning");
         }
-        if outcome.commit_ts_clamped > 0 {
-            tracing::warn!(
-                rows = outcome.commit_ts_clamped,
-                "commit times after the file's own time were taken as the file's time"
-            );
-        }
+        event.warnings = warnings.clone();
         Ok(Prepared {
             source,
             table,
@@ -374,6 +372,7 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
             job_id,
             outcome,
             file,
+            warnings,
             _scratch: scratch,
         })
     }
@@ -424,6 +423,32 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
             tracing::warn!(key = %t.key, error = %e, "status not recorded");
         }
     }
+}
+
+/// What a conversion noticed and could not fix, as `code: detail` lines for status and logs.
+fn conversion_warnings(source: &Source, outcome: &ConvertOutcome) -> Vec<String> {
+    let mut out = Vec::new();
+    if outcome.timestamp_column_missing {
+        out.push(format!(
+            "timestamp_column_missing: the mapping's DMS timestamp column {:?} is not in the file; its rows took the file's time (check the endpoint's TimestampColumnName)",
+            source.timestamp_column.as_deref().unwrap_or("")
+        ));
+    }
+    if outcome.commit_ts_clamped > 0 {
+        out.push(format!(
+            "commit_ts_clamped: {} commit times after the file's own time were taken as the file's time",
+            outcome.commit_ts_clamped
+        ));
+    }
+    if outcome.lob_at_limit > 0 {
+        out.push(format!(
+            "lob_at_limit: {} values of {} reach the task's LobMaxSize ({} KB), where DMS cuts LOBs; raise LobMaxSize (source.dms.lob_max_size_kb) and reload the table",
+            outcome.lob_at_limit,
+            outcome.lob_columns.join(", "),
+            source.lob_max_size_kb
+        ));
+    }
+    out
 }
 
 impl Prepared<'_> {

@@ -367,6 +367,8 @@ pub(crate) fn print_status(out: &mut dyn Write, status: &Status) -> std::io::Res
         "rows 24h",
         "failures",
         "skipped",
+        "warnings",
+        "removed",
         "last commit (UTC)",
         "lag",
     ]
@@ -384,6 +386,8 @@ pub(crate) fn print_status(out: &mut dyn Write, status: &Status) -> std::io::Res
                 t.rows_24h.to_string(),
                 t.failures_24h.to_string(),
                 t.skipped_24h.to_string(),
+                t.warnings_24h.to_string(),
+                t.removed_24h.to_string(),
                 t.last_commit_micros.map(iso).unwrap_or_else(|| "-".into()),
                 t.lag_seconds
                     .map(human_seconds)
@@ -392,6 +396,12 @@ pub(crate) fn print_status(out: &mut dyn Write, status: &Status) -> std::io::Res
         })
         .collect();
     print_table(out, &header, &rows)?;
+    for t in &status.tables {
+        if let Some(w) = &t.last_warning {
+            let first = w.lines().next().unwrap_or_default();
+            writeln!(out, "warning {}: {first}", t.table)?;
+        }
+    }
     writeln!(out, "dead-letter queue: {} messages", status.dead_letters)
 }
 

@@ -49,6 +49,8 @@ pub struct Source {
     pub timestamp_column: Option<String>,
     /// The DMS date partition layout, when the task partitions by date.
     pub date_partitioning: Option<DatePartitioning>,
+    /// The task's `LobMaxSize` in KB: LOB values DMS cut are this long.
+    pub lob_max_size_kb: u32,
     /// BigQuery project.
     pub project: String,
     /// BigQuery dataset.

@@ -69,6 +69,11 @@ pub struct RawDms {
     /// `DatePartitionDelimiter`). Absent or `null`: not partitioned.
     #[serde(default)]
     pub date_partitioning: Option<DatePartitioning>,
+    /// The task's `LobMaxSize` in KB (limited LOB mode, the only one S3 targets support; DMS
+    /// default 32). DMS cuts longer LOB values (JSON, TEXT, BLOB) at this size without an
+    /// error; ferry counts and reports the values that reach it.
+    #[serde(default = "default_lob_max_size_kb")]
+    pub lob_max_size_kb: u32,
 }
 
 impl Default for RawDms {
@@ -76,8 +81,13 @@ impl Default for RawDms {
         RawDms {
             timestamp_column: default_timestamp_column(),
             date_partitioning: None,
+            lob_max_size_kb: default_lob_max_size_kb(),
         }
     }
+}
+
+fn default_lob_max_size_kb() -> u32 {
+    32
 }
 
 fn default_timestamp_column() -> Option<String> {

@@ -252,6 +252,13 @@ fn validate_raw(r: &mut Report<'_>, stem: &str, raw: RawMappingFile) -> Source {
             "name the column as the DMS endpoint's TimestampColumnName, a valid BigQuery column name",
         );
     }
+    if !(1..=1_048_576).contains(&src.dms.lob_max_size_kb) {
+        r.add(
+            &[Key("source"), Key("dms"), Key("lob_max_size_kb")],
+            format!("lob_max_size_kb is {}", src.dms.lob_max_size_kb),
+            "give the task's LobMaxSize in KB (1 to 1048576; DMS's default is 32)",
+        );
+    }
     let bq = &raw.bigquery;
     r.check(
         &[Key("bigquery"), Key("project")],
@@ -307,6 +314,7 @@ fn validate_raw(r: &mut Report<'_>, stem: &str, raw: RawMappingFile) -> Source {
         folder: src.folder.trim_matches('/').to_owned(),
         timestamp_column: src.dms.timestamp_column.clone(),
         date_partitioning: src.dms.date_partitioning,
+        lob_max_size_kb: src.dms.lob_max_size_kb,
         project: bq.project.clone(),
         dataset: bq.dataset.clone(),
         location: bq.location.clone(),
