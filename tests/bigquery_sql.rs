@@ -619,3 +619,26 @@ fn bqemulator_story_delivered_out_of_order_matches_the_source() {
         source_table(&[(7, "g2"), (8, "h")])
     );
 }
+
+/// `on_truncate: empty` on BigQuery: the statements that empty a replica as of a removal pass
+/// the strict grammar and, on bqemulator, leave only what DMS wrote after the truncate; a late
+/// file from before it brings nothing back.
+#[test]
+fn bqemulator_a_truncate_empties_the_replica_as_of_the_removal() {
+    use ferry_pipeline::Warehouse;
+    let env = env("truncate");
+    let table = env.table("bets");
+    let files = dms_story(false);
+    replay_story(&env, &table, &files, &[0, 1, 2]);
+    assert!(!replica_state(&env, &table).is_empty());
+    let source = env.catalog.source("games").unwrap();
+    env.warehouse
+        .empty_replica(source, &table, &ferry_core::key::removal_run_seq(270))
+        .unwrap();
+    assert!(replica_state(&env, &table).is_empty(), "emptied");
+    // After the truncate: key 7 (t=290). Before it, delivered late: key 6 (t=260).
+    replay_story(&env, &table, &files, &[4, 3]);
+    assert_eq!(replica_state(&env, &table), source_table(&[(7, "g")]));
+    let st = env.server.state.lock().unwrap();
+    assert!(st.refusals.is_empty(), "{:?}", st.refusals);
+}

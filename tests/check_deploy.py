@@ -125,6 +125,11 @@ def template_problems(t):
         if not any(a["Properties"].get("MetricName") == "ObjectsRemoved" and a["Properties"].get("Namespace") == "ferry"
                    for a in alarms):
             problems.append("no alarm on objects removed from mapped folders (truncates)")
+        for metric, what in (("TypeChangeStops", "tables stopped by a type change"),
+                             ("LoadedWithWarnings", "files loaded with a warning")):
+            if not any(a["Properties"].get("MetricName") == metric and a["Properties"].get("Namespace") == "ferry"
+                       and "Dimensions" not in a["Properties"] for a in alarms):
+                problems.append(f"no alarm on {what}")
 
     bodies = []
     for d in resources_of(t, "AWS::CloudWatch::Dashboard").values():
@@ -312,6 +317,8 @@ def mutations(t):
         ("queue policy", lambda x: x["Resources"].pop("LoaderQueuePolicy")),
         ("dashboard", lambda x: x["Resources"].pop("LoaderDashboard")),
         ("objects removed", lambda x: x["Resources"].pop("ObjectsRemovedAlarm")),
+        ("tables stopped", lambda x: x["Resources"].pop("TypeChangeStopAlarm")),
+        ("loaded with a warning", lambda x: x["Resources"].pop("LoadWarningsAlarm")),
         ("injected or widened ARN", lambda x: first_statement(x, "s3:GetObject").update(Resource=["arn:aws:s3:::acme-casino-dms-cdc/x${env:HOME}*"])),
         ("FERRY_LOCK_TABLE", lambda x: fn(x)["Environment"]["Variables"].pop("FERRY_LOCK_TABLE")),
         ("apply lock access", lambda x: first_statement(x, "dynamodb:PutItem").update(Action=["dynamodb:PutItem", "dynamodb:Scan"])),

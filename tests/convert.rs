@@ -129,11 +129,24 @@ fn convert_table(catalog: &Catalog, bucket: &Path, table: &TableManifest) -> Vec
     out
 }
 
+/// A converted row's source columns: ferry's metadata left out, and a column that continued
+/// under `<column>__<type>` after a type change read back under its source name.
 fn data_columns(row: &Map<String, Json>) -> Map<String, Json> {
-    row.iter()
-        .filter(|(k, _)| !k.starts_with("_ferry_"))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    let mut out = Map::new();
+    for (k, v) in row.iter().filter(|(k, _)| !k.starts_with("_ferry_")) {
+        let source = match k.rsplit_once("__") {
+            Some((name, ty))
+                if ferry_core::bqtype::BqType::parse(&ty.to_ascii_uppercase()).is_some() =>
+            {
+                name
+            }
+            _ => k.as_str(),
+        };
+        if !v.is_null() || !out.contains_key(source) {
+            out.insert(source.to_owned(), v.clone());
+        }
+    }
+    out
 }
 
 /// Expected and actual rows agree column by column; a column the row's file did not have yet
@@ -329,13 +342,21 @@ fn load_and_cdc_files_yield_one_schema_and_the_added_column_is_reported_once() {
             );
             added.extend(c.outcome.added.iter().map(|f| f.name.clone()));
         }
-        // Added once, unless the files before it are gone (a truncate deletes them).
+        // Added once, unless the files before it are gone (a truncate deletes them); a type
+        // change adds the column's typed continuation, once.
         let from_start = converted[0]
             .outcome
             .schema
             .field(ferry_sim::model::ADDED_COLUMN)
             .is_some();
-        let want: &[&str] = if from_start { &[] } else { &["promo_code"] };
+        let mut want: Vec<&str> = Vec::new();
+        if table.cases.iter().any(|c| c.starts_with("type_change@")) {
+            want.push("level__string");
+        }
+        if !from_start {
+            want.push("promo_code");
+        }
+        added.sort();
         assert_eq!(added, want, "{}", table.table);
         assert!(
             converted[0].outcome.columns_copied > 10,
@@ -601,7 +622,8 @@ fn hints_that_do_not_fit_and_schema_conflicts() {
         "{err}"
     );
 
-    let catalog = lab_catalog(|_| {});
+    // A table that stops on type changes refuses the file, naming both types.
+    let catalog = lab_catalog(|d| d["tables"]["lab.accounts"]["on_type_change"] = "stop".into());
     let known = TableSchema {
         fields: vec![ferry_core::schema::BqField {
             name: "amount".into(),
@@ -1184,5 +1206,84 @@ fn lob_values_at_the_task_s_lob_max_size_are_counted_and_their_file_loads() {
     assert!(
         format!("{problems:?}").contains("lob_max_size_kb"),
         "{problems:?}"
+    );
+}
+
+/// A source column changes type (`ALTER TABLE ... MODIFY level VARCHAR(20)`): with the default
+/// `on_type_change: new_column`, the file's column continues as `level__string`, the table's
+/// `level` keeps its type (NULL in this file), and the values arrive intact; a file still of
+/// the old type goes to `level` as before. With `stop`, the file is refused with both types.
+#[test]
+fn a_changed_column_type_continues_in_a_typed_column_or_stops_the_table() {
+    let catalog = lab_catalog(|_| {});
+    let first = {
+        let mut c = cdc_columns("U", "13:00:00");
+        c.push(("level", Arc::new(Int64Array::from(vec![3, 4]))));
+        parquet_bytes(c)
+    };
+    let known = convert_bytes(&catalog, CDC_KEY, first.clone(), None)
+        .unwrap()
+        .schema;
+    let level = known.field("level").unwrap();
+    assert_eq!(level.bq_type, ferry_core::bqtype::BqType::Int64);
+    let changed = {
+        let mut c = cdc_columns("U", "13:00:00");
+        c.push(("level", Arc::new(StringArray::from(vec!["gold", "7"]))));
+        parquet_bytes(c)
+    };
+    let (src, object, table) = lookup(&catalog, CDC_KEY);
+    let request = ConvertRequest {
+        source: src,
+        table,
+        object: &object,
+        object_time_micros: None,
+        known: Some(&known),
+    };
+    let mut out = Vec::new();
+    let outcome = convert(
+        &RangeReader::new(Arc::new(changed.clone())),
+        &request,
+        &mut out,
+    )
+    .unwrap();
+    let added: Vec<(&str, &str)> = outcome
+        .added
+        .iter()
+        .map(|f| (f.name.as_str(), f.bq_type.as_str()))
+        .collect();
+    assert_eq!(added, [("level__string", "STRING")]);
+    let rows = read_rows(out.into());
+    assert_eq!(rows[0]["level"], Json::Null);
+    assert_eq!(rows[0]["level__string"], Json::String("gold".into()));
+    assert_eq!(rows[1]["level__string"], Json::String("7".into()));
+    // The next file of the new type finds the column; a late file of the old type still goes
+    // to `level`.
+    for (file, column, value) in [(&changed, "level__string", "gold"), (&first, "level", "3")] {
+        let request = ConvertRequest {
+            known: Some(&outcome.schema),
+            ..request
+        };
+        let mut out = Vec::new();
+        let again = convert(
+            &RangeReader::new(Arc::new(file.clone())),
+            &request,
+            &mut out,
+        )
+        .unwrap();
+        assert!(again.added.is_empty(), "{:?}", again.added);
+        assert_eq!(read_rows(out.into())[0][column], Json::String(value.into()));
+    }
+
+    let stop = lab_catalog(|doc| {
+        doc["tables"]["lab.accounts"]["on_type_change"] = serde_json::json!("stop");
+    });
+    let err = convert_bytes(&stop, CDC_KEY, changed, Some(&known)).unwrap_err();
+    assert!(
+        matches!(&err, ConvertError::SchemaConflict { column, .. } if column == "level"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("INT64") && err.to_string().contains("STRING"),
+        "{err}"
     );
 }

@@ -354,6 +354,14 @@ impl Warehouse for Flaky {
     fn record(&self, e: &StatusEvent) -> Result<(), PortError> {
         self.inner.record(e)
     }
+    fn empty_replica(
+        &self,
+        source: &ferry_core::mapping::Source,
+        t: &TableMapping,
+        run_seq: &str,
+    ) -> Result<(), PortError> {
+        self.inner.empty_replica(source, t, run_seq)
+    }
 }
 
 fn flaky_pipeline(estate: &Estate, fail: u32) -> (Pipeline<DirStore, Flaky>, Arc<SqliteWarehouse>) {
@@ -518,6 +526,14 @@ impl Warehouse for Panicky {
     }
     fn record(&self, e: &StatusEvent) -> Result<(), PortError> {
         self.inner.record(e)
+    }
+    fn empty_replica(
+        &self,
+        source: &ferry_core::mapping::Source,
+        t: &TableMapping,
+        run_seq: &str,
+    ) -> Result<(), PortError> {
+        self.inner.empty_replica(source, t, run_seq)
     }
 }
 
@@ -819,4 +835,168 @@ fn a_lob_cut_by_dms_loads_and_shows_as_a_warning_in_status() {
         (seats.warnings_24h, seats.last_warning.as_deref()),
         (0, None)
     );
+}
+
+/// `on_type_change: stop`: a file whose column changed type is not loaded and not
+/// dead-lettered; it is skipped with code `type_changed` (it stays in the bucket for a
+/// backfill), and the table keeps what it had.
+#[test]
+fn a_table_that_stops_on_type_changes_skips_the_changed_file_without_dead_lettering_it() {
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
+    let mut doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/convert/types-lab.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    doc["tables"]["lab.accounts"]["on_type_change"] = "stop".into();
+    let catalog = Catalog::from_files(&[MappingFile {
+        path: "types-lab.json".into(),
+        text: doc.to_string(),
+    }])
+    .unwrap();
+    let dir = TempDir::new("local-stop");
+    let write = |key: &str, level: ArrayRef| {
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            (
+                "dms_ts",
+                Arc::new(StringArray::from(vec!["2026-11-27 10:00:00"])),
+            ),
+            ("Op", Arc::new(StringArray::from(vec!["I"]))),
+            ("account_id", Arc::new(UInt64Array::from(vec![1u64]))),
+            ("level", level),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let path = dir.path().join("bucket").join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, buf).unwrap();
+    };
+    write(
+        "lab/dms/lab/accounts/27-11-2026/20261127-100000000.parquet",
+        Arc::new(Int64Array::from(vec![3])),
+    );
+    let p = Pipeline {
+        catalog: Arc::new(catalog.clone()),
+        store: DirStore::new(dir.path().join("bucket")),
+        warehouse: Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite")).unwrap()),
+        work_dir: dir.path().join("work"),
+    };
+    let first = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!((first.loaded, first.dead_lettered), (1, 0));
+    write(
+        "lab/dms/lab/accounts/27-11-2026/20261127-100100000.parquet",
+        Arc::new(StringArray::from(vec!["gold"])),
+    );
+    let second = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!((second.loaded, second.dead_lettered), (0, 0), "{second:?}");
+    let skipped = p
+        .warehouse
+        .query("SELECT code, message FROM _ferry_events WHERE kind = 'skipped'")
+        .unwrap();
+    assert_eq!(skipped.rows.len(), 1, "{skipped:?}");
+    assert_eq!(skipped.rows[0][0], Value::String("type_changed".into()));
+    let message = skipped.rows[0][1].as_str().unwrap();
+    assert!(
+        message.contains("INT64") && message.contains("STRING") && message.contains("backfill"),
+        "{message}"
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM \"lab.accounts\" WHERE level = 3"),
+        1,
+        "the table keeps what it had"
+    );
+}
+
+/// `on_truncate: empty`: removing a table's full-load file (what DMS does on a source
+/// TRUNCATE) empties its replica as of the removal; a change DMS writes afterwards applies,
+/// and a late file from before the truncate brings nothing back. Another table is untouched.
+#[test]
+fn a_truncate_empties_the_replica_when_the_table_asks_for_it() {
+    use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+    let mut doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/convert/types-lab.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    doc["tables"]["lab.accounts"]["on_truncate"] = "empty".into();
+    let catalog = Catalog::from_files(&[MappingFile {
+        path: "types-lab.json".into(),
+        text: doc.to_string(),
+    }])
+    .unwrap();
+    let estate = Estate::new("local-truncate");
+    let p = Pipeline {
+        catalog: Arc::new(catalog),
+        store: DirStore::new(estate.bucket()),
+        warehouse: Arc::new(SqliteWarehouse::open(&estate.dir.path().join("t.sqlite")).unwrap()),
+        work_dir: estate.dir.path().join("work"),
+    };
+    ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    let accounts = |p: &LocalPipeline| count(p, "SELECT count(*) FROM \"lab.accounts\"");
+    let seats = count(&p, "SELECT count(*) FROM \"lab.seats\"");
+    assert!(accounts(&p) > 0 && seats > 0);
+    // The truncate: DMS deletes the folder, LOAD00000001 with it, after every file so far.
+    let removal = |key: &str| {
+        let body = s3_event_body("ferry-test", key, 1, "x", "2026-11-27T12:00:00.000Z")
+            .replace("ObjectCreated:Put", "ObjectRemoved:Delete");
+        SqsEvent {
+            records: vec![message("truncate", body)],
+        }
+    };
+    let report = handle_batch(
+        &p,
+        p.warehouse.as_ref(),
+        &removal("lab/dms/lab/accounts/LOAD00000001.parquet"),
+        HandlerOptions::default(),
+    );
+    assert!(report.response.batch_item_failures.is_empty());
+    assert_eq!(accounts(&p), 0, "the replica was emptied");
+    assert_eq!(count(&p, "SELECT count(*) FROM \"lab.seats\""), seats);
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM _ferry_events WHERE code = 'replica_emptied'"
+        ),
+        1
+    );
+    // A CDC file DMS writes after the truncate applies; a file from before it, delivered late,
+    // does not bring its rows back.
+    let write = |key: &str, ts: &str, id: u64| {
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("dms_ts", Arc::new(StringArray::from(vec![ts]))),
+            ("Op", Arc::new(StringArray::from(vec!["I"]))),
+            ("account_id", Arc::new(UInt64Array::from(vec![id]))),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let path = estate.bucket().join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, buf).unwrap();
+    };
+    let after = "lab/dms/lab/accounts/27-11-2026/20261127-120100000.parquet";
+    let before = "lab/dms/lab/accounts/27-11-2026/20261127-115900000.parquet";
+    write(after, "2026-11-27 12:00:30", 77);
+    write(before, "2026-11-27 11:58:30", 99);
+    let report = handle_batch(
+        &p,
+        p.warehouse.as_ref(),
+        &event_for(&[after, before]),
+        HandlerOptions::default(),
+    );
+    assert!(
+        report.response.batch_item_failures.is_empty(),
+        "{:?}",
+        report.objects
+    );
+    let rows = p
+        .warehouse
+        .query("SELECT CAST(account_id AS TEXT) FROM \"lab.accounts\"")
+        .unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::String("77".into())]]);
 }

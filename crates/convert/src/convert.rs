@@ -18,7 +18,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit as ArrowTimeUnit};
 use bytes::Bytes;
 use ferry_core::bqtype::BqType;
 use ferry_core::key::{DmsFile, DmsObject};
-use ferry_core::mapping::{Source, TableMapping};
+use ferry_core::mapping::{OnTypeChange, Source, TableMapping};
 use ferry_core::names;
 use ferry_core::schema::{BqField, FieldMode, OpCounts, TableSchema, meta};
 use parquet::arrow::arrow_reader::{
@@ -226,6 +226,37 @@ impl Conversion {
                 Action::Transform(t) => Out::Transform(leaf, t),
             };
             file_columns.push((name.to_owned(), bq, out));
+        }
+
+        // A column whose type changed continues under `<column>__<type>` (the table's
+        // `on_type_change: new_column`); the table's column keeps its history.
+        if req.table.on_type_change == OnTypeChange::NewColumn
+            && let Some(known) = req.known
+        {
+            for (name, bq, out) in &mut file_columns {
+                let changed = known
+                    .fields
+                    .iter()
+                    .any(|k| k.name.eq_ignore_ascii_case(name) && k.bq_type != *bq);
+                if changed {
+                    *name = format!("{name}__{}", bq.as_str().to_ascii_lowercase());
+                    names::check_column(name).map_err(|reason| {
+                        ConvertError::InvalidColumnName {
+                            column: name.clone(),
+                            reason,
+                        }
+                    })?;
+                    // Spliced chunks keep their bytes under the new name.
+                    *out = match &*out {
+                        Out::Copy(leaf) => Out::Relabel(
+                            *leaf,
+                            renamed(&descr.column(*leaf).self_type_ptr(), name)?,
+                        ),
+                        Out::Relabel(leaf, t) => Out::Relabel(*leaf, renamed(t, name)?),
+                        other => other.clone(),
+                    };
+                }
+            }
         }
 
         // Table order: ferry's metadata, the columns the table knows, then new ones.
@@ -894,6 +925,32 @@ fn commit_times(ts: Option<&ArrayRef>, n: usize, file_time: i64, stats: &mut Sta
         stats.ts_max = Some(stats.ts_max.map_or(*hi, |m| m.max(*hi)));
     }
     Arc::new(TimestampMicrosecondArray::from(values).with_timezone("UTC"))
+}
+
+/// A primitive column type under another name, everything else kept.
+fn renamed(t: &TypePtr, name: &str) -> Result<TypePtr> {
+    let info = t.get_basic_info();
+    let (length, precision, scale) = match t.as_ref() {
+        Type::PrimitiveType {
+            type_length,
+            precision,
+            scale,
+            ..
+        } => (*type_length, *precision, *scale),
+        Type::GroupType { .. } => {
+            return Err(ConvertError::write("a group column cannot be renamed"));
+        }
+    };
+    Type::primitive_type_builder(name, t.get_physical_type())
+        .with_repetition(info.repetition())
+        .with_converted_type(info.converted_type())
+        .with_logical_type(info.logical_type_ref().cloned())
+        .with_length(length)
+        .with_precision(precision)
+        .with_scale(scale)
+        .build()
+        .map(Arc::new)
+        .map_err(ConvertError::write)
 }
 
 /// The physical type of a source leaf.

@@ -359,6 +359,13 @@ impl DmsObject {
     }
 }
 
+/// The `_ferry_file_seq` of a run that starts when a table's files were removed at `micros`
+/// (a source TRUNCATE, under `on_truncate: empty`): everything DMS wrote before is older, and
+/// what it writes afterwards newer. It reads as a run start ([`run_start_sql`]).
+pub fn removal_run_seq(micros: i64) -> String {
+    format!("{:020}.0.0..removed", micros.max(0))
+}
+
 /// An SQL condition (BigQuery and SQLite) that holds where `seq`, a `_ferry_file_seq` value,
 /// is a run start's ([`DmsObject::is_run_start`]).
 pub fn run_start_sql(seq: &str) -> String {

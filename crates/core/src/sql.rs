@@ -645,6 +645,24 @@ pub fn apply_statements(
     out
 }
 
+/// The statements that empty a replica as of a run start `run_seq` (`on_truncate: empty`):
+/// the run is recorded, and every row older than the newest run is removed (tombstoned) or,
+/// in soft-delete replicas, flagged. Changes written after it apply as usual. Idempotent.
+pub fn empty_statements(table: &TableMapping, run_seq: &str) -> Vec<String> {
+    let Some(replica) = &table.replica else {
+        return Vec::new();
+    };
+    let window = ApplyWindow {
+        files: Vec::new(),
+        commit_ts_min: None,
+        commit_ts_max: None,
+        rebuild: Rebuild::From(run_seq.to_owned()),
+    };
+    let mut out = record_run(table, replica, &window);
+    out.extend(rebuild_statements(table, replica, &window));
+    out
+}
+
 /// Records the window's run start, if any, in the replica's run table (before the MERGE, so
 /// that it already ignores what the run replaces).
 fn record_run(table: &TableMapping, replica: &TableRef, window: &ApplyWindow) -> Vec<String> {

@@ -118,6 +118,25 @@ pub fn lines(report: &BatchReport, elapsed: Duration, now_millis: i64) -> Vec<St
                 u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             ),
             ("DeadLettered", count, report.dead_lettered.len() as u64),
+            // The batch totals the stack's alarms watch (no dimension).
+            (
+                "LoadedWithWarnings",
+                count,
+                report
+                    .objects
+                    .iter()
+                    .filter(|(_, _, r)| matches!(r, ObjectResult::Loaded { warnings, .. } if !warnings.is_empty()))
+                    .count() as u64,
+            ),
+            (
+                "TypeChangeStops",
+                count,
+                report
+                    .objects
+                    .iter()
+                    .filter(|(_, _, r)| matches!(r, ObjectResult::Skipped { code, .. } if code == ferry_pipeline::TYPE_CHANGED))
+                    .count() as u64,
+            ),
             ("ObjectsRemoved", count, report.removed.len() as u64),
             (
                 "RetriedMessages",
@@ -197,6 +216,18 @@ mod tests {
         assert_eq!(v["Rows"], 7);
         assert_eq!(v["LagMs"], 60_000, "committed at 1 s, loaded at 61 s");
         assert_eq!(v["LoadedWithWarnings"], 1);
+        let batch: serde_json::Value = lines
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v.get("BatchMs").is_some())
+            .unwrap();
+        assert_eq!(
+            (
+                batch["LoadedWithWarnings"].as_u64(),
+                batch["TypeChangeStops"].as_u64()
+            ),
+            (Some(1), Some(0))
+        );
         let metrics = v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
             .as_array()
             .unwrap();

@@ -63,21 +63,41 @@ pub fn verify(
                 ));
                 continue;
             };
-            let mut columns: Vec<(String, Option<BqType>)> = t
-                .columns
-                .iter()
-                .map(|col| (col.name.clone(), schema.field(&col.name).map(|f| f.bq_type)))
-                .collect();
+            // Each source column reads from the table's column of its name and the typed
+            // columns it continued in after a type change (`<column>__<type>`, see
+            // `on_type_change`): the first that holds a value.
+            let mut names: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
             if changelog {
-                columns.push((meta::OP.to_owned(), Some(BqType::String)));
+                names.push(meta::OP.to_owned());
             }
-            let present: Vec<&(String, Option<BqType>)> =
-                columns.iter().filter(|(_, t)| t.is_some()).collect();
-            let select = present
+            let sources: Vec<Vec<(String, BqType)>> = names
                 .iter()
+                .map(|name| {
+                    let prefix = format!("{name}__");
+                    schema
+                        .fields
+                        .iter()
+                        .filter(|f| {
+                            f.name == *name
+                                || f.name.strip_prefix(&prefix).is_some_and(|t| {
+                                    BqType::parse(&t.to_ascii_uppercase()) == Some(f.bq_type)
+                                })
+                        })
+                        .map(|f| (f.name.clone(), f.bq_type))
+                        .collect()
+                })
+                .collect();
+            let select = sources
+                .iter()
+                .flatten()
                 .map(|(n, _)| quote(n))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let select = if select.is_empty() {
+                "NULL".to_owned()
+            } else {
+                select
+            };
             let filter = if !changelog && schema.field("_ferry_deleted").is_some() {
                 " WHERE NOT _ferry_deleted"
             } else {
@@ -91,12 +111,17 @@ pub fn verify(
             let mut query = stmt.query([]).map_err(err)?;
             while let Some(row) = query.next().map_err(err)? {
                 let mut out = Map::new();
-                for (name, _) in &columns {
-                    out.insert(name.clone(), Json::Null);
-                }
-                for (i, (name, bq)) in present.iter().enumerate() {
-                    let value: Sql = row.get(i).map_err(err)?;
-                    out.insert(name.clone(), canonical(value, bq.unwrap_or(BqType::String)));
+                let mut i = 0;
+                for (name, from) in names.iter().zip(&sources) {
+                    let mut value = Json::Null;
+                    for (_, bq) in from {
+                        let v: Sql = row.get(i).map_err(err)?;
+                        i += 1;
+                        if value.is_null() {
+                            value = canonical(v, *bq);
+                        }
+                    }
+                    out.insert(name.clone(), value);
                 }
                 count += 1;
                 sum = sum.wrapping_add(row_hash(&out));

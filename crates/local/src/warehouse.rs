@@ -20,7 +20,7 @@ use arrow_schema::DataType;
 use ferry_convert::canonical;
 use ferry_core::bqtype::BqType;
 use ferry_core::event::SqsMessage;
-use ferry_core::mapping::{TableMapping, TableRef};
+use ferry_core::mapping::{Source, TableMapping, TableRef};
 use ferry_core::schema::{BqField, TableSchema, meta};
 use ferry_pipeline::{
     Converted, DeadLetters, LoadOutcome, LoadRequest, PortError, StatusEvent, Warehouse,
@@ -230,7 +230,17 @@ fn ensure_table(
             .map_err(db_error)?;
         }
     }
-    let json = serde_json::to_string(fields).map_err(|e| PortError::permanent(e.to_string()))?;
+    // The stored schema only grows: a file of a batch may lack a column another file of the
+    // same batch added (BigQuery's table keeps it too).
+    let mut merged = SqliteWarehouse::stored_schema(conn, table)?
+        .map(|s| s.fields)
+        .unwrap_or_default();
+    for f in fields {
+        if !merged.iter().any(|m| m.name.eq_ignore_ascii_case(&f.name)) {
+            merged.push(f.clone());
+        }
+    }
+    let json = serde_json::to_string(&merged).map_err(|e| PortError::permanent(e.to_string()))?;
     conn.execute(
         "INSERT OR REPLACE INTO _ferry_schemas (table_name, fields) VALUES (?1, ?2)",
         params![table, json],
@@ -301,6 +311,45 @@ fn insert_file(conn: &Connection, table: &str, file: &Converted) -> Result<u64, 
         rows += batch.num_rows() as u64;
     }
     Ok(rows)
+}
+
+/// Removes the replica's rows older than the run start `run` (see `ferry_core::sql`, "Load
+/// runs"): tombstoned at the run's start, or flagged in a soft-delete replica.
+fn rebuild(
+    conn: &Connection,
+    table: &TableMapping,
+    replica: &str,
+    run: &str,
+) -> Result<(), PortError> {
+    let keys: Vec<String> = table.primary_key.iter().map(|k| quote(k)).collect();
+    let key_list = keys.join(", ");
+    let (ts, seq, cs, row) = (
+        quote(meta::COMMIT_TS),
+        quote(meta::FILE_SEQ),
+        quote(meta::CHANGE_SEQ),
+        quote(meta::ROW),
+    );
+    let rp = quote(replica);
+    let tb = quote(&format!("{replica}__ferry_tombstones"));
+    let statements = if table.soft_delete {
+        vec![format!(
+            "UPDATE {rp} SET _ferry_deleted = 1, {seq} = ?1, {cs} = '', {row} = -1 WHERE {seq} < ?1"
+        )]
+    } else {
+        vec![
+            format!(
+                "DELETE FROM {tb} WHERE ({key_list}) IN (SELECT {key_list} FROM {rp} WHERE {seq} < ?1)"
+            ),
+            format!(
+                "INSERT INTO {tb} ({key_list}, {ts}, {seq}, {cs}, {row}) SELECT {key_list}, {ts}, ?1, '', -1 FROM {rp} WHERE {seq} < ?1"
+            ),
+            format!("DELETE FROM {rp} WHERE {seq} < ?1"),
+        ]
+    };
+    for sql in statements {
+        conn.execute(&sql, [run]).map_err(db_error)?;
+    }
+    Ok(())
 }
 
 /// The replica's columns: ferry's metadata, the `_ferry_deleted` flag, then the data columns.
@@ -504,26 +553,7 @@ impl Warehouse for SqliteWarehouse {
             .optional()
             .map_err(db_error)?;
         if let Some(run) = run {
-            let rp = quote(&replica);
-            let tb = quote(&tombstones);
-            let statements = if table.soft_delete {
-                vec![format!(
-                    "UPDATE {rp} SET _ferry_deleted = 1, {seq} = ?1, {cs} = '', {row} = -1 WHERE {seq} < ?1"
-                )]
-            } else {
-                vec![
-                    format!(
-                        "DELETE FROM {tb} WHERE ({key_list}) IN (SELECT {key_list} FROM {rp} WHERE {seq} < ?1)"
-                    ),
-                    format!(
-                        "INSERT INTO {tb} ({key_list}, {ts}, {seq}, {cs}, {row}) SELECT {key_list}, {ts}, ?1, '', -1 FROM {rp} WHERE {seq} < ?1"
-                    ),
-                    format!("DELETE FROM {rp} WHERE {seq} < ?1"),
-                ]
-            };
-            for sql in statements {
-                tx.execute(&sql, [&run]).map_err(db_error)?;
-            }
+            rebuild(&tx, table, &replica, &run)?;
         }
         tx.execute(
             "INSERT INTO _ferry_applied (table_name, last_rowid) VALUES (?1, ?2)
@@ -533,6 +563,47 @@ impl Warehouse for SqliteWarehouse {
         .map_err(db_error)?;
         tx.commit().map_err(db_error)?;
         Ok((max - last) as u64)
+    }
+
+    fn empty_replica(
+        &self,
+        _source: &Source,
+        table: &TableMapping,
+        run_seq: &str,
+    ) -> Result<(), PortError> {
+        let Some(replica) = &table.replica else {
+            return Ok(());
+        };
+        let replica = local_name(replica);
+        let runs = quote(&format!("{replica}__ferry_runs"));
+        let seq = quote(meta::FILE_SEQ);
+        self.with_conn(|c| {
+            c.execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {runs} ({seq} TEXT PRIMARY KEY)"
+            ))
+            .and_then(|()| {
+                c.execute(
+                    &format!("INSERT OR IGNORE INTO {runs} ({seq}) VALUES (?1)"),
+                    [run_seq],
+                )
+            })
+            .map(drop)
+            .map_err(db_error)
+        })?;
+        // Pending rows apply under the new run first (and the tombstone table exists after).
+        self.apply(table)?;
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| PortError::permanent("warehouse lock poisoned"))?;
+        let tx = conn.transaction().map_err(db_error)?;
+        if SqliteWarehouse::stored_schema(&tx, &local_name(&table.changelog))?.is_some() {
+            let newest: String = tx
+                .query_row(&format!("SELECT max({seq}) FROM {runs}"), [], |r| r.get(0))
+                .map_err(db_error)?;
+            rebuild(&tx, table, &replica, &newest)?;
+        }
+        tx.commit().map_err(db_error)
     }
 
     fn record(&self, e: &StatusEvent) -> Result<(), PortError> {

@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ferry_core::event::{SqsBatchResponse, SqsEvent, SqsMessage, parse_body};
-use ferry_core::key::DmsObject;
+use ferry_core::key::{self, DmsObject, FileKind};
+use ferry_core::mapping::OnTruncate;
 use ferry_core::plan_object;
 
 use crate::ports::{DeadLetters, ObjectStore, Warehouse};
@@ -82,7 +83,8 @@ where
     W: Warehouse,
 {
     pipeline.warehouse.set_deadline(options.deadline);
-    let mut removed_objects: Vec<(String, String, String)> = Vec::new();
+    // (message index, bucket, key, event time).
+    let mut removed_objects: Vec<(usize, String, String, Option<String>)> = Vec::new();
     let mut states: Vec<MessageState> = event
         .records
         .iter()
@@ -97,9 +99,10 @@ where
                 }
                 for gone in &notification.removed {
                     removed_objects.push((
-                        message.message_id.clone(),
+                        i,
                         gone.bucket.clone(),
                         gone.key.clone(),
+                        gone.event_time.clone(),
                     ));
                 }
                 for object in notification.objects {
@@ -201,17 +204,52 @@ where
     });
 
     let mut report = BatchReport::default();
-    // Removed objects of mapped tables: nothing is deleted from the warehouse, but a removal
-    // under a mapped folder is how a DMS truncate (or a reload that drops the folder) shows.
-    for (message_id, bucket, key) in removed_objects {
+    // Removed objects of mapped tables: a removal under a mapped folder is how a DMS truncate
+    // (or a reload that drops the folder) shows. It is recorded and counted; a full-load file
+    // removed from a table with `on_truncate: empty` empties its replica as of the removal.
+    for (i, bucket, key, event_time) in removed_objects {
+        let message_id = &event.records[i].message_id;
         let plan = plan_object(&pipeline.catalog, Some(&bucket), &key, None);
-        let (Some(source), Some(table)) = (plan.source, plan.table) else {
+        let (Some(source), Some(table), Some(object)) = (plan.source, plan.table, plan.object)
+        else {
             continue;
         };
-        tracing::warn!(
-            message_id = %message_id, bucket = %bucket, key = %key, table = %table.source_table(),
-            "object removed from a mapped table's folder (a DMS truncate or reload?); the replica is unchanged"
-        );
+        let empties = table.on_truncate == OnTruncate::Empty
+            && table.replica.is_some()
+            && table.enabled
+            && object.kind() == FileKind::FullLoad;
+        let at = event_time
+            .as_deref()
+            .and_then(ferry_core::event::event_time_micros)
+            .unwrap_or_else(crate::process::now_micros);
+        let message = if empties {
+            match pipeline
+                .warehouse
+                .empty_replica(source, table, &key::removal_run_seq(at))
+            {
+                Ok(()) => {
+                    tracing::warn!(
+                        message_id = %message_id, bucket = %bucket, key = %key, table = %table.source_table(),
+                        "full-load file removed (a source TRUNCATE); the replica was emptied as of the removal (on_truncate: empty)"
+                    );
+                    "removed from the bucket; the replica was emptied as of the removal (on_truncate: empty)"
+                }
+                Err(e) => {
+                    states[i].retry.push(format!(
+                        "s3://{bucket}/{key}: removed; emptying the replica of {} failed: {}",
+                        table.source_table(),
+                        e.message
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            tracing::warn!(
+                message_id = %message_id, bucket = %bucket, key = %key, table = %table.source_table(),
+                "object removed from a mapped table's folder (a DMS truncate or reload?); the replica is unchanged"
+            );
+            "removed from the bucket; nothing was changed in the warehouse"
+        };
         let event = crate::ports::StatusEvent {
             at_micros: crate::process::now_micros(),
             kind: "removed".into(),
@@ -219,12 +257,19 @@ where
             table: Some(table.source_table()),
             bucket,
             key: key.clone(),
-            code: Some("object_removed".into()),
+            code: Some(
+                if empties {
+                    "replica_emptied"
+                } else {
+                    "object_removed"
+                }
+                .into(),
+            ),
             job_id: None,
             rows: 0,
             bytes: 0,
             commit_ts_max: None,
-            message: Some("removed from the bucket; nothing was changed in the warehouse".into()),
+            message: Some(message.into()),
             warnings: Vec::new(),
         };
         if let Err(e) = pipeline.warehouse.record(&event) {

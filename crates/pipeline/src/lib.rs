@@ -17,4 +17,4 @@ pub use ports::{
     Converted, DeadLetters, LoadOutcome, LoadRequest, ObjectMeta, ObjectStore, PortError,
     StatusEvent, Warehouse,
 };
-pub use process::{ObjectResult, Pipeline, now_micros};
+pub use process::{ObjectResult, Pipeline, TYPE_CHANGED, now_micros};

@@ -174,6 +174,14 @@ pub trait Warehouse: Send + Sync {
     fn apply(&self, table: &TableMapping) -> Result<u64, PortError>;
     /// Records what happened to an object, for status.
     fn record(&self, event: &StatusEvent) -> Result<(), PortError>;
+    /// Empties a replica as of the run start `run_seq` (see `ferry_core::sql::empty_statements`):
+    /// a table's files were removed under `on_truncate: empty`.
+    fn empty_replica(
+        &self,
+        source: &Source,
+        table: &TableMapping,
+        run_seq: &str,
+    ) -> Result<(), PortError>;
     /// The invocation's deadline, set by the handler before a batch: every wait the warehouse
     /// does ends before it (work left is resumed by the next delivery). Default: ignored.
     fn set_deadline(&self, _deadline: Option<std::time::Instant>) {}
@@ -312,6 +320,14 @@ impl<T: Warehouse + ?Sized> Warehouse for Arc<T> {
     }
     fn record(&self, event: &StatusEvent) -> Result<(), PortError> {
         (**self).record(event)
+    }
+    fn empty_replica(
+        &self,
+        source: &Source,
+        table: &TableMapping,
+        run_seq: &str,
+    ) -> Result<(), PortError> {
+        (**self).empty_replica(source, table, run_seq)
     }
     fn set_deadline(&self, deadline: Option<std::time::Instant>) {
         (**self).set_deadline(deadline)

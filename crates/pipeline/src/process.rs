@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferry_convert::{Conversion, ConvertOutcome, ConvertRequest, RangeReader};
 use ferry_core::key::DmsObject;
-use ferry_core::mapping::{Catalog, Source, TableMapping};
+use ferry_core::mapping::{Catalog, OnTypeChange, Source, TableMapping};
 use ferry_core::{JobId, plan_object};
 
 use crate::ports::{
@@ -342,7 +342,22 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                 retryable: e.is_retryable(),
             })
         };
-        let conversion = Conversion::plan(&input, &request).map_err(classify)?;
+        let conversion = match Conversion::plan(&input, &request) {
+            Ok(c) => c,
+            // `on_type_change: stop`: the table takes no file with the changed type; the file
+            // stays in S3 for a backfill once the mapping says what to do.
+            Err(e @ ferry_convert::ConvertError::SchemaConflict { .. })
+                if table.on_type_change == OnTypeChange::Stop =>
+            {
+                return Err(ObjectResult::Skipped {
+                    code: TYPE_CHANGED.to_owned(),
+                    reason: format!(
+                        "s3://{bucket}/{key}: {e}; the table stops (on_type_change: stop): set on_type_change to new_column or fix the source, then backfill"
+                    ),
+                });
+            }
+            Err(e) => return Err(classify(e)),
+        };
         let (outcome, file, scratch) = if meta.size <= IN_MEMORY_MAX {
             let mut buf = Vec::with_capacity(usize::try_from(meta.size).unwrap_or(0) + (64 << 10));
             let outcome = conversion
@@ -424,6 +439,9 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
         }
     }
 }
+
+/// The skip code of a file refused by a table whose `on_type_change` is `stop`.
+pub const TYPE_CHANGED: &str = "type_changed";
 
 /// What a conversion noticed and could not fix, as `code: detail` lines for status and logs.
 fn conversion_warnings(source: &Source, outcome: &ConvertOutcome) -> Vec<String> {

@@ -196,23 +196,28 @@ pub fn simulate(catalog: &Catalog, opts: &SimOptions, out: &Path) -> std::io::Re
 struct RowState {
     version: u32,
     with_added: bool,
+    /// Last written after the retyped column's type change.
+    retyped: bool,
     live: bool,
 }
 
 struct TableSim<'a> {
     source: &'a Source,
     table: &'a TableMapping,
+    /// A column whose type changes to VARCHAR at a CDC minute (`ALTER TABLE ... MODIFY`).
+    retype: Option<(usize, u32)>,
     columns: Vec<SimColumn>,
     seed: u64,
 }
 
 impl TableSim<'_> {
-    fn row(&self, k: u64, version: u32, with_added: bool) -> Vec<V> {
+    fn row(&self, k: u64, version: u32, with_added: bool, retyped: bool) -> Vec<V> {
         let name = self.table.source_table();
         let mut key_pos = 0;
         self.columns
             .iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 if c.key {
                     key_pos += 1;
                     return model::key_value(c, key_pos - 1, k);
@@ -229,9 +234,20 @@ impl TableSim<'_> {
                         &version.to_le_bytes(),
                     ],
                 );
-                c.mysql.value(&mut rng, true)
+                match self.retype {
+                    Some((col, _)) if col == i && retyped => {
+                        model::MysqlType::Varchar.value(&mut rng, true)
+                    }
+                    _ => c.mysql.value(&mut rng, true),
+                }
             })
             .collect()
+    }
+
+    /// Whether files of `minute` (`None`: the first full load) have the retyped column's new
+    /// type.
+    fn retyped_in(&self, minute: Option<u32>) -> bool {
+        matches!((self.retype, minute), (Some((_, at)), Some(m)) if m >= at)
     }
 
     fn expected(&self, values: &[V], op: Option<&str>) -> Map<String, Json> {
@@ -276,7 +292,12 @@ struct Cases {
     reload_at: Option<u32>,
     /// The CDC minute at which the source truncates the table (DMS deletes its S3 folder).
     truncate_at: Option<u32>,
+    /// The CDC minute at which the column [`RETYPED_COLUMN`] becomes a VARCHAR.
+    retype_at: Option<u32>,
 }
+
+/// The column whose type a type-change case changes (SMALLINT to VARCHAR).
+pub const RETYPED_COLUMN: &str = "level";
 
 /// How long the simulated full load of a table runs.
 const LOAD_MICROS: i64 = 20_000_000;
@@ -294,6 +315,8 @@ struct TableRun<'a, 's> {
     rng: Rng,
     /// Changes so far, for `AR_H_CHANGE_SEQ`.
     change_counter: u64,
+    /// Whether the retyped column has its new type now.
+    retyped_now: bool,
     files: Vec<String>,
     removed: Vec<String>,
     /// Per file still in S3, in the order DMS last wrote them: the change-log rows it holds
@@ -320,6 +343,7 @@ impl TableRun<'_, '_> {
                 RowState {
                     version: 0,
                     with_added: false,
+                    retyped: false,
                     live: false,
                 },
             );
@@ -328,7 +352,7 @@ impl TableRun<'_, '_> {
 
     fn current(&self, k: u64) -> Vec<V> {
         let s = self.state[k as usize];
-        self.sim.row(k, s.version, s.with_added)
+        self.sim.row(k, s.version, s.with_added, s.retyped)
     }
 
     /// `AR_H_CHANGE_SEQ` for a change committed at `micros`: 16 digits of time
@@ -383,6 +407,7 @@ impl TableRun<'_, '_> {
             let s = &mut self.state[k as usize];
             s.version += 1;
             s.with_added = with_added;
+            s.retyped = self.retyped_now;
             self.live_count += u64::from(!s.live);
             s.live = true;
             self.current(k)
@@ -561,21 +586,34 @@ fn simulate_table(
     manifest: &mut Manifest,
 ) -> std::io::Result<TableManifest> {
     let add_at = (opts.add_column && opts.minutes >= 2).then_some(opts.minutes / 2);
-    let sim = TableSim {
-        source,
-        table,
-        columns: model::table_columns(table, add_at),
-        seed: opts.seed,
-    };
     let name = table.source_table();
     let mut cases = Cases::default();
     if opts.hard_cases && opts.minutes >= 3 {
         match Rng::for_name(opts.seed, &[name.as_bytes(), b"cases"]).below(5) {
             0 => cases.reload_at = Some(opts.minutes * 2 / 3),
             1 => cases.truncate_at = Some(opts.minutes / 2 + 1),
+            2 => cases.retype_at = Some(opts.minutes / 2),
             _ => {}
         }
     }
+    let columns = model::table_columns(table, add_at);
+    // The retyped column must be a plain one: not a key, not hinted, not the added one.
+    let retype = cases.retype_at.and_then(|at| {
+        columns
+            .iter()
+            .position(|c| c.name == RETYPED_COLUMN && !c.key && c.hint.is_none())
+            .map(|i| (i, at))
+    });
+    if retype.is_none() {
+        cases.retype_at = None;
+    }
+    let sim = TableSim {
+        source,
+        table,
+        retype,
+        columns,
+        seed: opts.seed,
+    };
     let mut run = TableRun {
         sim: &sim,
         opts,
@@ -585,6 +623,7 @@ fn simulate_table(
             RowState {
                 version: 0,
                 with_added: false,
+                retyped: false,
                 live: true,
             };
             opts.rows as usize + 1
@@ -594,6 +633,7 @@ fn simulate_table(
         next_k: opts.rows + 1,
         rng: Rng::for_name(opts.seed, &[name.as_bytes(), b"cdc"]),
         change_counter: 0,
+        retyped_now: false,
         files: Vec::new(),
         removed: Vec::new(),
         file_rows: Vec::new(),
@@ -605,6 +645,7 @@ fn simulate_table(
     run.full_load(opts.start_micros, None, false)?;
     for minute in 0..opts.minutes {
         let with_added = add_at.is_some_and(|a| minute >= a);
+        run.retyped_now = sim.retyped_in(Some(minute));
         let minute_start = opts.start_micros + i64::from(minute + 1) * 60_000_000;
         if cases.truncate_at == Some(minute) {
             run.truncate()?;
@@ -649,6 +690,9 @@ fn simulate_table(
     }
     if let Some(m) = cases.truncate_at {
         case_names.push(format!("truncate@{m}"));
+    }
+    if let Some(m) = cases.retype_at {
+        case_names.push(format!("type_change@{m}"));
     }
     let keep_rows = |n: u64| n <= opts.manifest_rows as u64;
     let (expected_rows, checksum, rows) = if run.replica {
@@ -762,7 +806,8 @@ fn partition_folders(layout: Option<DatePartitioning>, micros: i64) -> String {
 struct DmsWriter<'s> {
     writer: ArrowWriter<BufWriter<File>>,
     schema: Arc<Schema>,
-    columns: Vec<usize>,
+    /// The table's columns in the file, with the MySQL type they have in it.
+    columns: Vec<(usize, model::MysqlType)>,
     sim: &'s TableSim<'s>,
     cdc: bool,
     path: PathBuf,
@@ -798,8 +843,14 @@ impl<'s> DmsWriter<'s> {
                 (Some(_), None) => false,
             };
             if exists {
-                fields.push(Field::new(&c.name, c.mysql.dms_arrow_type(), true));
-                columns.push(i);
+                let mysql = match sim.retype {
+                    Some((col, _)) if col == i && sim.retyped_in(minute) => {
+                        model::MysqlType::Varchar
+                    }
+                    _ => c.mysql,
+                };
+                fields.push(Field::new(&c.name, mysql.dms_arrow_type(), true));
+                columns.push((i, mysql));
             }
         }
         fields.push(Field::new(
@@ -847,9 +898,22 @@ impl<'s> DmsWriter<'s> {
                 changes.iter().map(|c| c.op).collect::<StringArray>(),
             ));
         }
-        for &i in &self.columns {
+        for &(i, mysql) in &self.columns {
+            if mysql != self.sim.columns[i].mysql {
+                // After `MODIFY ... VARCHAR`, MySQL holds every value as text, the ones
+                // written before the change too.
+                let text: Vec<V> = changes
+                    .iter()
+                    .map(|c| match &c.values[i] {
+                        V::Int(n) => V::Str(n.to_string()),
+                        other => other.clone(),
+                    })
+                    .collect();
+                arrays.push(model::build_array(mysql, &text.iter().collect::<Vec<_>>()));
+                continue;
+            }
             let values: Vec<&V> = changes.iter().map(|c| &c.values[i]).collect();
-            arrays.push(model::build_array(self.sim.columns[i].mysql, &values));
+            arrays.push(model::build_array(mysql, &values));
         }
         arrays.push(Arc::new(StringArray::from_iter_values(
             changes.iter().map(|c| c.change_seq.as_str()),

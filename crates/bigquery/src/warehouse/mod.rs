@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_core::mapping::TableMapping;
+use ferry_core::mapping::{Source, TableMapping};
 use ferry_core::schema::{BqField, FieldMode, TableSchema};
 use ferry_core::sql::{self, ApplyWindow};
 use ferry_core::{JobId, TableRef};
@@ -300,6 +300,27 @@ impl Warehouse for BigQueryWarehouse {
         Ok(changed)
     }
 
+    fn empty_replica(
+        &self,
+        source: &Source,
+        table: &TableMapping,
+        run_seq: &str,
+    ) -> Result<(), PortError> {
+        let Some(replica) = &table.replica else {
+            return Ok(());
+        };
+        let location = source.location.as_deref();
+        self.locked(replica, || {
+            self.handle.block_on(async {
+                for statement in sql::empty_statements(table, run_seq) {
+                    self.run(&statement, location, "merge").await?;
+                }
+                Ok(())
+            })
+        })
+        .map_err(port_error)
+    }
+
     fn record(&self, _event: &StatusEvent) -> Result<(), PortError> {
         // The pipeline logs every object (one structured line with its span) and the Lambda
         // turns the batch into metrics; BigQuery keeps no status table of its own.
@@ -348,7 +369,9 @@ mod tests {
             m.contains("amount") && m.contains("INT64") && m.contains("STRING"),
             "{m}"
         );
-        assert!(!e.is_retryable());
+        // Retryable: converted again against the table, the file follows its on_type_change.
+        assert!(e.is_retryable());
+        assert!(m.contains("amount__string"), "{m}");
         let added = BqField {
             name: "new_col".into(),
             bq_type: BqType::Json,

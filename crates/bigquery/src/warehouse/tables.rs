@@ -107,13 +107,23 @@ pub fn missing_columns(
             .find(|a| a.name.eq_ignore_ascii_case(&w.name))
         {
             Some(a) if a.bq_type != w.bq_type => {
-                return Err(BqError::permanent(
-                    format!("table {table}"),
-                    format!(
-                        "column {} is {} in BigQuery but {} in the file; ferry never narrows or changes a column's type: change the table by hand or map the column with a type hint",
-                        w.name, a.bq_type, w.bq_type
-                    ),
-                ));
+                // The file was converted against an older picture of the table (another file
+                // of its batch created the column); converted again on its next delivery, it
+                // follows the table's `on_type_change`.
+                return Err(BqError {
+                    class: ErrorClass::Retryable,
+                    ..BqError::permanent(
+                        format!("table {table}"),
+                        format!(
+                            "column {} is {} in BigQuery but {} in the file; the file is converted again against the table on its next delivery (a type change continues as {}__{} unless the table's on_type_change is stop)",
+                            w.name,
+                            a.bq_type,
+                            w.bq_type,
+                            w.name,
+                            w.bq_type.as_str().to_ascii_lowercase()
+                        ),
+                    )
+                });
             }
             Some(_) => {}
             None => missing.push(BqField {

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::hint::ColumnHint;
-use super::raw::{Granularity, Mode};
+use super::raw::{Granularity, Mode, OnTruncate, OnTypeChange};
 use crate::key::{self, ParsedKey};
 use crate::partition::DatePartitioning;
 
@@ -110,6 +110,10 @@ pub struct TableMapping {
     pub cluster_by: Vec<String>,
     /// Deleted rows stay in the replica, flagged.
     pub soft_delete: bool,
+    /// What a column type change does.
+    pub on_type_change: OnTypeChange,
+    /// What removing the table's full-load files does.
+    pub on_truncate: OnTruncate,
     /// Whether files of this table are loaded.
     pub enabled: bool,
     /// Type hints by column name.

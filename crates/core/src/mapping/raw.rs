@@ -117,6 +117,65 @@ pub struct RawDefaults {
     /// Whether replica tables keep deleted rows, flagged, instead of removing them (default false).
     #[serde(default)]
     pub soft_delete: Option<bool>,
+    /// What a source column's type change does to tables that do not set it (default
+    /// `new_column`).
+    #[serde(default)]
+    pub on_type_change: Option<OnTypeChange>,
+    /// What removing a table's full-load files (how a source TRUNCATE shows) does to tables that
+    /// do not set it (default `keep`).
+    #[serde(default)]
+    pub on_truncate: Option<OnTruncate>,
+}
+
+/// What ferry does when a file brings a column with another BigQuery type than the table has
+/// (the source column's type changed).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTypeChange {
+    /// The column continues under `<column>__<type>` (e.g. `level__string`), added to the change
+    /// log and the replica; the original column keeps every value from before the change.
+    /// Nothing is rewritten, nothing is refused (BigQuery changes a column's type in place for
+    /// a few numeric pairs only).
+    #[default]
+    NewColumn,
+    /// The table stops: files with the changed type are not loaded (they stay in S3 for a
+    /// backfill), each is counted as skipped with code `type_changed`, and one alarm fires.
+    Stop,
+}
+
+/// What ferry does when a mapped table's full-load files are removed from the bucket: DMS
+/// deletes the table's folder when the source table is truncated.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTruncate {
+    /// Nothing changes in BigQuery; the removal is recorded, counted and alarmed.
+    #[default]
+    Keep,
+    /// The replica is emptied as of the removal: every row from before it is removed
+    /// (tombstoned), and the changes DMS writes afterwards apply. Replica tables only.
+    Empty,
 }
 
 /// How a table lands in BigQuery.
@@ -198,6 +257,13 @@ pub struct RawTable {
     /// Keep deleted rows in the replica with `_ferry_deleted = true` instead of removing them.
     #[serde(default)]
     pub soft_delete: Option<bool>,
+    /// What a source column's type change does: `new_column` (default) or `stop`.
+    #[serde(default)]
+    pub on_type_change: Option<OnTypeChange>,
+    /// What removing the table's full-load files (a source TRUNCATE) does: `keep` (default)
+    /// or `empty` (replica tables).
+    #[serde(default)]
+    pub on_truncate: Option<OnTruncate>,
     /// `false` stops loading this table; its files are acknowledged and counted as disabled.
     #[serde(default)]
     pub enabled: Option<bool>,

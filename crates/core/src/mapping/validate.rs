@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::hint::ColumnHint;
 use super::model::{PartitionSpec, Source, TableMapping, TableRef};
-use super::raw::{Granularity, Mode, RawMappingFile, RawTable};
+use super::raw::{Granularity, Mode, OnTruncate, RawMappingFile, RawTable};
 use crate::names;
 
 /// Suffix of the change-log table next to a replica.
@@ -512,6 +512,22 @@ fn validate_table(
         );
     }
 
+    let on_type_change = t
+        .on_type_change
+        .or(raw.defaults.on_type_change)
+        .unwrap_or_default();
+    let on_truncate = t
+        .on_truncate
+        .or(raw.defaults.on_truncate)
+        .unwrap_or_default();
+    if t.on_truncate == Some(OnTruncate::Empty) && mode == Mode::Changelog {
+        r.add(
+            &at("on_truncate"),
+            "on_truncate \"empty\" applies to replica tables; a change log keeps what was loaded",
+            "remove it or set \"mode\": \"replica\"",
+        );
+    }
+
     let table_ref = |table: String| TableRef {
         project: raw.bigquery.project.clone(),
         dataset: raw.bigquery.dataset.clone(),
@@ -542,6 +558,12 @@ fn validate_table(
         partition,
         cluster_by,
         soft_delete: soft_delete && mode == Mode::Replica,
+        on_type_change,
+        on_truncate: if mode == Mode::Replica {
+            on_truncate
+        } else {
+            OnTruncate::Keep
+        },
         enabled: t.enabled.unwrap_or(true),
         columns: hints,
         description: t.description.clone(),
