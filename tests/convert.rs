@@ -1118,11 +1118,21 @@ fn random_dms_file(rng: &mut Rng) -> (Vec<u8>, Vec<Map<String, Json>>) {
         .set_max_row_group_row_count(Some(per_group.max(1)))
         .build();
     let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, Arc::clone(&schema), Some(props)).unwrap();
-    if rows > 0 {
+    // Half the files carry the legacy converted-type annotations real DMS files have (no
+    // logical types), half the logical types the Arrow writer adds.
+    if rng.chance(50) {
+        let mut w =
+            ferry_sim::legacy::LegacyWriter::try_new(&mut buf, &schema, props, per_group.max(1))
+                .unwrap();
         w.write(&batch).unwrap();
+        w.close().unwrap();
+    } else {
+        let mut w = ArrowWriter::try_new(&mut buf, Arc::clone(&schema), Some(props)).unwrap();
+        if rows > 0 {
+            w.write(&batch).unwrap();
+        }
+        w.close().unwrap();
     }
-    w.close().unwrap();
     (buf, canonical::rows(&batch))
 }
 

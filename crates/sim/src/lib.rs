@@ -9,7 +9,9 @@
 //! - [`model`]: simulated MySQL columns, their DMS parquet types, values and expected readings.
 //! - [`values`]: source values and their canonical BigQuery rendering.
 //! - [`rng`]: the deterministic generator.
+//! - [`legacy`]: parquet with the legacy converted-type annotations real DMS files carry.
 
+pub mod legacy;
 pub mod model;
 pub mod rng;
 pub mod stream;

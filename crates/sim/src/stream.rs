@@ -61,6 +61,9 @@ pub struct SimOptions {
     /// `UseTaskStartTimeForFullLoadTimestamp`: full-load rows carry the load's start, not their
     /// transfer time.
     pub task_start_timestamps: bool,
+    /// Annotate types the way real DMS files do, with legacy converted types only (`INT_16`,
+    /// `DECIMAL` on FIXED_LEN_BYTE_ARRAY, `TIMESTAMP_MICROS`); else with logical types.
+    pub legacy_annotations: bool,
 }
 
 impl Default for SimOptions {
@@ -79,6 +82,7 @@ impl Default for SimOptions {
             add_column: true,
             hard_cases: true,
             task_start_timestamps: false,
+            legacy_annotations: true,
         }
     }
 }
@@ -800,11 +804,18 @@ fn partition_folders(layout: Option<DatePartitioning>, micros: i64) -> String {
     format!("{joined}/")
 }
 
+/// The parquet writer of a simulated file: legacy annotations (as real DMS writes them), or the
+/// Arrow writer's logical types.
+enum Parquet {
+    Legacy(crate::legacy::LegacyWriter<BufWriter<File>>),
+    Arrow(Box<ArrowWriter<BufWriter<File>>>),
+}
+
 /// One parquet file being written the way DMS writes it: the timestamp column first and
 /// REQUIRED, then `Op` (CDC files), the table's columns, and the `AR_H_CHANGE_SEQ` column the
 /// task's `add-column` rule appends.
 struct DmsWriter<'s> {
-    writer: ArrowWriter<BufWriter<File>>,
+    writer: Parquet,
     schema: Arc<Schema>,
     /// The table's columns in the file, with the MySQL type they have in it.
     columns: Vec<(usize, model::MysqlType)>,
@@ -870,12 +881,21 @@ impl<'s> DmsWriter<'s> {
             .set_max_row_group_row_count(Some(opts.row_group_rows))
             .set_created_by("AWS (ferry DMS simulator)".into())
             .build();
-        let options = ArrowWriterOptions::new()
-            .with_properties(props)
-            .with_skip_arrow_metadata(true);
         let file = BufWriter::new(File::create(&path)?);
-        let writer = ArrowWriter::try_new_with_options(file, Arc::clone(&schema), options)
-            .map_err(std::io::Error::other)?;
+        let writer = if opts.legacy_annotations {
+            Parquet::Legacy(
+                crate::legacy::LegacyWriter::try_new(file, &schema, props, opts.row_group_rows)
+                    .map_err(std::io::Error::other)?,
+            )
+        } else {
+            let options = ArrowWriterOptions::new()
+                .with_properties(props)
+                .with_skip_arrow_metadata(true);
+            Parquet::Arrow(Box::new(
+                ArrowWriter::try_new_with_options(file, Arc::clone(&schema), options)
+                    .map_err(std::io::Error::other)?,
+            ))
+        };
         Ok(DmsWriter {
             writer,
             schema,
@@ -920,13 +940,21 @@ impl<'s> DmsWriter<'s> {
         )));
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), arrays)
             .map_err(std::io::Error::other)?;
-        self.writer.write(&batch).map_err(std::io::Error::other)
+        match &mut self.writer {
+            Parquet::Legacy(w) => w.write(&batch),
+            Parquet::Arrow(w) => w.write(&batch),
+        }
+        .map_err(std::io::Error::other)
     }
 
     /// Finishes the file (a file given no rows has no row groups, as DMS writes an empty CDC
     /// file), dates it `written` (µs) and returns its size.
     fn close(self, written: i64) -> std::io::Result<u64> {
-        self.writer.close().map_err(std::io::Error::other)?;
+        match self.writer {
+            Parquet::Legacy(w) => w.close().map(drop),
+            Parquet::Arrow(w) => w.close().map(drop),
+        }
+        .map_err(std::io::Error::other)?;
         let file = File::options().write(true).open(&self.path)?;
         let at = std::time::UNIX_EPOCH
             + std::time::Duration::from_micros(u64::try_from(written).unwrap_or(0));
