@@ -808,7 +808,7 @@ fn partition_folders(layout: Option<DatePartitioning>, micros: i64) -> String {
 /// Arrow writer's logical types.
 enum Parquet {
     Legacy(crate::legacy::LegacyWriter<BufWriter<File>>),
-    Arrow(Box<ArrowWriter<BufWriter<File>>>),
+    Arrow(ArrowWriter<BufWriter<File>>),
 }
 
 /// One parquet file being written the way DMS writes it: the timestamp column first and
@@ -891,10 +891,10 @@ impl<'s> DmsWriter<'s> {
             let options = ArrowWriterOptions::new()
                 .with_properties(props)
                 .with_skip_arrow_metadata(true);
-            Parquet::Arrow(Box::new(
+            Parquet::Arrow(
                 ArrowWriter::try_new_with_options(file, Arc::clone(&schema), options)
                     .map_err(std::io::Error::other)?,
-            ))
+            )
         };
         Ok(DmsWriter {
             writer,
