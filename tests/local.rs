@@ -797,8 +797,8 @@ fn a_lob_cut_by_dms_loads_and_shows_as_a_warning_in_status() {
             "dms_ts",
             Arc::new(StringArray::from(vec!["2026-11-27 23:59:58"])),
         ),
-        ("Op", Arc::new(StringArray::from(vec!["U"]))),
-        ("account_id", Arc::new(UInt64Array::from(vec![1u64]))),
+        ("Op", Arc::new(StringArray::from(vec!["I"]))),
+        ("account_id", Arc::new(UInt64Array::from(vec![424_242u64]))),
         ("profile", Arc::new(StringArray::from(vec![cut.as_str()]))),
     ];
     let batch = RecordBatch::try_from_iter(columns).unwrap();
@@ -999,4 +999,133 @@ fn a_truncate_empties_the_replica_when_the_table_asks_for_it() {
         .query("SELECT CAST(account_id AS TEXT) FROM \"lab.accounts\"")
         .unwrap();
     assert_eq!(rows.rows, vec![vec![Value::String("77".into())]]);
+}
+
+/// A primary-key update at the source (`UPDATE ... SET id = ...`): DMS writes only the new
+/// key, so the old one stays in the replica, and the replica differs from the source by
+/// exactly those rows. ferry cannot see the old key in the file; it reports the updates of
+/// keys the replica never held, in status.
+#[test]
+fn primary_key_updates_are_reported_as_updates_of_unknown_keys() {
+    let dir = TempDir::new("local-pk");
+    let catalog = lab_catalog();
+    let opts = SimOptions {
+        rows: 60,
+        minutes: 4,
+        changes_per_minute: 30,
+        manifest_rows: 0,
+        pk_updates: true,
+        // No reload or truncate to remove the old keys, no full load overlapping the moves.
+        hard_cases: false,
+        ..SimOptions::default()
+    };
+    let manifest = simulate(&catalog, &opts, &dir.path().join("bucket")).unwrap();
+    let moved: u64 = manifest
+        .tables
+        .iter()
+        .filter(|t| t.mode == "replica")
+        .flat_map(|t| t.cases.iter())
+        .filter_map(|c| c.strip_prefix("pk_updates:"))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    assert!(moved > 0, "{manifest:?}");
+    let p = Pipeline {
+        catalog: Arc::new(catalog.clone()),
+        store: DirStore::new(dir.path().join("bucket")),
+        warehouse: Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite")).unwrap()),
+        work_dir: dir.path().join("work"),
+    };
+    ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    // The old keys stay: the replicas hold one row more than the source per moved key.
+    let ghosts: i64 = manifest
+        .tables
+        .iter()
+        .filter(|t| t.mode == "replica")
+        .map(|t| {
+            let target = t.target.split_once('.').unwrap().1;
+            count(
+                &p,
+                &format!("SELECT count(*) FROM \"{target}\" WHERE NOT _ferry_deleted"),
+            ) - t.expected_rows as i64
+        })
+        .sum();
+    assert_eq!(ghosts as u64, moved, "{:?}", mismatches(&p, &manifest));
+    let status = ferry_local::status(&p.warehouse, &catalog, ferry_pipeline::now_micros()).unwrap();
+    let reported: i64 = p
+        .warehouse
+        .query(
+            "SELECT coalesce(sum(rows), 0) FROM _ferry_events WHERE code = 'update_of_unknown_key'",
+        )
+        .unwrap()
+        .rows[0][0]
+        .as_i64()
+        .unwrap();
+    // Reported where the file shows it (a moved key deleted in the same apply does not), and
+    // never an update of a key the replica held.
+    assert!(
+        reported > 0 && reported as u64 <= moved,
+        "{reported} of {moved}"
+    );
+    let warned = status.tables.iter().filter(|t| t.warnings_24h > 0).count();
+    assert!(warned > 0, "{status:?}");
+    assert!(
+        status
+            .tables
+            .iter()
+            .filter_map(|t| t.last_warning.as_deref())
+            .any(|w| w.starts_with("update_of_unknown_key:")),
+        "{status:?}"
+    );
+}
+
+/// JSON documents longer than the task's `LobMaxSize`: DMS cuts them there, silently. Every
+/// file still loads, and every cut value is counted in the loads' warnings; the replica cannot
+/// hold what DMS never wrote, so the tables differ from the source until a reload with a
+/// larger limit.
+#[test]
+fn lob_values_dms_cut_load_and_are_all_counted() {
+    let dir = TempDir::new("local-lob-cut");
+    let catalog = lab_catalog();
+    let opts = SimOptions {
+        rows: 80,
+        minutes: 3,
+        changes_per_minute: 30,
+        manifest_rows: 0,
+        lob_cut: true,
+        hard_cases: false,
+        ..SimOptions::default()
+    };
+    let manifest = simulate(&catalog, &opts, &dir.path().join("bucket")).unwrap();
+    let cut: u64 = manifest
+        .tables
+        .iter()
+        .flat_map(|t| t.cases.iter())
+        .filter_map(|c| c.strip_prefix("lob_cuts:"))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
+    assert!(cut > 0, "{manifest:?}");
+    let p = Pipeline {
+        catalog: Arc::new(catalog),
+        store: DirStore::new(dir.path().join("bucket")),
+        warehouse: Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite")).unwrap()),
+        work_dir: dir.path().join("work"),
+    };
+    let run = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
+    assert_eq!(run.dead_lettered, 0);
+    let warnings = p
+        .warehouse
+        .query("SELECT warnings FROM _ferry_events WHERE kind = 'loaded' AND warnings IS NOT NULL")
+        .unwrap();
+    let counted: u64 = warnings
+        .rows
+        .iter()
+        .filter_map(|r| r[0].as_str())
+        .filter_map(|w| w.strip_prefix("lob_at_limit: "))
+        .map(|w| w.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, cut, "{warnings:?}");
+    assert!(
+        !mismatches(&p, &manifest).is_empty(),
+        "the cut rows differ from the source"
+    );
 }

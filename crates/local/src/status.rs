@@ -34,8 +34,9 @@ pub struct TableStatus {
     pub failures_24h: u64,
     /// Objects skipped in the last 24 hours (an unmapped or disabled table's files).
     pub skipped_24h: u64,
-    /// Objects loaded with a warning in the last 24 hours (LOB values at DMS's cut, a missing
-    /// timestamp column, commit times clamped).
+    /// Warnings in the last 24 hours: objects loaded with one (LOB values at DMS's cut, a
+    /// missing timestamp column, commit times clamped) and applies that updated keys the
+    /// replica did not hold (a primary-key update at the source?).
     pub warnings_24h: u64,
     /// Objects removed from the table's folder in the last 24 hours (a DMS truncate).
     pub removed_24h: u64,
@@ -68,7 +69,7 @@ pub fn status(
                 "SELECT source, table_name,
                         sum(kind = 'loaded'), coalesce(sum(CASE WHEN kind = 'loaded' THEN rows END), 0),
                         sum(kind LIKE 'failed_%'), sum(kind = 'skipped'),
-                        sum(kind = 'loaded' AND warnings IS NOT NULL), sum(kind = 'removed')
+                        sum((kind = 'loaded' AND warnings IS NOT NULL) OR kind = 'warning'), sum(kind = 'removed')
                  FROM _ferry_events WHERE at >= ?1 AND source IS NOT NULL AND table_name IS NOT NULL
                  GROUP BY source, table_name",
             )

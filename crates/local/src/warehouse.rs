@@ -519,6 +519,13 @@ impl Warehouse for SqliteWarehouse {
                SELECT c.*, row_number() OVER (PARTITION BY {c_keys} ORDER BY c.{seq} DESC, c.{cs} DESC, c.{row} DESC) AS _ferry_rank
                FROM {cl} c WHERE c.rowid > {last} AND c.rowid <= {max} AND c.{seq} >= {newest_run}
              ) WHERE _ferry_rank = 1;
+             DROP TABLE IF EXISTS temp._ferry_orphans;
+             CREATE TEMP TABLE _ferry_orphans AS SELECT count(*) AS n FROM temp._ferry_cand
+               WHERE {op} = 'UPDATE'
+                 AND NOT EXISTS (SELECT 1 FROM {rp} r WHERE {r_match})
+                 AND NOT EXISTS (SELECT 1 FROM {tb} t WHERE {t_match})
+                 AND NOT EXISTS (SELECT 1 FROM {cl} w WHERE w.rowid > {last} AND w.rowid <= {max}
+                                 AND {w_match} AND w.{op} IN ('LOAD', 'INSERT'));
              DELETE FROM temp._ferry_cand
                WHERE EXISTS (SELECT 1 FROM {rp} r WHERE {r_match} AND {r_version} >= {cand})
                   OR EXISTS (SELECT 1 FROM {tb} t WHERE {t_match} AND {t_version} >= {cand});
@@ -533,9 +540,11 @@ impl Warehouse for SqliteWarehouse {
             c_keys = keys.iter().map(|k| format!("c.{k}")).collect::<Vec<_>>().join(", "),
             r_match = matches("r"),
             t_match = matches("t"),
+            w_match = matches("w"),
             r_version = version("r"),
             t_version = version("t"),
             cand = version("_ferry_cand"),
+            op = quote(meta::OP),
             keep_deleted = if table.soft_delete { String::new() } else { format!("WHERE NOT ({deleted})") },
             tombstone_rows = if table.soft_delete { "AND 0" } else { "" },
         ))
@@ -554,6 +563,38 @@ impl Warehouse for SqliteWarehouse {
             .map_err(db_error)?;
         if let Some(run) = run {
             rebuild(&tx, table, &replica, &run)?;
+        }
+        // Updates of keys the replica never held: a primary-key update at the source (DMS
+        // writes the new key only, the old one stays) or a row missed earlier. Reported; the
+        // reconcile against the source finds the old keys.
+        let orphans: i64 = tx
+            .query_row("SELECT n FROM temp._ferry_orphans", [], |r| r.get(0))
+            .map_err(db_error)?;
+        tx.execute_batch("DROP TABLE temp._ferry_orphans")
+            .map_err(db_error)?;
+        if orphans > 0 {
+            let table_name = table.source_table();
+            let source: Option<String> = tx
+                .query_row(
+                    "SELECT source FROM _ferry_loads WHERE table_name = ?1 ORDER BY loaded_at DESC LIMIT 1",
+                    [&table_name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db_error)?;
+            tracing::warn!(table = %table_name, updates = orphans, "updates of keys the replica did not hold (a primary-key update at the source?)");
+            tx.execute(
+                "INSERT INTO _ferry_events (at, kind, source, table_name, bucket, key, code, rows, bytes, message, warnings)
+                 VALUES (?1, 'warning', ?2, ?3, '', '', 'update_of_unknown_key', ?4, 0, ?5, ?5)",
+                params![
+                    ferry_pipeline::now_micros(),
+                    source,
+                    table_name,
+                    orphans,
+                    format!("update_of_unknown_key: {orphans} updates of keys the replica did not hold: a primary-key update at the source leaves its old key (DMS writes only the new one), or a row was missed; reconcile the table against the source")
+                ],
+            )
+            .map_err(db_error)?;
         }
         tx.execute(
             "INSERT INTO _ferry_applied (table_name, last_rowid) VALUES (?1, ?2)

@@ -61,6 +61,14 @@ pub struct SimOptions {
     /// `UseTaskStartTimeForFullLoadTimestamp`: full-load rows carry the load's start, not their
     /// transfer time.
     pub task_start_timestamps: bool,
+    /// Now and then an update changes a row's primary key (DMS writes only the new key; the
+    /// old one stays in a replica until a reconcile removes it). Off by default: replicas then
+    /// differ from the source by design, until the reconcile repairs them.
+    pub pk_updates: bool,
+    /// Now and then a JSON value longer than the source's `LobMaxSize`, which DMS cuts there
+    /// (limited LOB mode): the manifest keeps the source's whole value, so such rows differ
+    /// until the table is reloaded with a larger limit. Off by default.
+    pub lob_cut: bool,
     /// Annotate types the way real DMS files do, with legacy converted types only (`INT_16`,
     /// `DECIMAL` on FIXED_LEN_BYTE_ARRAY, `TIMESTAMP_MICROS`); else with logical types.
     pub legacy_annotations: bool,
@@ -83,6 +91,8 @@ impl Default for SimOptions {
             hard_cases: true,
             task_start_timestamps: false,
             legacy_annotations: true,
+            pk_updates: false,
+            lob_cut: false,
         }
     }
 }
@@ -120,7 +130,8 @@ pub struct TableManifest {
     #[serde(default)]
     pub removed: Vec<String>,
     /// The hard cases the table went through (`full_load_overlap`, `whole_second_timestamps`,
-    /// `reload@<minute>`, `truncate@<minute>`).
+    /// `reload@<minute>`, `truncate@<minute>`, `type_change@<minute>`, `pk_updates:<count>`,
+    /// `lob_cuts:<count>`).
     #[serde(default)]
     pub cases: Vec<String>,
     /// Rows by operation in the files still in S3.
@@ -210,6 +221,8 @@ struct TableSim<'a> {
     table: &'a TableMapping,
     /// A column whose type changes to VARCHAR at a CDC minute (`ALTER TABLE ... MODIFY`).
     retype: Option<(usize, u32)>,
+    /// Whether JSON values may exceed `LobMaxSize` ([`SimOptions::lob_cut`]).
+    lob_cut: bool,
     columns: Vec<SimColumn>,
     seed: u64,
 }
@@ -241,6 +254,14 @@ impl TableSim<'_> {
                 match self.retype {
                     Some((col, _)) if col == i && retyped => {
                         model::MysqlType::Varchar.value(&mut rng, true)
+                    }
+                    _ if self.lob_cut
+                        && c.mysql == model::MysqlType::Json
+                        && rng.below(20) == 0 =>
+                    {
+                        // A document longer than the task's LobMaxSize.
+                        let limit = self.source.lob_max_size_kb as usize * 1024;
+                        V::Str(format!("{{\"history\": \"{}\"}}", "h".repeat(limit)))
                     }
                     _ => c.mysql.value(&mut rng, true),
                 }
@@ -321,6 +342,10 @@ struct TableRun<'a, 's> {
     change_counter: u64,
     /// Whether the retyped column has its new type now.
     retyped_now: bool,
+    /// Primary-key updates written.
+    pk_updates: u64,
+    /// LOB values DMS cut at `LobMaxSize`.
+    lob_cuts: u64,
     files: Vec<String>,
     removed: Vec<String>,
     /// Per file still in S3, in the order DMS last wrote them: the change-log rows it holds
@@ -400,6 +425,30 @@ impl TableRun<'_, '_> {
             (if roll < 85 { "U" } else { "D" }, k)
         };
         self.ensure(k);
+        // A primary-key update (`UPDATE t SET id = ...`): the row moves to a new key, and DMS
+        // writes the new row only.
+        if op == "U" && self.opts.pk_updates && self.rng.below(10) == 0 {
+            let moved = self.next_k;
+            self.next_k += 1;
+            self.ensure(moved);
+            let old = self.state[k as usize];
+            self.state[k as usize].live = false;
+            self.state[moved as usize] = RowState {
+                version: old.version + 1,
+                with_added,
+                retyped: self.retyped_now,
+                live: true,
+            };
+            self.pk_updates += 1;
+            *last = Some(moved);
+            let change_seq = self.change_seq(commit);
+            return Change {
+                op: Some("U"),
+                values: self.current(moved),
+                stamp: commit - commit.rem_euclid(1_000_000),
+                change_seq,
+            };
+        }
         let values = if op == "D" {
             // DMS writes the row as it was before the delete.
             let v = self.current(k);
@@ -437,6 +486,15 @@ impl TableRun<'_, '_> {
         written: i64,
     ) -> std::io::Result<()> {
         let mut writer = DmsWriter::create(self.out, &key, self.sim, minute, cdc, self.opts)?;
+        let limit = self.sim.source.lob_max_size_kb as usize * 1024;
+        for c in rows {
+            for (col, v) in self.sim.columns.iter().zip(&c.values) {
+                if col.mysql == model::MysqlType::Json && matches!(v, V::Str(s) if s.len() > limit)
+                {
+                    self.lob_cuts += 1;
+                }
+            }
+        }
         for chunk in rows.chunks(CHUNK_ROWS as usize) {
             writer.write(chunk)?;
         }
@@ -615,6 +673,7 @@ fn simulate_table(
         source,
         table,
         retype,
+        lob_cut: opts.lob_cut,
         columns,
         seed: opts.seed,
     };
@@ -638,6 +697,8 @@ fn simulate_table(
         rng: Rng::for_name(opts.seed, &[name.as_bytes(), b"cdc"]),
         change_counter: 0,
         retyped_now: false,
+        pk_updates: 0,
+        lob_cuts: 0,
         files: Vec::new(),
         removed: Vec::new(),
         file_rows: Vec::new(),
@@ -697,6 +758,12 @@ fn simulate_table(
     }
     if let Some(m) = cases.retype_at {
         case_names.push(format!("type_change@{m}"));
+    }
+    if run.pk_updates > 0 {
+        case_names.push(format!("pk_updates:{}", run.pk_updates));
+    }
+    if run.lob_cuts > 0 {
+        case_names.push(format!("lob_cuts:{}", run.lob_cuts));
     }
     let keep_rows = |n: u64| n <= opts.manifest_rows as u64;
     let (expected_rows, checksum, rows) = if run.replica {
@@ -930,6 +997,25 @@ impl<'s> DmsWriter<'s> {
                     })
                     .collect();
                 arrays.push(model::build_array(mysql, &text.iter().collect::<Vec<_>>()));
+                continue;
+            }
+            if mysql == model::MysqlType::Json {
+                // DMS cuts LOBs at LobMaxSize without an error (S3 targets: limited LOB mode).
+                let limit = self.sim.source.lob_max_size_kb as usize * 1024;
+                let cut: Vec<V> = changes
+                    .iter()
+                    .map(|c| match &c.values[i] {
+                        V::Str(s) if s.len() > limit => {
+                            let mut end = limit;
+                            while !s.is_char_boundary(end) {
+                                end -= 1;
+                            }
+                            V::Str(s[..end].to_owned())
+                        }
+                        other => other.clone(),
+                    })
+                    .collect();
+                arrays.push(model::build_array(mysql, &cut.iter().collect::<Vec<_>>()));
                 continue;
             }
             let values: Vec<&V> = changes.iter().map(|c| &c.values[i]).collect();
