@@ -22,6 +22,7 @@ pub mod concat;
 pub mod convert;
 mod derive;
 pub mod error;
+pub mod fuzzing;
 pub mod limits;
 pub mod source;
 mod timefmt;

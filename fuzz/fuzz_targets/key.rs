@@ -1,0 +1,4 @@
+//! Fuzz target: `ferry_convert::fuzzing::key` (see there for what must hold).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ferry_convert::fuzzing::key(data));

@@ -1,0 +1,128 @@
+//! The fuzz targets' corpus (`fuzz/corpus/<target>/`), replayed through the same entry points
+//! (`ferry_convert::fuzzing`) on every test run, stable toolchain, no fuzzer: each seed, then
+//! seeded mutations of it (bytes flipped, cut, repeated). `scripts/fuzz` runs the real
+//! coverage-guided fuzzer for a bounded time; what it finds is added to the corpus, so it
+//! stays fixed here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use ferry_convert::fuzzing;
+
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = ferry_tests::repo_root().join("fuzz/corpus").join(target);
+    let mut out: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| {
+            let path = e.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    out.sort();
+    assert!(!out.is_empty(), "{} has no seeds", dir.display());
+    out
+}
+
+/// xorshift64*, seeded: the same mutations every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
+    let mut b = seed.to_vec();
+    for _ in 0..=rng.below(4) {
+        match rng.below(4) {
+            0 if !b.is_empty() => {
+                let i = rng.below(b.len());
+                b[i] ^= 1 << rng.below(8);
+            }
+            1 if !b.is_empty() => {
+                let i = rng.below(b.len());
+                b[i] = [0x00, 0xff, 0x7f, 0x80, b'%', b'/'][rng.below(6)];
+            }
+            2 => b.truncate(rng.below(b.len() + 1)),
+            _ if !b.is_empty() => {
+                let (i, n) = (rng.below(b.len()), rng.below(16) + 1);
+                let chunk: Vec<u8> = b[i..(i + n).min(b.len())].to_vec();
+                let at = rng.below(b.len());
+                b.splice(at..at, chunk);
+            }
+            _ => b.push(rng.next() as u8),
+        }
+    }
+    b
+}
+
+fn replay(target: &str, run: fn(&[u8])) {
+    let mutations: usize = std::env::var("FERRY_FUZZ_MUTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    for (i, (path, seed)) in corpus(target).iter().enumerate() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+        let mut inputs = vec![seed.clone()];
+        inputs.extend((0..mutations).map(|_| mutate(seed, &mut rng)));
+        for (n, input) in inputs.iter().enumerate() {
+            if std::panic::catch_unwind(|| run(input)).is_err() {
+                let out = std::env::temp_dir().join(format!("ferry-fuzz-{target}-{i}-{n}"));
+                std::fs::write(&out, input).unwrap();
+                panic!(
+                    "{target}: input {n} from {} failed; saved to {}",
+                    path.display(),
+                    out.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn key_corpus_and_mutations() {
+    replay("key", fuzzing::key);
+}
+
+#[test]
+fn event_corpus_and_mutations() {
+    replay("event", fuzzing::event_body);
+}
+
+#[test]
+fn parquet_corpus_and_mutations() {
+    replay("parquet", fuzzing::parquet);
+}
+
+/// The harness checks something: a seed that is a whole DMS file converts (the invariant
+/// then runs), and a corrupt one is refused, not accepted.
+#[test]
+fn the_parquet_harness_converts_the_seeds() {
+    use std::sync::Arc;
+    let seeds = corpus("parquet");
+    let catalog = fuzzing::catalog();
+    let source = &catalog.sources()[0];
+    let object = ferry_core::key::parse_key("dms/s/t/LOAD00000001.parquet", "dms", None).unwrap();
+    for (path, bytes) in &seeds {
+        let input = ferry_convert::RangeReader::new(Arc::new(bytes::Bytes::from(bytes.clone())));
+        let request = ferry_convert::ConvertRequest {
+            source,
+            table: &source.tables[0],
+            object: &object,
+            object_time_micros: None,
+            known: None,
+        };
+        let outcome = ferry_convert::convert(&input, &request, std::io::sink())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(outcome.rows > 0, "{}", path.display());
+    }
+}
