@@ -179,7 +179,12 @@ fn window(file: &File) -> ApplyWindow {
         files: vec![file.name.to_owned()],
         commit_ts_min: file.changes.iter().map(|c| c.ts).min(),
         commit_ts_max: file.changes.iter().map(|c| c.ts).max(),
-        rebuild: sql::Rebuild::No,
+        // A load run's first file rebuilds the replica, as the writer asks for it.
+        rebuild: if file.name.ends_with("/LOAD00000001.parquet") {
+            sql::Rebuild::From(file.seq.to_owned())
+        } else {
+            sql::Rebuild::No
+        },
     }
 }
 
@@ -541,27 +546,6 @@ fn source_table(rows: &[(i64, &str)]) -> BTreeMap<Vec<i64>, (Option<String>, boo
         .collect()
 }
 
-/// Applies `files` (indexes into the story) one window each, with the rebuild the writer
-/// derives from a run start.
-fn replay_story(env: &Env, table: &TableMapping, files: &[File], order: &[usize]) {
-    let schema = schema_for(table);
-    env.run(&sql::create_changelog(table, &schema).unwrap());
-    for ddl in sql::create_replica(table, &schema).unwrap() {
-        env.run(&ddl);
-    }
-    for &i in order {
-        let file = &files[i];
-        insert_rows(env, table, file);
-        let mut w = window(file);
-        if file.name.ends_with("/LOAD00000001.parquet") {
-            w.rebuild = sql::Rebuild::From(file.seq.to_owned());
-        }
-        env.rt
-            .block_on(env.warehouse.apply_window(table, None, &w))
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-}
-
 #[test]
 fn bqemulator_full_load_overlap_whole_seconds_and_reload_match_the_source() {
     for task_start in [false, true] {
@@ -573,21 +557,21 @@ fn bqemulator_full_load_overlap_whole_seconds_and_reload_match_the_source() {
         let table = env.table("bets");
         let files = dms_story(task_start);
         // Up to the truncate: the first run and its changes.
-        replay_story(&env, &table, &files, &[0, 1, 2, 3]);
+        replay(&env, &table, &files, &[0, 1, 2, 3]);
         assert_eq!(
             replica_state(&env, &table),
             source_table(&[(1, "a2"), (2, "b2"), (4, "d3"), (6, "f")]),
             "task_start_timestamps={task_start}: changes during the load beat its stale rows"
         );
         // The reload rebuilds the table: 1, 2, 4 and 6 were truncated away.
-        replay_story(&env, &table, &files, &[4, 5, 6]);
+        replay(&env, &table, &files, &[4, 5, 6]);
         assert_eq!(
             replica_state(&env, &table),
             source_table(&[(7, "g2"), (8, "h")]),
             "task_start_timestamps={task_start}: the reload replaced the old run"
         );
         // A late, duplicated file from before the reload changes nothing.
-        replay_story(&env, &table, &files, &[2, 1]);
+        replay(&env, &table, &files, &[2, 1]);
         assert_eq!(
             replica_state(&env, &table),
             source_table(&[(7, "g2"), (8, "h")])
@@ -613,7 +597,7 @@ fn bqemulator_story_delivered_out_of_order_matches_the_source() {
     let files = dms_story(false);
     // The cached changes before their load, the reload before the file before it, the last
     // file first.
-    replay_story(&env, &table, &files, &[6, 1, 3, 0, 5, 2, 4, 1]);
+    replay(&env, &table, &files, &[6, 1, 3, 0, 5, 2, 4, 1]);
     assert_eq!(
         replica_state(&env, &table),
         source_table(&[(7, "g2"), (8, "h")])
@@ -629,7 +613,7 @@ fn bqemulator_a_truncate_empties_the_replica_as_of_the_removal() {
     let env = env("truncate");
     let table = env.table("bets");
     let files = dms_story(false);
-    replay_story(&env, &table, &files, &[0, 1, 2]);
+    replay(&env, &table, &files, &[0, 1, 2]);
     assert!(!replica_state(&env, &table).is_empty());
     let source = env.catalog.source("games").unwrap();
     env.warehouse
@@ -637,7 +621,7 @@ fn bqemulator_a_truncate_empties_the_replica_as_of_the_removal() {
         .unwrap();
     assert!(replica_state(&env, &table).is_empty(), "emptied");
     // After the truncate: key 7 (t=290). Before it, delivered late: key 6 (t=260).
-    replay_story(&env, &table, &files, &[4, 3]);
+    replay(&env, &table, &files, &[4, 3]);
     assert_eq!(replica_state(&env, &table), source_table(&[(7, "g")]));
     let st = env.server.state.lock().unwrap();
     assert!(st.refusals.is_empty(), "{:?}", st.refusals);

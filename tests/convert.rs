@@ -977,23 +977,7 @@ fn claims_over_the_caps_are_refused_naming_the_cap_and_the_setting() {
     }
 }
 
-/// A small seeded generator (xorshift64*): reproducible random cases without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+use ferry_sim::rng::Rng;
 
 /// A random DMS-like CDC file of `lab.accounts` and the canonical rows it holds, by column.
 fn random_dms_file(rng: &mut Rng) -> (Vec<u8>, Vec<Map<String, Json>>) {
@@ -1144,7 +1128,7 @@ fn random_dms_like_files_never_panic_and_every_value_round_trips() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
     for seed in 1..=cases {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let (file, expected) = random_dms_file(&mut rng);
         let result = std::panic::catch_unwind(|| try_convert_out(&catalog, CDC_KEY, file));
         let (outcome, out) = match result {

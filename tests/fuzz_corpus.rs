@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use ferry_convert::fuzzing;
+use ferry_sim::rng::Rng;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = ferry_tests::repo_root().join("fuzz/corpus").join(target);
@@ -25,38 +26,24 @@ fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-/// xorshift64*, seeded: the same mutations every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn mutate(seed: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut b = seed.to_vec();
     for _ in 0..=rng.below(4) {
         match rng.below(4) {
             0 if !b.is_empty() => {
-                let i = rng.below(b.len());
+                let i = rng.below(b.len() as u64) as usize;
                 b[i] ^= 1 << rng.below(8);
             }
             1 if !b.is_empty() => {
-                let i = rng.below(b.len());
-                b[i] = [0x00, 0xff, 0x7f, 0x80, b'%', b'/'][rng.below(6)];
+                let i = rng.below(b.len() as u64) as usize;
+                b[i] = [0x00, 0xff, 0x7f, 0x80, b'%', b'/'][rng.below(6) as usize];
             }
-            2 => b.truncate(rng.below(b.len() + 1)),
+            2 => b.truncate(rng.below(b.len() as u64 + 1) as usize),
             _ if !b.is_empty() => {
-                let (i, n) = (rng.below(b.len()), rng.below(16) + 1);
+                let i = rng.below(b.len() as u64) as usize;
+                let n = rng.below(16) as usize + 1;
                 let chunk: Vec<u8> = b[i..(i + n).min(b.len())].to_vec();
-                let at = rng.below(b.len());
+                let at = rng.below(b.len() as u64) as usize;
                 b.splice(at..at, chunk);
             }
             _ => b.push(rng.next() as u8),
@@ -71,7 +58,7 @@ fn replay(target: &str, run: fn(&[u8])) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(150);
     for (i, (path, seed)) in corpus(target).iter().enumerate() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (i as u64 + 1));
+        let mut rng = Rng::new(i as u64 + 1);
         let mut inputs = vec![seed.clone()];
         inputs.extend((0..mutations).map(|_| mutate(seed, &mut rng)));
         for (n, input) in inputs.iter().enumerate() {

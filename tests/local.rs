@@ -93,6 +93,25 @@ fn count(p: &LocalPipeline, sql: &str) -> i64 {
     p.warehouse.query(sql).unwrap().rows[0][0].as_i64().unwrap()
 }
 
+/// A local pipeline over `dir/bucket` with a warehouse in `dir/<warehouse>`.
+fn dir_pipeline(dir: &std::path::Path, catalog: &Catalog, warehouse: &str) -> LocalPipeline {
+    Pipeline {
+        catalog: Arc::new(catalog.clone()),
+        store: DirStore::new(dir.join("bucket")),
+        warehouse: Arc::new(SqliteWarehouse::open(&dir.join(warehouse)).unwrap()),
+        work_dir: dir.join("work"),
+    }
+}
+
+/// The sum of the tables' `<prefix><count>` cases (`pk_updates:`, `lob_cuts:`).
+fn case_total<'a>(tables: impl Iterator<Item = &'a ferry_sim::TableManifest>, prefix: &str) -> u64 {
+    tables
+        .flat_map(|t| t.cases.iter())
+        .filter_map(|c| c.strip_prefix(prefix))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum()
+}
+
 #[test]
 fn a_run_loads_everything_once_and_a_rerun_loads_nothing() {
     let estate = Estate::new("local-run");
@@ -742,12 +761,7 @@ fn dms_hard_cases_under_both_full_load_timestamp_settings_match_the_source() {
         };
         assert!(with("reload@") > 0 && with("truncate@") > 0, "{manifest:?}");
         assert!(manifest.tables.iter().any(|t| !t.removed.is_empty()));
-        let p = Pipeline {
-            catalog: Arc::new(catalog.clone()),
-            store: DirStore::new(dir.path().join("bucket")),
-            warehouse: Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite")).unwrap()),
-            work_dir: dir.path().join("work"),
-        };
+        let p = dir_pipeline(dir.path(), &catalog, "w.sqlite");
         let mut bodies: Vec<String> = manifest
             .tables
             .iter()
@@ -878,12 +892,7 @@ fn a_table_that_stops_on_type_changes_skips_the_changed_file_without_dead_letter
         "lab/dms/lab/accounts/27-11-2026/20261127-100000000.parquet",
         Arc::new(Int64Array::from(vec![3])),
     );
-    let p = Pipeline {
-        catalog: Arc::new(catalog.clone()),
-        store: DirStore::new(dir.path().join("bucket")),
-        warehouse: Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite")).unwrap()),
-        work_dir: dir.path().join("work"),
-    };
+    let p = dir_pipeline(dir.path(), &catalog, "w.sqlite");
     let first = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
     assert_eq!((first.loaded, first.dead_lettered), (1, 0));
     write(
@@ -1020,21 +1029,12 @@ fn primary_key_updates_are_reported_as_updates_of_unknown_keys() {
         ..SimOptions::default()
     };
     let manifest = simulate(&catalog, &opts, &dir.path().join("bucket")).unwrap();
-    let moved: u64 = manifest
-        .tables
-        .iter()
-        .filter(|t| t.mode == "replica")
-        .flat_map(|t| t.cases.iter())
-        .filter_map(|c| c.strip_prefix("pk_updates:"))
-        .map(|n| n.parse::<u64>().unwrap())
-        .sum();
+    let moved = case_total(
+        manifest.tables.iter().filter(|t| t.mode == "replica"),
+        "pk_updates:",
+    );
     assert!(moved > 0, "{manifest:?}");
-    let p = Pipeline {
-        catalog: Arc::new(catalog.clone()),
-        store: DirStore::new(dir.path().join("bucket")),
-        warehouse: Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite")).unwrap()),
-        work_dir: dir.path().join("work"),
-    };
+    let p = dir_pipeline(dir.path(), &catalog, "w.sqlite");
     ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
     // The old keys stay: the replicas hold one row more than the source per moved key.
     let ghosts: i64 = manifest
@@ -1096,20 +1096,9 @@ fn lob_values_dms_cut_load_and_are_all_counted() {
         ..SimOptions::default()
     };
     let manifest = simulate(&catalog, &opts, &dir.path().join("bucket")).unwrap();
-    let cut: u64 = manifest
-        .tables
-        .iter()
-        .flat_map(|t| t.cases.iter())
-        .filter_map(|c| c.strip_prefix("lob_cuts:"))
-        .map(|n| n.parse::<u64>().unwrap())
-        .sum();
+    let cut = case_total(manifest.tables.iter(), "lob_cuts:");
     assert!(cut > 0, "{manifest:?}");
-    let p = Pipeline {
-        catalog: Arc::new(catalog),
-        store: DirStore::new(dir.path().join("bucket")),
-        warehouse: Arc::new(SqliteWarehouse::open(&dir.path().join("w.sqlite")).unwrap()),
-        work_dir: dir.path().join("work"),
-    };
+    let p = dir_pipeline(dir.path(), &catalog, "w.sqlite");
     let run = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
     assert_eq!(run.dead_lettered, 0);
     let warnings = p

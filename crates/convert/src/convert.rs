@@ -1035,7 +1035,11 @@ fn describe(col: &parquet::schema::types::ColumnDescriptor) -> String {
 
 /// The byte range holding a row group's column chunks.
 fn row_group_span(rg: &parquet::file::metadata::RowGroupMetaData) -> Option<(u64, u64)> {
-    let ranges = rg.columns().iter().map(|c| c.byte_range());
+    // The footer's ranges were checked (`limits::check_footer`); a bad one yields no span.
+    let ranges = rg
+        .columns()
+        .iter()
+        .map(|c| crate::limits::chunk_range(c).unwrap_or((0, 0)));
     let start = ranges.clone().map(|(s, _)| s).min()?;
     let end = ranges.map(|(s, l)| s + l).max()?;
     Some((start, end - start))

@@ -18,7 +18,10 @@ pub fn key(data: &[u8]) {
     for folder in ["", "dms", "a/b"] {
         if let Ok(object) = key::parse_key(text, folder, None) {
             assert_eq!(object.key, text);
-            assert!(!object.schema.is_empty() && !object.table.is_empty(), "{text:?}");
+            assert!(
+                !object.schema.is_empty() && !object.table.is_empty(),
+                "{text:?}"
+            );
             assert_eq!(object.apply_order(&object), std::cmp::Ordering::Equal);
             let seq = object.file_seq(Some(1));
             assert!(seq.len() > 22 && seq.is_char_boundary(21), "{seq:?}");
@@ -72,7 +75,10 @@ pub fn parquet(data: &[u8]) {
     };
     let source = &catalog().sources()[0];
     let table = &source.tables[0];
-    for name in ["dms/s/t/20261126-101500123.parquet", "dms/s/t/LOAD00000001.parquet"] {
+    for name in [
+        "dms/s/t/20261126-101500123.parquet",
+        "dms/s/t/LOAD00000001.parquet",
+    ] {
         let Ok(object) = key::parse_key(name, "dms", None) else {
             panic!("{name} parses");
         };

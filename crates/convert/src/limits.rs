@@ -128,7 +128,7 @@ pub(crate) fn check_footer(
         }
         sum = sum.saturating_add(n);
         for c in rg.columns() {
-            let (start, len) = c.byte_range();
+            let (start, len) = chunk_range(c)?;
             if start.checked_add(len).is_none_or(|end| end > file_len) {
                 return Err(ConvertError::corrupt(format!(
                     "column {} of row group {i} claims bytes {start}+{len}, past the end of the file ({file_len} bytes)",
@@ -298,6 +298,22 @@ impl Compact<'_> {
     }
 }
 
+/// A column chunk's byte range, refused when the footer gives a negative offset or size (the
+/// parquet crate's own `byte_range` panics on those).
+pub(crate) fn chunk_range(c: &ColumnChunkMetaData) -> Result<(u64, u64)> {
+    let start = c
+        .dictionary_page_offset()
+        .unwrap_or_else(|| c.data_page_offset());
+    match (u64::try_from(start), u64::try_from(c.compressed_size())) {
+        (Ok(start), Ok(len)) => Ok((start, len)),
+        _ => Err(ConvertError::corrupt(format!(
+            "column {} claims a negative offset or size ({start}, {} bytes)",
+            c.column_path().string(),
+            c.compressed_size()
+        ))),
+    }
+}
+
 /// The largest page header read (statistics can make headers long).
 const HEADER_MAX: u64 = 16 << 20;
 
@@ -307,7 +323,7 @@ pub(crate) fn check_pages(
     chunk: &ColumnChunkMetaData,
     limits: &Limits,
 ) -> Result<()> {
-    let (start, len) = chunk.byte_range();
+    let (start, len) = chunk_range(chunk)?;
     let end = start.saturating_add(len).min(input.len());
     let column = chunk.column_path().string();
     let codec = chunk.compression();

@@ -41,6 +41,11 @@ impl Rng {
         self.next() % n.max(1)
     }
 
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
     /// A value in `lo..=hi`.
     pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
         let span = (hi as i128 - lo as i128 + 1) as u128;
