@@ -90,17 +90,27 @@ fn parquet_corpus_and_mutations() {
     replay("parquet", fuzzing::parquet);
 }
 
-/// The harness checks something: a seed that is a whole DMS file converts (the invariant
-/// then runs), and a corrupt one is refused, not accepted.
+/// The harness checks something: the seeds that are whole DMS files (`sim-*`) convert, so the
+/// invariant runs; the inputs the fuzzer found (`found-*`) are refused with an error.
 #[test]
 fn the_parquet_harness_converts_the_seeds() {
     use std::sync::Arc;
-    let seeds = corpus("parquet");
+    let all = corpus("parquet");
+    let name = |p: &PathBuf| p.file_name().unwrap().to_string_lossy().into_owned();
+    let seeds: Vec<&(PathBuf, Vec<u8>)> = all
+        .iter()
+        .filter(|(p, _)| name(p).starts_with("sim-"))
+        .collect();
+    let found: Vec<&(PathBuf, Vec<u8>)> = all
+        .iter()
+        .filter(|(p, _)| name(p).starts_with("found-"))
+        .collect();
+    assert!(seeds.len() >= 3 && found.len() >= 2, "{all:?}");
     let catalog = fuzzing::catalog();
     let source = &catalog.sources()[0];
     let object = ferry_core::key::parse_key("dms/s/t/LOAD00000001.parquet", "dms", None).unwrap();
-    for (path, bytes) in &seeds {
-        let input = ferry_convert::RangeReader::new(Arc::new(bytes::Bytes::from(bytes.clone())));
+    let convert = |bytes: &[u8]| {
+        let input = ferry_convert::RangeReader::new(Arc::new(bytes::Bytes::copy_from_slice(bytes)));
         let request = ferry_convert::ConvertRequest {
             source,
             table: &source.tables[0],
@@ -108,8 +118,14 @@ fn the_parquet_harness_converts_the_seeds() {
             object_time_micros: None,
             known: None,
         };
-        let outcome = ferry_convert::convert(&input, &request, std::io::sink())
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        ferry_convert::convert(&input, &request, std::io::sink())
+    };
+    for (path, bytes) in seeds {
+        let outcome = convert(bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(outcome.rows > 0, "{}", path.display());
+    }
+    for (path, bytes) in found {
+        let err = convert(bytes).expect_err(&path.display().to_string());
+        assert!(!err.is_retryable(), "{}: {err}", path.display());
     }
 }

@@ -170,15 +170,20 @@ pub(crate) fn check_footer(
 /// A page header's sizes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PageSizes {
+    /// The page type (0 data, 1 index, 2 dictionary, 3 data v2).
+    pub(crate) page_type: i64,
+    /// A data page's encoding (v1 and v2), when the header gives one.
+    pub(crate) encoding: Option<i64>,
     pub(crate) uncompressed: i64,
     pub(crate) compressed: i64,
     /// Bytes of the header itself.
     pub(crate) header_len: usize,
 }
 
-/// Reads a Thrift compact-protocol `PageHeader` (parquet.thrift: field 2
-/// `uncompressed_page_size`, field 3 `compressed_page_size`, both i32; the rest skipped).
-/// `None` when the bytes end first or are not a header.
+/// Reads a Thrift compact-protocol `PageHeader` (parquet.thrift: field 1 `type`, field 2
+/// `uncompressed_page_size`, field 3 `compressed_page_size`, all i32, and the encoding of a
+/// data page: field 2 of `data_page_header` (5) or field 4 of `data_page_header_v2` (8); the
+/// rest skipped). `None` when the bytes end first or are not a header.
 pub(crate) fn page_header(buf: &[u8]) -> Option<PageSizes> {
     let mut r = Compact { buf, pos: 0 };
     let mut sizes = PageSizes::default();
@@ -197,14 +202,20 @@ pub(crate) fn page_header(buf: &[u8]) -> Option<PageSizes> {
         };
         last = id;
         match (id, ty) {
+            (1, 5) => sizes.page_type = r.zigzag()?,
             (2, 5) => sizes.uncompressed = r.zigzag()?,
             (3, 5) => sizes.compressed = r.zigzag()?,
+            (5, 12) => sizes.encoding = r.struct_i32(2)?,
+            (8, 12) => sizes.encoding = r.struct_i32(4)?,
             _ => r.skip(ty, 0)?,
         }
     }
     sizes.header_len = r.pos;
     Some(sizes)
 }
+
+/// `PLAIN_DICTIONARY` and `RLE_DICTIONARY`: encodings that need the chunk's dictionary page.
+const DICTIONARY_ENCODINGS: [i64; 2] = [2, 8];
 
 /// A cursor over Thrift compact-protocol bytes.
 struct Compact<'a> {
@@ -243,6 +254,31 @@ impl Compact<'_> {
     }
 
     /// Skips a value of compact type `ty` (nested at most 32 deep).
+    /// Reads a struct, returning its i32 field `want` if present (the rest skipped).
+    fn struct_i32(&mut self, want: i16) -> Option<Option<i64>> {
+        let mut last = 0i16;
+        let mut found = None;
+        loop {
+            let b = self.byte()?;
+            if b == 0 {
+                return Some(found);
+            }
+            let ty = b & 0x0f;
+            let delta = i16::from(b >> 4);
+            let id = if delta == 0 {
+                self.zigzag()? as i16
+            } else {
+                last + delta
+            };
+            last = id;
+            if id == want && ty == 5 {
+                found = Some(self.zigzag()?);
+            } else {
+                self.skip(ty, 1)?;
+            }
+        }
+    }
+
     fn skip(&mut self, ty: u8, depth: u8) -> Option<()> {
         if depth > 32 {
             return None;
@@ -328,6 +364,7 @@ pub(crate) fn check_pages(
     let column = chunk.column_path().string();
     let codec = chunk.compression();
     let mut pos = start;
+    let mut dictionary = false;
     while pos < end {
         let mut want = (64u64 << 10).min(end - pos);
         let sizes = loop {
@@ -376,6 +413,17 @@ pub(crate) fn check_pages(
                 compressed.saturating_mul(limits.max_compression_ratio),
                 "FERRY_MAX_COMPRESSION_RATIO",
             ));
+        }
+        // The parquet reader panics on a dictionary-encoded page it has no dictionary for.
+        dictionary |= sizes.page_type == 2;
+        if sizes
+            .encoding
+            .is_some_and(|e| DICTIONARY_ENCODINGS.contains(&e))
+            && !dictionary
+        {
+            return Err(ConvertError::corrupt(format!(
+                "column {column}: a dictionary-encoded page at byte {pos} with no dictionary page before it"
+            )));
         }
         let next = pos + sizes.header_len as u64 + compressed;
         if next > end {
