@@ -1281,3 +1281,19 @@ fn a_changed_column_type_continues_in_a_typed_column_or_stops_the_table() {
         "{err}"
     );
 }
+
+/// ZSTD: DMS writes parquet with GZIP or no compression only (`CompressionType`), so ferry is
+/// built without a ZSTD codec. A ZSTD file (written by pyarrow, `fixtures/convert/zstd-cdc.parquet`)
+/// is refused permanently with an error that names the codec, never a panic.
+#[test]
+fn a_zstd_file_is_refused_naming_the_codec() {
+    let catalog = lab_catalog(|_| {});
+    let bytes = Bytes::from(std::fs::read(fixture("zstd-cdc.parquet")).unwrap());
+    let result = std::panic::catch_unwind(|| convert_bytes(&catalog, CDC_KEY, bytes, None));
+    let err = result.expect("no panic").expect_err("ZSTD is not read");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        err.to_string().to_ascii_lowercase().contains("zstd"),
+        "{err}"
+    );
+}
