@@ -21,13 +21,33 @@ use ferry_tests::{TempDir, repo_root};
 use serde_json::Value;
 
 fn lab_catalog() -> Catalog {
-    let text =
-        std::fs::read_to_string(repo_root().join("tests/fixtures/convert/types-lab.json")).unwrap();
+    lab_catalog_with(|_| {})
+}
+
+/// The lab mapping with an edit (a table's policy, say).
+fn lab_catalog_with(edit: impl FnOnce(&mut Value)) -> Catalog {
+    let mut doc: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/convert/types-lab.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    edit(&mut doc);
     Catalog::from_files(&[MappingFile {
         path: "types-lab.json".into(),
-        text,
+        text: doc.to_string(),
     }])
     .unwrap()
+}
+
+/// Writes one parquet file of `columns` at `path` (folders created).
+fn write_parquet(path: &std::path::Path, columns: Vec<(&str, arrow_array::ArrayRef)>) {
+    let batch = arrow_array::RecordBatch::try_from_iter(columns).unwrap();
+    let mut buf = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, buf).unwrap();
 }
 
 struct Estate {
@@ -801,7 +821,7 @@ fn dms_hard_cases_under_both_full_load_timestamp_settings_match_the_source() {
 /// recorded with the load and shows in the table's status, with the column named.
 #[test]
 fn a_lob_cut_by_dms_loads_and_shows_as_a_warning_in_status() {
-    use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+    use arrow_array::{ArrayRef, StringArray, UInt64Array};
     let estate = Estate::new("local-lob");
     let p = estate.pipeline("lob.sqlite");
     ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
@@ -815,15 +835,12 @@ fn a_lob_cut_by_dms_loads_and_shows_as_a_warning_in_status() {
         ("account_id", Arc::new(UInt64Array::from(vec![424_242u64]))),
         ("profile", Arc::new(StringArray::from(vec![cut.as_str()]))),
     ];
-    let batch = RecordBatch::try_from_iter(columns).unwrap();
-    let mut buf = Vec::new();
-    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    let key = "lab/dms/lab/accounts/27-11-2026/20261127-235959000.parquet";
-    let path = estate.bucket().join(key);
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, buf).unwrap();
+    write_parquet(
+        &estate
+            .bucket()
+            .join("lab/dms/lab/accounts/27-11-2026/20261127-235959000.parquet"),
+        columns,
+    );
     let run = ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
     assert_eq!((run.loaded, run.dead_lettered), (1, 0), "{run:?}");
     let status =
@@ -856,18 +873,9 @@ fn a_lob_cut_by_dms_loads_and_shows_as_a_warning_in_status() {
 /// backfill), and the table keeps what it had.
 #[test]
 fn a_table_that_stops_on_type_changes_skips_the_changed_file_without_dead_lettering_it() {
-    use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
-    let mut doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("tests/fixtures/convert/types-lab.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    doc["tables"]["lab.accounts"]["on_type_change"] = "stop".into();
-    let catalog = Catalog::from_files(&[MappingFile {
-        path: "types-lab.json".into(),
-        text: doc.to_string(),
-    }])
-    .unwrap();
+    use arrow_array::{ArrayRef, Int64Array, StringArray, UInt64Array};
+    let catalog =
+        lab_catalog_with(|doc| doc["tables"]["lab.accounts"]["on_type_change"] = "stop".into());
     let dir = TempDir::new("local-stop");
     let write = |key: &str, level: ArrayRef| {
         let columns: Vec<(&str, ArrayRef)> = vec![
@@ -879,14 +887,7 @@ fn a_table_that_stops_on_type_changes_skips_the_changed_file_without_dead_letter
             ("account_id", Arc::new(UInt64Array::from(vec![1u64]))),
             ("level", level),
         ];
-        let batch = RecordBatch::try_from_iter(columns).unwrap();
-        let mut buf = Vec::new();
-        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        let path = dir.path().join("bucket").join(key);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, buf).unwrap();
+        write_parquet(&dir.path().join("bucket").join(key), columns);
     };
     write(
         "lab/dms/lab/accounts/27-11-2026/20261127-100000000.parquet",
@@ -924,18 +925,9 @@ fn a_table_that_stops_on_type_changes_skips_the_changed_file_without_dead_letter
 /// and a late file from before the truncate brings nothing back. Another table is untouched.
 #[test]
 fn a_truncate_empties_the_replica_when_the_table_asks_for_it() {
-    use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
-    let mut doc: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("tests/fixtures/convert/types-lab.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    doc["tables"]["lab.accounts"]["on_truncate"] = "empty".into();
-    let catalog = Catalog::from_files(&[MappingFile {
-        path: "types-lab.json".into(),
-        text: doc.to_string(),
-    }])
-    .unwrap();
+    use arrow_array::{ArrayRef, StringArray, UInt64Array};
+    let catalog =
+        lab_catalog_with(|doc| doc["tables"]["lab.accounts"]["on_truncate"] = "empty".into());
     let estate = Estate::new("local-truncate");
     let p = Pipeline {
         catalog: Arc::new(catalog),
@@ -979,14 +971,7 @@ fn a_truncate_empties_the_replica_when_the_table_asks_for_it() {
             ("Op", Arc::new(StringArray::from(vec!["I"]))),
             ("account_id", Arc::new(UInt64Array::from(vec![id]))),
         ];
-        let batch = RecordBatch::try_from_iter(columns).unwrap();
-        let mut buf = Vec::new();
-        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        let path = estate.bucket().join(key);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, buf).unwrap();
+        write_parquet(&estate.bucket().join(key), columns);
     };
     let after = "lab/dms/lab/accounts/27-11-2026/20261127-120100000.parquet";
     let before = "lab/dms/lab/accounts/27-11-2026/20261127-115900000.parquet";
