@@ -38,7 +38,7 @@ pub fn event_body(data: &[u8]) {
         for o in n.objects.iter().chain(&n.removed) {
             assert!(!o.bucket.is_empty(), "{text:?}");
             if let Some(t) = &o.event_time {
-                let _ = event::event_time_micros(t);
+                let _ = crate::timefmt::event_time_micros(t);
             }
         }
     }

@@ -25,7 +25,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod limits;
 pub mod source;
-mod timefmt;
+pub mod timefmt;
 mod transform;
 
 pub use concat::concat;

@@ -47,6 +47,12 @@ pub(crate) fn parse_datetime(s: &str) -> Option<i64> {
     DatetimeParser::default().parse(s)
 }
 
+/// Microseconds since the epoch of an event time as S3 and EventBridge write it
+/// (`2026-11-26T10:15:00.123Z`); `None` when it is not in that form.
+pub fn event_time_micros(text: &str) -> Option<i64> {
+    text.strip_suffix('Z').and_then(parse_datetime)
+}
+
 /// Parses `YYYY-MM-DD HH:MM:SS[.f…]` like [`parse_datetime`], remembering the last date: a
 /// column of commit times mostly repeats it, and the calendar arithmetic is then skipped.
 #[derive(Default)]
@@ -98,6 +104,25 @@ fn days_in_month(year: u32, month: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_times() {
+        assert_eq!(
+            event_time_micros("2026-11-26T10:15:00.123Z"),
+            Some(20_783 * MICROS_PER_DAY + 36_900_123_000)
+        );
+        assert_eq!(
+            event_time_micros("2026-11-26T10:15:00Z"),
+            Some(20_783 * MICROS_PER_DAY + 36_900_000_000)
+        );
+        assert_eq!(
+            event_time_micros("2026-11-26T10:15:00.123"),
+            None,
+            "no zone"
+        );
+        assert_eq!(event_time_micros("2026-11-26T10:15:00+09:00"), None);
+        assert_eq!(event_time_micros("yesterday"), None);
+    }
 
     #[test]
     fn datetimes() {

@@ -283,48 +283,6 @@ fn parse_eventbridge(value: &Value, detail_type: &str) -> Result<Notification, E
     Ok(out)
 }
 
-/// Microseconds since the epoch of an event time as S3 and EventBridge write it
-/// (`2026-11-26T10:15:00.123Z`); `None` when it is not in that form.
-pub fn event_time_micros(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let s = text.get(r)?;
-        if s.bytes().all(|c| c.is_ascii_digit()) {
-            s.parse().ok()
-        } else {
-            None
-        }
-    };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let rest = &text[19..];
-    let (frac, zone) = match rest.strip_prefix('.') {
-        Some(r) => {
-            let n = r.bytes().take_while(u8::is_ascii_digit).count();
-            (&r[..n], &r[n..])
-        }
-        None => ("", rest),
-    };
-    if zone != "Z" {
-        return None;
-    }
-    let micros: i64 = format!("{frac:0<6}")[..6].parse().unwrap_or(0);
-    let days = crate::civil::days_from_civil(y, mo as u32, d as u32);
-    Some(days * crate::civil::MICROS_PER_DAY + ((h * 60 + mi) * 60 + sec) * 1_000_000 + micros)
-}
-
 /// An S3 notification body for one created object, as S3 writes it (the key URL-encoded).
 /// The backfill and local mode send these, so they travel the same path as real events.
 pub fn s3_event_body(bucket: &str, key: &str, size: u64, etag: &str, event_time: &str) -> String {

@@ -516,16 +516,15 @@ impl Warehouse for SqliteWarehouse {
         tx.execute_batch(&format!(
             "DROP TABLE IF EXISTS temp._ferry_cand;
              CREATE TEMP TABLE _ferry_cand AS SELECT * FROM (
-               SELECT c.*, row_number() OVER (PARTITION BY {c_keys} ORDER BY c.{seq} DESC, c.{cs} DESC, c.{row} DESC) AS _ferry_rank
+               SELECT c.*, row_number() OVER (PARTITION BY {c_keys} ORDER BY c.{seq} DESC, c.{cs} DESC, c.{row} DESC) AS _ferry_rank,
+                      max(c.{op} IN ('LOAD', 'INSERT')) OVER (PARTITION BY {c_keys}) AS _ferry_born
                FROM {cl} c WHERE c.rowid > {last} AND c.rowid <= {max} AND c.{seq} >= {newest_run}
              ) WHERE _ferry_rank = 1;
              DROP TABLE IF EXISTS temp._ferry_orphans;
              CREATE TEMP TABLE _ferry_orphans AS SELECT count(*) AS n FROM temp._ferry_cand
-               WHERE {op} = 'UPDATE'
+               WHERE {op} = 'UPDATE' AND NOT _ferry_born
                  AND NOT EXISTS (SELECT 1 FROM {rp} r WHERE {r_match})
-                 AND NOT EXISTS (SELECT 1 FROM {tb} t WHERE {t_match})
-                 AND NOT EXISTS (SELECT 1 FROM {cl} w WHERE w.rowid > {last} AND w.rowid <= {max}
-                                 AND {w_match} AND w.{op} IN ('LOAD', 'INSERT'));
+                 AND NOT EXISTS (SELECT 1 FROM {tb} t WHERE {t_match});
              DELETE FROM temp._ferry_cand
                WHERE EXISTS (SELECT 1 FROM {rp} r WHERE {r_match} AND {r_version} >= {cand})
                   OR EXISTS (SELECT 1 FROM {tb} t WHERE {t_match} AND {t_version} >= {cand});
@@ -540,7 +539,6 @@ impl Warehouse for SqliteWarehouse {
             c_keys = keys.iter().map(|k| format!("c.{k}")).collect::<Vec<_>>().join(", "),
             r_match = matches("r"),
             t_match = matches("t"),
-            w_match = matches("w"),
             r_version = version("r"),
             t_version = version("t"),
             cand = version("_ferry_cand"),

@@ -220,7 +220,7 @@ where
             && object.kind() == FileKind::FullLoad;
         let at = event_time
             .as_deref()
-            .and_then(ferry_core::event::event_time_micros)
+            .and_then(ferry_convert::timefmt::event_time_micros)
             .unwrap_or_else(crate::process::now_micros);
         let message = if empties {
             match pipeline

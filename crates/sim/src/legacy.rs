@@ -169,6 +169,18 @@ fn write_column(
             $w.write_batch(&values, defs, None)?;
         }};
     }
+    // DECIMAL(p, s) as big-endian two's complement of the length `p` needs.
+    macro_rules! decimals {
+        ($w:expr, $t:ty, $p:expr) => {{
+            let a = array.as_primitive::<$t>();
+            let len = decimal_len($p) as usize;
+            let values: Vec<FixedLenByteArray> = present
+                .iter()
+                .map(|i| big_endian_fixed(&a.value(*i).to_le_bytes(), len))
+                .collect();
+            $w.write_batch(&values, defs, None)?;
+        }};
+    }
     match (writer, array.data_type()) {
         (W::BoolColumnWriter(w), DataType::Boolean) => {
             let a = array.as_boolean();
@@ -209,22 +221,10 @@ fn write_column(
             w.write_batch(&values, defs, None)?;
         }
         (W::FixedLenByteArrayColumnWriter(w), DataType::Decimal128(p, _)) => {
-            let a = array.as_primitive::<Decimal128Type>();
-            let len = decimal_len(*p) as usize;
-            let values: Vec<FixedLenByteArray> = present
-                .iter()
-                .map(|i| big_endian_fixed(&a.value(*i).to_le_bytes(), len))
-                .collect();
-            w.write_batch(&values, defs, None)?;
+            decimals!(w, Decimal128Type, *p)
         }
         (W::FixedLenByteArrayColumnWriter(w), DataType::Decimal256(p, _)) => {
-            let a = array.as_primitive::<Decimal256Type>();
-            let len = decimal_len(*p) as usize;
-            let values: Vec<FixedLenByteArray> = present
-                .iter()
-                .map(|i| big_endian_fixed(&a.value(*i).to_le_bytes(), len))
-                .collect();
-            w.write_batch(&values, defs, None)?;
+            decimals!(w, Decimal256Type, *p)
         }
         (_, other) => {
             return Err(ParquetError::NYI(format!("legacy writer: {other}")));

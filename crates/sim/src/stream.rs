@@ -346,10 +346,8 @@ struct TableRun<'a, 's> {
     pk_updates: u64,
     /// LOB values DMS cut at `LobMaxSize`.
     lob_cuts: u64,
-    files: Vec<String>,
     removed: Vec<String>,
-    /// Per file still in S3, in the order DMS last wrote them: the change-log rows it holds
-    /// (change-log tables only).
+    /// Per file still in S3, in the order DMS last wrote them: what it holds.
     file_rows: Vec<(String, FileRows)>,
     bytes: u64,
 }
@@ -519,9 +517,7 @@ impl TableRun<'_, '_> {
         }
         // A file written again under the same key (a reload) replaces the old one.
         self.file_rows.retain(|(k, _)| *k != key);
-        self.file_rows.push((key.clone(), f));
-        self.files.retain(|k| *k != key);
-        self.files.push(key);
+        self.file_rows.push((key, f));
         Ok(())
     }
 
@@ -626,9 +622,8 @@ impl TableRun<'_, '_> {
 
     /// A TRUNCATE at the source: every row is gone, and DMS deletes the table's files.
     fn truncate(&mut self) -> std::io::Result<()> {
-        for key in std::mem::take(&mut self.files) {
+        for (key, _) in std::mem::take(&mut self.file_rows) {
             std::fs::remove_file(self.out.join(&key))?;
-            self.file_rows.retain(|(k, _)| *k != key);
             self.removed.push(key);
         }
         for s in &mut self.state {
@@ -699,7 +694,6 @@ fn simulate_table(
         retyped_now: false,
         pk_updates: 0,
         lob_cuts: 0,
-        files: Vec::new(),
         removed: Vec::new(),
         file_rows: Vec::new(),
         bytes: 0,
@@ -804,7 +798,7 @@ fn simulate_table(
             update: a.update + f.ops.update,
             delete: a.delete + f.ops.delete,
         });
-    manifest.files += run.files.len() as u64;
+    manifest.files += run.file_rows.len() as u64;
     manifest.rows += changes.total();
     manifest.bytes += run.bytes;
     Ok(TableManifest {
@@ -822,7 +816,7 @@ fn simulate_table(
                 hint: c.hint.map(|h| h.to_string()),
             })
             .collect(),
-        files: run.files,
+        files: run.file_rows.into_iter().map(|(k, _)| k).collect(),
         removed: run.removed,
         cases: case_names,
         changes,
