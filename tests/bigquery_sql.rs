@@ -302,7 +302,7 @@ fn replay(env: &Env, table: &TableMapping, files: &[File], order: &[usize]) {
         let file = &files[i];
         insert_rows(env, table, file);
         env.rt
-            .block_on(env.warehouse.apply_window(table, None, &window(file)))
+            .block_on(env.warehouse.run_apply(table, None, &window(file)))
             .unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -347,7 +347,7 @@ fn bqemulator_replica_hard_delete_out_of_order_and_duplicated_files() {
     env.rt
         .block_on(
             env.warehouse
-                .apply_window(&table, None, &ApplyWindow::everything()),
+                .run_apply(&table, None, &ApplyWindow::everything()),
         )
         .unwrap();
     assert_eq!(replica_state(&env, &table), before);
@@ -580,7 +580,7 @@ fn bqemulator_full_load_overlap_whole_seconds_and_reload_match_the_source() {
         env.rt
             .block_on(
                 env.warehouse
-                    .apply_window(&table, None, &ApplyWindow::everything()),
+                    .run_apply(&table, None, &ApplyWindow::everything()),
             )
             .unwrap();
         assert_eq!(

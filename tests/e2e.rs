@@ -120,6 +120,10 @@ async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
 
 /// One delivery round: what the event source mapping does. `ack` false leaves even the
 /// successful messages in the queue (an invocation that died before answering).
+/// Objects the schedule sent back to the queue, and applies it carried to a later slot.
+static DEFERRED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static APPLIES_CARRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 async fn deliver(aws: &Aws, loader: &Loader, ack: bool) -> usize {
     let got = aws
         .sqs
@@ -162,6 +166,11 @@ async fn deliver(aws: &Aws, loader: &Loader, ack: bool) -> usize {
             eprintln!("delivery: {key}: {reason}");
         }
     }
+    DEFERRED.fetch_add(report.deferred.len(), std::sync::atomic::Ordering::Relaxed);
+    APPLIES_CARRIED.fetch_add(
+        report.apply_deferred.len(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if ack {
         for m in messages {
             let id = m.message_id().unwrap();
@@ -311,6 +320,17 @@ fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_th
         lock: Some(std::sync::Arc::new(
             ferry_pipeline::ports::ProcessLock::default(),
         )),
+        // On the production schedule, with one-second slots: files that find their table's
+        // slot taken go back to the queue and come back for the next one; applies travel to
+        // their slot in apply markers.
+        schedule: Some((
+            ferry_pipeline::schedule::ScheduleSettings {
+                table_load_jobs_per_day: 86_400,
+                project_load_jobs_per_day: 10_000_000,
+                apply_every: Duration::from_secs(1),
+            },
+            aws.queue.clone(),
+        )),
     });
 
     let corrupt = "slots/account/slots_account/players/20261126-235900000.parquet";
@@ -364,6 +384,14 @@ fn moto_end_to_end_rows_land_once_bad_objects_reach_the_dlq_and_redrive_loads_th
         "unmapped tables are not loaded"
     );
     assert_eq!(server.faults_left(), 0, "every injected fault was hit");
+    // The schedule was at work: files went back to the queue for their table's next slot and
+    // still loaded exactly once (above).
+    eprintln!(
+        "e2e: {} objects deferred, {} applies carried to their slot",
+        DEFERRED.load(std::sync::atomic::Ordering::Relaxed),
+        APPLIES_CARRIED.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(DEFERRED.load(std::sync::atomic::Ordering::Relaxed) > 0);
 
     // The corrupt object waits in the dead-letter queue with its reason.
     let letters = rt

@@ -14,4 +14,4 @@ pub mod sqs;
 
 pub use lock::DynamoDbLock;
 pub use s3::S3Store;
-pub use sqs::SqsDeadLetters;
+pub use sqs::{SqsDeadLetters, SqsRequeue};

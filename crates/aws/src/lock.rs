@@ -76,6 +76,7 @@ impl ApplyLock for DynamoDbLock {
             Err(e) => Err(PortError {
                 message: format!("lock {name} in {}: {}", self.table, describe(&e)),
                 retryable: sdk_retryable(&e),
+                later: false,
             }),
         }
     }
@@ -100,6 +101,7 @@ impl ApplyLock for DynamoDbLock {
             Err(e) => Err(PortError {
                 message: format!("unlock {name} in {}: {}", self.table, describe(&e)),
                 retryable: sdk_retryable(&e),
+                later: false,
             }),
         }
     }

@@ -82,6 +82,7 @@ where
     PortError {
         message: format!("{what}: {}", describe(&e)),
         retryable: sdk_retryable(&e),
+        later: false,
     }
 }
 

@@ -1,10 +1,11 @@
-//! SQS: the dead-letter queue the handler sends permanent failures to, and the ops tools
+//! SQS: the dead-letter queue the handler sends permanent failures to, the loader's own queue
+//! for work sent back to a later slot, and the ops tools
 //! around it (inspect, redrive) and the backfill's enqueue.
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use ferry_core::event::SqsMessage;
-use ferry_pipeline::ports::{DeadLetters, PortError};
+use ferry_pipeline::ports::{DeadLetters, PortError, Requeue};
 use tokio::runtime::Handle;
 
 use crate::s3::{describe, sdk_retryable};
@@ -76,6 +77,47 @@ impl DeadLetters for SqsDeadLetters {
             .map_err(|e| PortError {
                 message: format!("SendMessage to the dead-letter queue: {}", describe(&e)),
                 retryable: sdk_retryable(&e),
+                later: false,
+            })
+    }
+}
+
+/// The loader's own queue, for work sent back to a later slot (deferred loads, apply markers).
+#[derive(Debug, Clone)]
+pub struct SqsRequeue {
+    client: Client,
+    handle: Handle,
+    queue_url: String,
+}
+
+impl SqsRequeue {
+    /// Work goes back to `queue_url` (the queue the loader consumes).
+    pub fn new(client: Client, handle: Handle, queue_url: impl Into<String>) -> SqsRequeue {
+        SqsRequeue {
+            client,
+            handle,
+            queue_url: queue_url.into(),
+        }
+    }
+}
+
+impl Requeue for SqsRequeue {
+    fn send_later(&self, body: &str, delay: std::time::Duration) -> Result<(), PortError> {
+        // `DelaySeconds`: 0 to 900 (SendMessage API reference).
+        let seconds = i32::try_from(delay.as_secs().min(900)).unwrap_or(900);
+        let request = self
+            .client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .delay_seconds(seconds);
+        self.handle
+            .block_on(request.send())
+            .map(|_| ())
+            .map_err(|e| PortError {
+                message: format!("SendMessage to the loader queue: {}", describe(&e)),
+                retryable: sdk_retryable(&e),
+                later: false,
             })
     }
 }

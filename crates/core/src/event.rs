@@ -111,6 +111,62 @@ pub struct Notification {
     pub ignored: Vec<String>,
     /// Whether this is S3's `s3:TestEvent` (sent when notifications are configured).
     pub test_event: bool,
+    /// Set when ferry itself deferred these objects to a later load slot of their table.
+    pub deferred: Option<Deferral>,
+    /// Set when the message is ferry's own record of change-log files not applied yet.
+    pub apply: Option<ApplyMarker>,
+}
+
+/// When and how often objects were deferred (see [`deferred_body`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deferral {
+    /// When the objects were first deferred, µs since the epoch.
+    pub since_micros: i64,
+    /// When they were sent back for, µs since the epoch (the start of the slot they wait for).
+    pub until_micros: i64,
+    /// How many times they have been deferred.
+    pub times: u32,
+}
+
+/// Change-log files of one table loaded and not applied to its replica yet: the message that
+/// carries them to the table's next apply slot (see [`apply_body`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyMarker {
+    /// The source's name.
+    pub source: String,
+    /// `schema.table` in the source.
+    pub table: String,
+    /// What is left to apply.
+    pub window: crate::sql::ApplyWindow,
+    /// Applies of it that failed so far.
+    #[serde(default)]
+    pub failures: u32,
+}
+
+/// ferry's own messages on the loader queue, told apart from S3's by their `ferry` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ferry", rename_all = "snake_case")]
+enum FerryMessage {
+    Deferred {
+        #[serde(flatten)]
+        deferral: Deferral,
+        objects: Vec<ObjectEvent>,
+    },
+    Apply(ApplyMarker),
+}
+
+/// The body of a message that brings deferred objects back to the loader (sent with a delay).
+pub fn deferred_body(deferral: Deferral, objects: &[ObjectEvent]) -> String {
+    serde_json::to_string(&FerryMessage::Deferred {
+        deferral,
+        objects: objects.to_vec(),
+    })
+    .unwrap_or_default()
+}
+
+/// The body of a message that carries a table's unapplied change-log files to its next apply.
+pub fn apply_body(marker: &ApplyMarker) -> String {
+    serde_json::to_string(&FerryMessage::Apply(marker.clone())).unwrap_or_default()
 }
 
 /// Why a message body cannot be read. Permanent: the same body never parses.
@@ -153,6 +209,23 @@ pub fn parse_body(body: &str) -> Result<Notification, EventError> {
 }
 
 fn parse_value(value: &Value, allow_envelope: bool) -> Result<Notification, EventError> {
+    if value.get("ferry").is_some() {
+        return match FerryMessage::deserialize(value) {
+            Ok(FerryMessage::Deferred { deferral, objects }) => Ok(Notification {
+                objects,
+                deferred: Some(deferral),
+                ..Notification::default()
+            }),
+            Ok(FerryMessage::Apply(marker)) => Ok(Notification {
+                apply: Some(marker),
+                ..Notification::default()
+            }),
+            Err(e) => Err(EventError::BadRecord {
+                index: 0,
+                reason: format!("ferry message: {e}"),
+            }),
+        };
+    }
     if let Some(records) = value.get("Records").and_then(Value::as_array) {
         return parse_records(records);
     }

@@ -423,7 +423,7 @@ pub fn load_jobs_last_day(project: &str, location: &str, table: &TableRef) -> St
 
 /// What one apply covers: the change-log files loaded since the last apply, and their commit
 /// time range (µs since the epoch) for partition pruning.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApplyWindow {
     /// S3 keys of the files (`_ferry_file`). Empty: every row in the time range.
     pub files: Vec<String>,
@@ -436,7 +436,8 @@ pub struct ApplyWindow {
 }
 
 /// Which load run, if any, an apply rebuilds the replica from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Rebuild {
     /// None: the window holds no run start.
     No,
@@ -456,6 +457,65 @@ impl ApplyWindow {
             rebuild: Rebuild::Newest,
         }
     }
+}
+
+impl ApplyWindow {
+    /// A window with nothing in it yet.
+    pub fn empty() -> ApplyWindow {
+        ApplyWindow {
+            files: Vec::new(),
+            commit_ts_min: None,
+            commit_ts_max: None,
+            rebuild: Rebuild::No,
+        }
+    }
+
+    /// Whether it covers nothing.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+            && self.commit_ts_min.is_none()
+            && self.commit_ts_max.is_none()
+            && self.rebuild == Rebuild::No
+    }
+
+    /// Widens this window to cover `other` too: the files of both, the wider commit range, the
+    /// newer run start. Beyond [`ApplyWindow::MAX_FILES`] files the file filter is dropped (the
+    /// commit range alone bounds the apply: more rows read, the same result).
+    pub fn merge(&mut self, other: &ApplyWindow) {
+        let union = |a: Option<i64>, b: Option<i64>, min: bool| match (a, b) {
+            (Some(a), Some(b)) => Some(if min { a.min(b) } else { a.max(b) }),
+            (a, b) => a.or(b),
+        };
+        let was_empty = self.is_empty();
+        // An empty file list on a non-empty window means "every file in the range".
+        let unfiltered =
+            (!was_empty && self.files.is_empty()) || (!other.is_empty() && other.files.is_empty());
+        self.commit_ts_min = union(self.commit_ts_min, other.commit_ts_min, true);
+        self.commit_ts_max = union(self.commit_ts_max, other.commit_ts_max, false);
+        if unfiltered {
+            self.files.clear();
+        } else {
+            for f in &other.files {
+                if !self.files.contains(f) {
+                    self.files.push(f.clone());
+                }
+            }
+            if self.files.len() > ApplyWindow::MAX_FILES {
+                self.files.clear();
+            }
+        }
+        self.rebuild = match (&self.rebuild, &other.rebuild) {
+            (Rebuild::Newest, _) | (_, Rebuild::Newest) => Rebuild::Newest,
+            (Rebuild::From(a), Rebuild::From(b)) => Rebuild::From(a.max(b).clone()),
+            (Rebuild::From(a), Rebuild::No) | (Rebuild::No, Rebuild::From(a)) => {
+                Rebuild::From(a.clone())
+            }
+            (Rebuild::No, Rebuild::No) => Rebuild::No,
+        };
+    }
+
+    /// Files one window lists before it falls back to its commit range alone.
+    pub const MAX_FILES: usize = 500;
 }
 
 fn window_filter(window: &ApplyWindow) -> String {

@@ -17,6 +17,10 @@
 //! - `FERRY_MAX_PARALLEL` (tables at once, default 4), `FERRY_WORK_DIR` (default `/tmp/ferry`).
 //! - `FERRY_LOAD_JOBS_PER_TABLE_DAY` (default 1,000), `FERRY_COMBINE_FROM` (default 0.5): the
 //!   load-job budget (see `ferry_bigquery::warehouse`).
+//! - `FERRY_QUEUE_URL`: the loader's own queue. When set, batches run on the schedule of
+//!   `ferry_pipeline::schedule` (one load job per table per load slot, one apply per apply
+//!   slot; what waits is sent back to this queue), with `FERRY_PROJECT_LOAD_JOBS_PER_DAY`
+//!   (default 45,000) and `FERRY_APPLY_EVERY` (default `15m`, a mapping's `apply_every` wins).
 //!
 //! # Layout
 //! - [`Loader`]: the set-up pipeline and its handler.
@@ -28,12 +32,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_aws::{DynamoDbLock, S3Store, SqsDeadLetters};
+use ferry_aws::{DynamoDbLock, S3Store, SqsDeadLetters, SqsRequeue};
 use ferry_bigquery::{Auth, BigQueryWarehouse, Client, ClientConfig, WarehouseOptions};
 use ferry_core::Catalog;
 use ferry_core::event::SqsEvent;
-use ferry_pipeline::ports::ApplyLock;
-use ferry_pipeline::{BatchReport, HandlerOptions, Pipeline, handle_batch};
+use ferry_pipeline::ports::{ApplyLock, ProcessLock, Requeue};
+use ferry_pipeline::schedule::{Schedule, ScheduleSettings};
+use ferry_pipeline::{
+    BatchReport, HandlerOptions, Pipeline, Scheduler, handle_batch, handle_batch_scheduled,
+};
 
 /// The pipeline as deployed: S3 in, BigQuery out, SQS for dead letters.
 pub type LoaderPipeline = Pipeline<S3Store, Arc<BigQueryWarehouse>>;
@@ -46,6 +53,18 @@ pub struct Loader {
     pub dead_letters: Arc<SqsDeadLetters>,
     /// Tables processed at once.
     pub max_parallel: usize,
+    /// The schedule, when batches run on one.
+    pub scheduled: Option<Scheduled>,
+}
+
+/// What a scheduled loader keeps: the schedule, its slot claims and its own queue.
+pub struct Scheduled {
+    /// Every table's slots.
+    pub schedule: Schedule,
+    /// Where slots are claimed.
+    pub slots: Arc<dyn ApplyLock>,
+    /// The loader's own queue.
+    pub requeue: Arc<dyn Requeue>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -127,16 +146,35 @@ pub struct LoaderParts {
     pub warehouse: WarehouseOptions,
     /// The replica apply lock shared by every invocation (DynamoDB in production).
     pub lock: Option<Arc<dyn ApplyLock>>,
+    /// Run batches on a schedule: its settings and the loader's own queue URL.
+    pub schedule: Option<(ScheduleSettings, String)>,
 }
 
 impl Loader {
     /// Builds the loader from its parts.
     pub fn new(parts: LoaderParts) -> Loader {
-        let mut warehouse =
-            BigQueryWarehouse::new(parts.bigquery, parts.handle.clone(), parts.warehouse);
+        let mut options = parts.warehouse;
+        if parts.schedule.is_some() {
+            // A slot's files always share one load job.
+            options.combine_from = 0.0;
+        }
+        let mut warehouse = BigQueryWarehouse::new(parts.bigquery, parts.handle.clone(), options);
+        let slots: Arc<dyn ApplyLock> = match &parts.lock {
+            Some(lock) => lock.clone(),
+            None => Arc::new(ProcessLock::default()),
+        };
         if let Some(lock) = parts.lock {
             warehouse = warehouse.with_lock(lock);
         }
+        let scheduled = parts.schedule.map(|(settings, queue_url)| Scheduled {
+            schedule: Schedule::new(&parts.catalog, settings),
+            slots,
+            requeue: Arc::new(SqsRequeue::new(
+                parts.sqs.clone(),
+                parts.handle.clone(),
+                queue_url,
+            )),
+        });
         let warehouse = Arc::new(warehouse);
         Loader {
             pipeline: Arc::new(Pipeline {
@@ -147,6 +185,7 @@ impl Loader {
             }),
             dead_letters: Arc::new(SqsDeadLetters::new(parts.sqs, parts.handle, parts.dlq_url)),
             max_parallel: parts.max_parallel,
+            scheduled,
         }
     }
 
@@ -171,6 +210,11 @@ impl Loader {
             .and_then(|v| v.parse().ok())
             .unwrap_or(4);
         let work_dir = PathBuf::from(env("FERRY_WORK_DIR").unwrap_or_else(|| "/tmp/ferry".into()));
+        let warehouse = warehouse_options_from_env()?;
+        let schedule = match env("FERRY_QUEUE_URL") {
+            Some(url) => Some((schedule_settings_from_env(&warehouse)?, url)),
+            None => None,
+        };
         Ok(Loader::new(LoaderParts {
             catalog,
             s3: ferry_aws::config::s3(&aws),
@@ -180,12 +224,13 @@ impl Loader {
             handle: tokio::runtime::Handle::current(),
             work_dir,
             max_parallel,
-            warehouse: warehouse_options_from_env()?,
+            warehouse,
             lock: Some(Arc::new(DynamoDbLock::new(
                 ferry_aws::config::dynamodb(&aws),
                 tokio::runtime::Handle::current(),
                 lock_table,
             ))),
+            schedule,
         }))
     }
 
@@ -206,8 +251,28 @@ impl Loader {
         let pipeline = self.pipeline.clone();
         let dead_letters = self.dead_letters.clone();
         let messages = event.records.len();
-        let report = tokio::task::spawn_blocking(move || {
-            handle_batch(&pipeline, dead_letters.as_ref(), &event, options)
+        let scheduled = self
+            .scheduled
+            .as_ref()
+            .map(|s| (s.schedule.clone(), s.slots.clone(), s.requeue.clone()));
+        let report = tokio::task::spawn_blocking(move || match scheduled {
+            Some((schedule, slots, requeue)) => {
+                let clock = ferry_pipeline::now_micros;
+                let scheduler = Scheduler {
+                    schedule: &schedule,
+                    slots: slots.as_ref(),
+                    requeue: requeue.as_ref(),
+                    clock: &clock,
+                };
+                handle_batch_scheduled(
+                    &pipeline,
+                    dead_letters.as_ref(),
+                    &scheduler,
+                    &event,
+                    options,
+                )
+            }
+            None => handle_batch(&pipeline, dead_letters.as_ref(), &event, options),
         })
         .await
         .map_err(|e| format!("the handler panicked; the whole batch will be retried: {e}"))?;
@@ -243,6 +308,28 @@ pub fn warehouse_options_from_env() -> Result<WarehouseOptions, String> {
             .ok_or_else(|| format!("FERRY_COMBINE_FROM={v:?} is not a share between 0 and 1"))?;
     }
     Ok(o)
+}
+
+/// The schedule from the environment: `FERRY_PROJECT_LOAD_JOBS_PER_DAY` (default 45,000),
+/// `FERRY_APPLY_EVERY` (default `15m`), and the per-table budget of `warehouse`.
+pub fn schedule_settings_from_env(
+    warehouse: &WarehouseOptions,
+) -> Result<ScheduleSettings, String> {
+    let mut s = ScheduleSettings {
+        table_load_jobs_per_day: warehouse.load_jobs_per_table_day,
+        ..ScheduleSettings::default()
+    };
+    if let Some(v) = env("FERRY_PROJECT_LOAD_JOBS_PER_DAY") {
+        s.project_load_jobs_per_day = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            format!("FERRY_PROJECT_LOAD_JOBS_PER_DAY={v:?} is not a positive number")
+        })?;
+    }
+    if let Some(v) = env("FERRY_APPLY_EVERY") {
+        s.apply_every = ferry_core::mapping::parse_interval(&v)
+            .filter(|d| d.as_secs() >= 1)
+            .ok_or_else(|| format!("FERRY_APPLY_EVERY={v:?} is not an interval such as 15m"))?;
+    }
+    Ok(s)
 }
 
 /// The log filter for Lambda's `AWS_LAMBDA_LOG_LEVEL` (TRACE, DEBUG, INFO, WARN, ERROR, FATAL):

@@ -20,6 +20,8 @@ pub struct TableCounts {
     pub skipped: u64,
     /// Objects that failed (retryable or permanent).
     pub failures: u64,
+    /// Objects deferred to a later load slot or past a used-up quota (sent again with a delay).
+    pub deferred: u64,
     /// Objects removed from the table's folder (a DMS truncate or reload).
     pub removed: u64,
     /// Objects loaded with a warning (LOB values at DMS's cut, a missing timestamp column).
@@ -51,8 +53,12 @@ pub fn per_table(report: &BatchReport) -> BTreeMap<String, TableCounts> {
             ObjectResult::AlreadyLoaded { table, .. } => (table, |c, _| c.already_loaded += 1),
             ObjectResult::Skipped { .. } => ("-", |c, _| c.skipped += 1),
             ObjectResult::Failed { .. } => ("-", |c, _| c.failures += 1),
+            ObjectResult::Deferred { .. } => ("-", |c, _| c.deferred += 1),
         };
         f(out.entry(table.to_owned()).or_default(), result);
+    }
+    for (table, _) in &report.deferred {
+        out.entry(table.clone()).or_default().deferred += 1;
     }
     for (table, _) in &report.removed {
         out.entry(table.clone()).or_default().removed += 1;
@@ -96,6 +102,7 @@ pub fn lines(report: &BatchReport, elapsed: Duration, now_millis: i64) -> Vec<St
                 ("AlreadyLoaded", count, c.already_loaded),
                 ("Skipped", count, c.skipped),
                 ("Failures", count, c.failures),
+                ("Deferred", count, c.deferred),
                 ("ObjectsRemoved", count, c.removed),
                 ("LoadedWithWarnings", count, c.warned),
             ];

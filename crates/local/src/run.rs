@@ -167,7 +167,9 @@ pub fn run(
                         }
                         ObjectResult::AlreadyLoaded { .. } => summary.already_loaded += 1,
                         ObjectResult::Skipped { .. } => summary.skipped += 1,
-                        ObjectResult::Failed { .. } => summary.failures += 1,
+                        ObjectResult::Failed { .. } | ObjectResult::Deferred { .. } => {
+                            summary.failures += 1
+                        }
                     }
                 }
                 summary.dead_lettered += report.dead_lettered.len() as u64;

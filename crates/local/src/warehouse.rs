@@ -90,6 +90,7 @@ fn db_error(e: rusqlite::Error) -> PortError {
     PortError {
         message: format!("warehouse: {e}"),
         retryable: busy,
+        later: false,
     }
 }
 

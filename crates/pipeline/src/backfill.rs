@@ -122,7 +122,7 @@ pub fn run_direct<S: ObjectStore, W: Warehouse>(
                 tables.insert(object.source_table());
             }
             ObjectResult::Skipped { .. } => {}
-            ObjectResult::Failed { reason, .. } => {
+            ObjectResult::Failed { reason, .. } | ObjectResult::Deferred { reason } => {
                 s.failed += 1;
                 s.failures.push(reason);
             }

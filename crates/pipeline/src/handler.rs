@@ -6,17 +6,22 @@
 //! permanent one sends it to the dead-letter queue at once with its reason. Near the deadline no
 //! new object is started.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ferry_core::event::{SqsBatchResponse, SqsEvent, SqsMessage, parse_body};
+use ferry_core::event::{
+    ApplyMarker, Deferral, ObjectEvent, SqsBatchResponse, SqsEvent, SqsMessage, apply_body,
+    deferred_body, parse_body,
+};
 use ferry_core::key::{self, DmsObject, FileKind};
-use ferry_core::mapping::OnTruncate;
+use ferry_core::mapping::{OnTruncate, Source, TableMapping};
 use ferry_core::plan_object;
+use ferry_core::sql::ApplyWindow;
 
-use crate::ports::{DeadLetters, ObjectStore, Warehouse};
+use crate::ports::{ApplyLock, DeadLetters, ObjectStore, Requeue, Warehouse};
 use crate::process::{ObjectResult, Pipeline};
+use crate::schedule::{Decision, QUOTA_DELAY, Schedule, delay_until};
 
 /// Handler settings.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +59,11 @@ pub struct BatchReport {
     pub dead_lettered: Vec<(String, String)>,
     /// Objects of mapped tables that were removed from the bucket: (`schema.table`, key).
     pub removed: Vec<(String, String)>,
+    /// Objects sent back to the queue for a later load slot, or past a used-up quota:
+    /// (`schema.table`, key).
+    pub deferred: Vec<(String, String)>,
+    /// Tables (`schema.table`) whose loaded files travel to a later apply slot.
+    pub apply_deferred: Vec<String>,
 }
 
 /// A message's fate so far.
@@ -66,12 +76,44 @@ struct MessageState {
 /// One object to process, with its place in the batch.
 struct Task {
     message: usize,
-    bucket: String,
-    key: String,
+    event: ObjectEvent,
     order: Option<DmsObject>,
+    deferral: Option<Deferral>,
 }
 
-/// Handles one SQS batch.
+/// One table's work in a batch: its objects (in apply order) and apply markers.
+#[derive(Default)]
+struct Group {
+    tasks: Vec<Task>,
+    markers: Vec<(usize, ApplyMarker)>,
+}
+
+/// What a table's work in a batch came to.
+#[derive(Default)]
+struct GroupOutcome {
+    results: Vec<(usize, String, ObjectResult)>,
+    retry: Vec<(usize, String)>,
+    permanent: Vec<(usize, String)>,
+    deferred: Vec<(String, String)>,
+    apply_deferred: Vec<String>,
+}
+
+/// What the scheduled handler needs besides the pipeline (see [`crate::schedule`]).
+pub struct Scheduler<'a> {
+    /// Every table's load and apply slots.
+    pub schedule: &'a Schedule,
+    /// Where slots are claimed (the lock table in production).
+    pub slots: &'a dyn ApplyLock,
+    /// The loader's own queue, for work sent back to a later slot.
+    pub requeue: &'a dyn Requeue,
+    /// Now, µs since the epoch.
+    pub clock: &'a (dyn Fn() -> i64 + Sync),
+}
+
+/// Failed applies an apply marker survives before it goes to the dead-letter queue.
+pub const MAX_APPLY_FAILURES: u32 = 5;
+
+/// Handles one SQS batch: every object loaded now, each loaded replica applied at the end.
 pub fn handle_batch<S, W>(
     pipeline: &Pipeline<S, W>,
     dead_letters: &dyn DeadLetters,
@@ -82,7 +124,46 @@ where
     S: ObjectStore,
     W: Warehouse,
 {
+    run_batch(pipeline, dead_letters, None, event, options)
+}
+
+/// Handles one SQS batch on a schedule (see [`crate::schedule`]): a table loads once per load
+/// slot and applies once per apply slot; what waits is sent back to the queue for its slot.
+pub fn handle_batch_scheduled<S, W>(
+    pipeline: &Pipeline<S, W>,
+    dead_letters: &dyn DeadLetters,
+    scheduler: &Scheduler<'_>,
+    event: &SqsEvent,
+    options: HandlerOptions,
+) -> BatchReport
+where
+    S: ObjectStore,
+    W: Warehouse,
+{
+    run_batch(pipeline, dead_letters, Some(scheduler), event, options)
+}
+
+static BATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn run_batch<S, W>(
+    pipeline: &Pipeline<S, W>,
+    dead_letters: &dyn DeadLetters,
+    scheduler: Option<&Scheduler<'_>>,
+    event: &SqsEvent,
+    options: HandlerOptions,
+) -> BatchReport
+where
+    S: ObjectStore,
+    W: Warehouse,
+{
     pipeline.warehouse.set_deadline(options.deadline);
+    // Who claims this batch's slots.
+    let owner = format!(
+        "{}-{}-{}",
+        std::process::id(),
+        BATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        crate::process::now_micros()
+    );
     // (message index, bucket, key, event time).
     let mut removed_objects: Vec<(usize, String, String, Option<String>)> = Vec::new();
     let mut states: Vec<MessageState> = event
@@ -90,7 +171,7 @@ where
         .iter()
         .map(|_| MessageState::default())
         .collect();
-    let mut groups: BTreeMap<String, Vec<Task>> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for (i, message) in event.records.iter().enumerate() {
         match parse_body(&message.body) {
             Ok(notification) => {
@@ -105,6 +186,13 @@ where
                         gone.event_time.clone(),
                     ));
                 }
+                if let Some(marker) = notification.apply {
+                    groups
+                        .entry(format!("{}/{}", marker.source, marker.table))
+                        .or_default()
+                        .markers
+                        .push((i, marker));
+                }
                 for object in notification.objects {
                     let plan =
                         plan_object(&pipeline.catalog, Some(&object.bucket), &object.key, None);
@@ -112,11 +200,11 @@ where
                         (Some(s), Some(o)) => format!("{}/{}", s.name, o.source_table()),
                         _ => String::new(),
                     };
-                    groups.entry(group).or_default().push(Task {
+                    groups.entry(group).or_default().tasks.push(Task {
                         message: i,
-                        bucket: object.bucket,
-                        key: object.key,
+                        event: object,
                         order: plan.object,
+                        deferral: notification.deferred,
                     });
                 }
             }
@@ -127,14 +215,14 @@ where
     }
 
     // Each table's objects in apply order; tables in parallel.
-    let mut work: Vec<Vec<Task>> = groups.into_values().collect();
-    for tasks in &mut work {
-        tasks.sort_by(|a, b| match (&a.order, &b.order) {
+    let mut work: Vec<(String, Group)> = groups.into_iter().collect();
+    for (_, group) in &mut work {
+        group.tasks.sort_by(|a, b| match (&a.order, &b.order) {
             (Some(x), Some(y)) => x.apply_order(y),
-            _ => a.key.cmp(&b.key),
+            _ => a.event.key.cmp(&b.event.key),
         });
     }
-    let results: Mutex<Vec<(usize, String, ObjectResult)>> = Mutex::new(Vec::new());
+    let outcomes: Mutex<Vec<GroupOutcome>> = Mutex::new(Vec::new());
     let queue = Mutex::new(work);
     let threads = options.max_parallel.max(1);
     std::thread::scope(|scope| {
@@ -142,61 +230,10 @@ where
             scope.spawn(|| {
                 loop {
                     let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
-                    let Some(tasks) = next else { break };
-                    let mut loaded_tables = BTreeSet::new();
-                    let mut group_results = Vec::new();
-                    // Objects not started near the deadline fail (retryable); a table's
-                    // objects are processed together, in apply order.
-                    let late = || {
-                        options
-                            .deadline
-                            .is_some_and(|d| Instant::now() + options.safety_margin >= d)
-                    };
-                    let started = tasks;
-                    // One bucket per call (tasks without a parsed key may come from several).
-                    let mut rest = started.as_slice();
-                    while let Some(first) = rest.first() {
-                        let n = if first.order.is_some() {
-                            rest.iter().take_while(|t| t.bucket == first.bucket && t.order.is_some()).count()
-                        } else {
-                            1
-                        };
-                        let (run, tail) = rest.split_at(n);
-                        rest = tail;
-                        let keys: Vec<String> = run.iter().map(|t| t.key.clone()).collect();
-                        let results = pipeline.process_objects_until(&first.bucket, &keys, &late);
-                        for (task, result) in run.iter().zip(results) {
-                            if let ObjectResult::Loaded { table, source, .. }
-                            | ObjectResult::AlreadyLoaded { table, source, .. } = &result
-                            {
-                                // Already-loaded objects apply too: an earlier delivery may
-                                // have loaded them and then failed to apply.
-                                loaded_tables.insert((source.clone(), table.clone()));
-                            }
-                            group_results.push((task.message, task.key.clone(), result));
-                        }
-                    }
-                    // The replica catches up once per table per batch.
-                    if !options.apply_replicas {
-                        loaded_tables.clear();
-                    }
-                    for (source, table) in &loaded_tables {
-                        if let Some(mapping) = pipeline.catalog.source(source).and_then(|s| s.tables.iter().find(|t| t.source_table() == *table))
-                            && mapping.replica.is_some()
-                            && let Err(e) = pipeline.warehouse.apply(mapping)
-                        {
-                            for (_, key, result) in &mut group_results {
-                                if matches!(result, ObjectResult::Loaded { .. } | ObjectResult::AlreadyLoaded { .. }) {
-                                    *result = ObjectResult::Failed {
-                                        reason: format!("{key}: loaded, but applying {table} to its replica failed: {}", e.message),
-                                        retryable: true,
-                                    };
-                                }
-                            }
-                        }
-                    }
-                    if let Ok(mut all) = results.lock() {
-                        all.extend(group_results);
+                    let Some((name, group)) = next else { break };
+                    let outcome = run_group(pipeline, scheduler, &options, &owner, &name, group);
+                    if let Ok(mut all) = outcomes.lock() {
+                        all.push(outcome);
                     }
                 }
             });
@@ -277,26 +314,296 @@ where
         }
         report.removed.push((table.source_table(), key));
     }
-    for (message, key, result) in results.into_inner().unwrap_or_default() {
-        match &result {
-            ObjectResult::Failed {
-                reason,
-                retryable: true,
-            } => states[message].retry.push(reason.clone()),
-            ObjectResult::Failed {
-                reason,
-                retryable: false,
-            } => states[message].permanent.push(reason.clone()),
-            _ => {}
+    for outcome in outcomes.into_inner().unwrap_or_default() {
+        for (message, reason) in outcome.retry {
+            states[message].retry.push(reason);
         }
-        report
-            .objects
-            .push((event.records[message].message_id.clone(), key, result));
+        for (message, reason) in outcome.permanent {
+            states[message].permanent.push(reason);
+        }
+        report.deferred.extend(outcome.deferred);
+        report.apply_deferred.extend(outcome.apply_deferred);
+        for (message, key, result) in outcome.results {
+            match &result {
+                ObjectResult::Failed {
+                    reason,
+                    retryable: true,
+                }
+                | ObjectResult::Deferred { reason } => states[message].retry.push(reason.clone()),
+                ObjectResult::Failed {
+                    reason,
+                    retryable: false,
+                } => states[message].permanent.push(reason.clone()),
+                _ => {}
+            }
+            report
+                .objects
+                .push((event.records[message].message_id.clone(), key, result));
+        }
     }
     for (message, state) in event.records.iter().zip(&states) {
         settle(message, state, dead_letters, &mut report);
     }
     report
+}
+
+/// The table a group names (`source/schema.table`), with its source.
+fn mapping_of<'c>(
+    catalog: &'c ferry_core::Catalog,
+    group: &str,
+) -> Option<(&'c Source, &'c TableMapping)> {
+    let (source, table) = group.split_once('/')?;
+    let source = catalog.source(source)?;
+    let mapping = source.tables.iter().find(|t| t.source_table() == table)?;
+    Some((source, mapping))
+}
+
+/// Sends tasks back to the queue in one message, to be delivered at `at_micros`.
+fn send_back(s: &Scheduler<'_>, tasks: &[&Task], now: i64, at_micros: i64) -> Result<(), String> {
+    let since = tasks
+        .iter()
+        .filter_map(|t| t.deferral.map(|d| d.since_micros))
+        .min()
+        .unwrap_or(now);
+    let times = tasks
+        .iter()
+        .filter_map(|t| t.deferral.map(|d| d.times))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let objects: Vec<ObjectEvent> = tasks.iter().map(|t| t.event.clone()).collect();
+    let body = deferred_body(
+        Deferral {
+            since_micros: since,
+            until_micros: at_micros,
+            times,
+        },
+        &objects,
+    );
+    s.requeue
+        .send_later(&body, delay_until(now, at_micros))
+        .map_err(|e| e.message)
+}
+
+/// One table's work in a batch: load (now, or back to the queue for its slot), then apply
+/// (now, or carried to its apply slot).
+fn run_group<S, W>(
+    pipeline: &Pipeline<S, W>,
+    scheduler: Option<&Scheduler<'_>>,
+    options: &HandlerOptions,
+    owner: &str,
+    name: &str,
+    group: Group,
+) -> GroupOutcome
+where
+    S: ObjectStore,
+    W: Warehouse,
+{
+    let mut out = GroupOutcome::default();
+    let mapping = mapping_of(&pipeline.catalog, name);
+    let table_name = mapping.map(|(_, m)| m.source_table()).unwrap_or_default();
+    let mut tasks: Vec<&Task> = group.tasks.iter().collect();
+    // 1. The load slot: files that wait go back to the queue together.
+    if let (Some(s), Some((_, m))) = (scheduler, mapping)
+        && m.enabled
+        && !tasks.is_empty()
+    {
+        let now = (s.clock)();
+        let deferral = tasks
+            .iter()
+            .filter_map(|t| t.deferral)
+            .min_by_key(|d| (d.until_micros > now, d.since_micros));
+        match s.schedule.decide_load(m, now, deferral, s.slots, owner) {
+            Ok(Decision::Now) => {}
+            Ok(Decision::Later { at_micros }) => {
+                match send_back(s, &tasks, now, at_micros) {
+                    Ok(()) => out.deferred.extend(
+                        tasks.iter().map(|t| (table_name.clone(), t.event.key.clone())),
+                    ),
+                    Err(e) => out.retry.extend(tasks.iter().map(|t| {
+                        (t.message, format!("s3://{}/{}: waiting for the table's next load slot, but it could not be sent back to the queue: {e}", t.event.bucket, t.event.key))
+                    })),
+                }
+                tasks.clear();
+            }
+            Err(e) => {
+                // Without the lock table the slot is unknown: load now (the warehouse's own
+                // budget still bounds the jobs).
+                tracing::warn!(table = %table_name, error = %e.message, "load slot not claimed; loading now");
+            }
+        }
+    }
+    // 2. Loads. Objects not started near the deadline fail (retryable); one bucket per call.
+    let late = || {
+        options
+            .deadline
+            .is_some_and(|d| Instant::now() + options.safety_margin >= d)
+    };
+    let mut loaded = false;
+    let mut rest = tasks.as_slice();
+    let mut quota: Vec<&Task> = Vec::new();
+    while let Some(first) = rest.first() {
+        let n = if first.order.is_some() {
+            rest.iter()
+                .take_while(|t| t.event.bucket == first.event.bucket && t.order.is_some())
+                .count()
+        } else {
+            1
+        };
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        let keys: Vec<String> = run.iter().map(|t| t.event.key.clone()).collect();
+        let results = pipeline.process_objects_until(&first.event.bucket, &keys, &late);
+        for (task, result) in run.iter().zip(results) {
+            // Already-loaded objects apply too: an earlier delivery may have loaded them and
+            // then failed to apply.
+            loaded |= matches!(
+                result,
+                ObjectResult::Loaded { .. } | ObjectResult::AlreadyLoaded { .. }
+            );
+            if scheduler.is_some() && matches!(result, ObjectResult::Deferred { .. }) {
+                quota.push(task);
+                continue;
+            }
+            out.results
+                .push((task.message, task.event.key.clone(), result));
+        }
+    }
+    // Objects past a used-up quota go back to the queue for later, not to SQS's retries.
+    if let Some(s) = scheduler
+        && !quota.is_empty()
+    {
+        let now = (s.clock)();
+        let at = now + i64::try_from(QUOTA_DELAY.as_micros()).unwrap_or(0);
+        match send_back(s, &quota, now, at) {
+            Ok(()) => out.deferred.extend(
+                quota.iter().map(|t| (table_name.clone(), t.event.key.clone())),
+            ),
+            Err(e) => out.retry.extend(quota.iter().map(|t| {
+                (t.message, format!("s3://{}/{}: a load quota is used up, and the object could not be sent back to the queue: {e}", t.event.bucket, t.event.key))
+            })),
+        }
+    }
+    // 3. The apply.
+    let Some((source, m)) = mapping.filter(|(_, m)| m.replica.is_some()) else {
+        for (_, marker) in &group.markers {
+            tracing::warn!(source = %marker.source, table = %marker.table, "apply marker for a table that is not a mapped replica (any more); dropped");
+        }
+        return out;
+    };
+    if !options.apply_replicas {
+        return out;
+    }
+    let mut window = ApplyWindow::empty();
+    let mut failures = 0;
+    for (_, marker) in &group.markers {
+        window.merge(&marker.window);
+        failures = failures.max(marker.failures);
+    }
+    let Some(s) = scheduler else {
+        // Unscheduled: the replica catches up once per table per batch.
+        if !loaded && group.markers.is_empty() {
+            return out;
+        }
+        let applied = if group.markers.is_empty() {
+            pipeline.warehouse.apply(m)
+        } else {
+            if let Some(pending) = pipeline.warehouse.take_pending(m) {
+                window.merge(&pending);
+            }
+            pipeline.warehouse.apply_window(source, m, &window)
+        };
+        if let Err(e) = applied {
+            fail_loaded(&mut out, &table_name, &e.message);
+            for (message, _) in &group.markers {
+                out.retry.push((
+                    *message,
+                    format!("applying {table_name} to its replica failed: {}", e.message),
+                ));
+            }
+        }
+        return out;
+    };
+    if let Some(pending) = pipeline.warehouse.take_pending(m) {
+        window.merge(&pending);
+    }
+    if window.is_empty() {
+        return out;
+    }
+    let now = (s.clock)();
+    let decision = s
+        .schedule
+        .decide_apply(m, now, s.slots, owner)
+        .unwrap_or_else(|e| {
+            tracing::warn!(table = %table_name, error = %e.message, "apply slot not claimed; applying now");
+            Decision::Now
+        });
+    let (at_micros, failures, why) = match decision {
+        Decision::Now => match pipeline.warehouse.apply_window(source, m, &window) {
+            Ok(_) => return out,
+            Err(e) => {
+                tracing::warn!(table = %table_name, error = %e.message, "apply failed; it moves to the next apply slot");
+                (
+                    s.schedule.apply_slot(m, now).end_micros,
+                    failures + 1,
+                    Some(e.message),
+                )
+            }
+        },
+        Decision::Later { at_micros } => (at_micros, failures, None),
+    };
+    let marker = ApplyMarker {
+        source: source.name.clone(),
+        table: table_name.clone(),
+        window,
+        failures,
+    };
+    if failures >= MAX_APPLY_FAILURES {
+        // The apply keeps failing: the marker goes to the dead-letter queue with the reason,
+        // where ops see it and redrive it after a fix (its files are loaded and safe).
+        let reason = format!(
+            "applying {table_name} to its replica failed {failures} times: {}",
+            why.unwrap_or_default()
+        );
+        out.permanent
+            .extend(group.markers.iter().map(|(i, _)| (*i, reason.clone())));
+        if group.markers.is_empty() {
+            fail_loaded(&mut out, &table_name, &reason);
+        }
+        return out;
+    }
+    match s
+        .requeue
+        .send_later(&apply_body(&marker), delay_until(now, at_micros))
+    {
+        Ok(()) => out.apply_deferred.push(table_name),
+        Err(e) => {
+            // Nothing carries the window on: the loaded objects and the markers come back.
+            let reason = format!(
+                "{table_name}: loaded, but the apply could not be carried to its slot: {}",
+                e.message
+            );
+            fail_loaded(&mut out, &table_name, &reason);
+            out.retry
+                .extend(group.markers.iter().map(|(i, _)| (*i, reason.clone())));
+        }
+    }
+    out
+}
+
+/// The loaded objects of a group fail (retryable): their messages come back and apply again.
+fn fail_loaded(out: &mut GroupOutcome, table: &str, why: &str) {
+    for (_, key, result) in &mut out.results {
+        if matches!(
+            result,
+            ObjectResult::Loaded { .. } | ObjectResult::AlreadyLoaded { .. }
+        ) {
+            *result = ObjectResult::Failed {
+                reason: format!("{key}: loaded, but applying {table} to its replica failed: {why}"),
+                retryable: true,
+            };
+        }
+    }
 }
 
 /// Acknowledges, retries or dead-letters one message.

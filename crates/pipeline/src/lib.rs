@@ -6,15 +6,17 @@
 //! - [`process`]: one object: plan, read, convert, load, record.
 //! - [`backfill`]: replaying a table and time range through the same per-object path.
 //! - [`handler`]: one SQS batch: per-message parsing, per-table order, partial-batch failures.
+//! - [`schedule`]: load and apply slots per table, so BigQuery's quotas and bill hold.
 
 pub mod backfill;
 pub mod handler;
 pub mod ports;
 pub mod process;
+pub mod schedule;
 
-pub use handler::{BatchReport, HandlerOptions, handle_batch};
+pub use handler::{BatchReport, HandlerOptions, Scheduler, handle_batch, handle_batch_scheduled};
 pub use ports::{
-    Converted, DeadLetters, LoadOutcome, LoadRequest, ObjectMeta, ObjectStore, PortError,
-    StatusEvent, Warehouse,
+    ApplyLock, Converted, DeadLetters, LoadOutcome, LoadRequest, ObjectMeta, ObjectStore,
+    PortError, Requeue, StatusEvent, Warehouse,
 };
 pub use process::{ObjectResult, Pipeline, TYPE_CHANGED, now_micros};

@@ -11,6 +11,7 @@ use ferry_core::event::SqsMessage;
 use ferry_core::key::DmsObject;
 use ferry_core::mapping::{Source, TableMapping};
 use ferry_core::schema::{BqField, OpCounts, TableSchema};
+use ferry_core::sql::ApplyWindow;
 use serde::{Deserialize, Serialize};
 
 /// A failure of a port, classified by the port that knows the protocol.
@@ -21,6 +22,9 @@ pub struct PortError {
     pub message: String,
     /// Whether the same call may succeed later (throttling, 5xx, timeouts).
     pub retryable: bool,
+    /// A quota that resets with time (a table's daily load jobs): retryable, but not for a
+    /// while; a scheduled handler defers the object instead of retrying it.
+    pub later: bool,
 }
 
 impl PortError {
@@ -29,6 +33,16 @@ impl PortError {
         PortError {
             message: message.into(),
             retryable: true,
+            later: false,
+        }
+    }
+
+    /// A quota that resets with time: try again, but not before a while.
+    pub fn later(message: impl Into<String>) -> PortError {
+        PortError {
+            message: message.into(),
+            retryable: true,
+            later: true,
         }
     }
 
@@ -37,6 +51,7 @@ impl PortError {
         PortError {
             message: message.into(),
             retryable: false,
+            later: false,
         }
     }
 }
@@ -172,6 +187,22 @@ pub trait Warehouse: Send + Sync {
     }
     /// Applies change-log rows not applied yet to the replica (replica mode).
     fn apply(&self, table: &TableMapping) -> Result<u64, PortError>;
+    /// Takes what this process loaded into `table`'s change log and has not applied, as an
+    /// apply window (the scheduled handler carries it to the table's next apply slot). Default:
+    /// `None`, for warehouses that track it themselves (see `apply`).
+    fn take_pending(&self, _table: &TableMapping) -> Option<ApplyWindow> {
+        None
+    }
+    /// Applies `window` of the change log to the replica, one writer at a time. Default:
+    /// `apply`.
+    fn apply_window(
+        &self,
+        _source: &Source,
+        table: &TableMapping,
+        _window: &ApplyWindow,
+    ) -> Result<u64, PortError> {
+        self.apply(table)
+    }
     /// Records what happened to an object, for status.
     fn record(&self, event: &StatusEvent) -> Result<(), PortError>;
     /// Empties a replica as of the run start `run_seq` (see `ferry_core::sql::empty_statements`):
@@ -249,6 +280,15 @@ impl ApplyLock for ProcessLock {
     }
 }
 
+/// The loader's own queue, for work sent back to be done later: deferred loads and applies.
+///
+/// Contract: after `send_later` returns `Ok`, the body is delivered to the loader again, no
+/// sooner than `delay` from now (the caller may then acknowledge what it carries).
+pub trait Requeue: Send + Sync {
+    /// Sends `body` to the queue, delivered after `delay` (SQS allows at most 15 minutes).
+    fn send_later(&self, body: &str, delay: std::time::Duration) -> Result<(), PortError>;
+}
+
 /// Where messages that can never succeed go, with their reason.
 pub trait DeadLetters: Send + Sync {
     /// Sends the message with its reason. Only after this returns `Ok` may the message be
@@ -317,6 +357,17 @@ impl<T: Warehouse + ?Sized> Warehouse for Arc<T> {
     }
     fn apply(&self, table: &TableMapping) -> Result<u64, PortError> {
         (**self).apply(table)
+    }
+    fn take_pending(&self, table: &TableMapping) -> Option<ApplyWindow> {
+        (**self).take_pending(table)
+    }
+    fn apply_window(
+        &self,
+        source: &Source,
+        table: &TableMapping,
+        window: &ApplyWindow,
+    ) -> Result<u64, PortError> {
+        (**self).apply_window(source, table, window)
     }
     fn record(&self, event: &StatusEvent) -> Result<(), PortError> {
         (**self).record(event)

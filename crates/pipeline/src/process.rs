@@ -62,6 +62,12 @@ pub enum ObjectResult {
         /// Why.
         reason: String,
     },
+    /// Not loaded now because a quota that resets with time is used up (the table's daily load
+    /// jobs): the object is deferred (scheduled handler) or retried.
+    Deferred {
+        /// Why, naming the object and the quota.
+        reason: String,
+    },
     /// Failed; `retryable` says whether trying again may help.
     Failed {
         /// What went wrong, naming the object.
@@ -239,6 +245,9 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                         table: p.table.source_table(),
                         source: p.source.name.clone(),
                     },
+                    Err(e) if e.later => ObjectResult::Deferred {
+                        reason: format!("s3://{bucket}/{}: {}", t.key, e.message),
+                    },
                     Err(e) => ObjectResult::Failed {
                         reason: format!("s3://{bucket}/{}: {}", t.key, e.message),
                         retryable: e.retryable,
@@ -340,6 +349,7 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
             failed(PortError {
                 message: e.to_string(),
                 retryable: e.is_retryable(),
+                later: false,
             })
         };
         let conversion = match Conversion::plan(&input, &request) {
@@ -413,6 +423,10 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
                 event.code = Some(code.clone());
                 event.message = Some(reason.clone());
             }
+            ObjectResult::Deferred { reason } => {
+                event.kind = "deferred".into();
+                event.message = Some(reason.clone());
+            }
             ObjectResult::Failed { reason, retryable } => {
                 event.kind = if *retryable {
                     "failed_retryable"
@@ -429,6 +443,9 @@ impl<S: ObjectStore, W: Warehouse> Pipeline<S, W> {
         match result {
             ObjectResult::Failed { reason, retryable } => tracing::warn!(
                 outcome = %event.kind, table, retryable, reason = %reason, bytes = event.bytes, ms, "object failed"
+            ),
+            ObjectResult::Deferred { reason } => tracing::info!(
+                outcome = %event.kind, table, reason = %reason, bytes = event.bytes, ms, "object deferred"
             ),
             _ => tracing::info!(
                 outcome = %event.kind, table, job_id, rows = event.rows, bytes = event.bytes, ms, "object done"

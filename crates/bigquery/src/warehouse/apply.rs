@@ -104,7 +104,7 @@ impl BigQueryWarehouse {
     }
 
     /// Runs the replica statements for a window (also usable for a full re-apply).
-    pub async fn apply_window(
+    pub async fn run_apply(
         &self,
         table: &TableMapping,
         location: Option<&str>,

@@ -127,6 +127,7 @@ fn port_error(e: BqError) -> PortError {
     PortError {
         message: e.to_string(),
         retryable: e.is_retryable(),
+        later: e.class == ErrorClass::RetryLater,
     }
 }
 
@@ -282,7 +283,7 @@ impl Warehouse for BigQueryWarehouse {
         let changed = self
             .locked(&replica, || {
                 self.handle
-                    .block_on(self.apply_window(table, location.as_deref(), &window))
+                    .block_on(self.run_apply(table, location.as_deref(), &window))
             })
             .map_err(port_error)?;
         if let Ok(mut p) = self.pending.lock() {
@@ -298,6 +299,31 @@ impl Warehouse for BigQueryWarehouse {
             }
         }
         Ok(changed)
+    }
+
+    fn take_pending(&self, table: &TableMapping) -> Option<ApplyWindow> {
+        self.pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&table.changelog))
+            .map(|(w, _)| w)
+    }
+
+    fn apply_window(
+        &self,
+        source: &Source,
+        table: &TableMapping,
+        window: &ApplyWindow,
+    ) -> Result<u64, PortError> {
+        let Some(replica) = &table.replica else {
+            return Ok(0);
+        };
+        let location = source.location.as_deref();
+        self.locked(replica, || {
+            self.handle
+                .block_on(self.run_apply(table, location, window))
+        })
+        .map_err(port_error)
     }
 
     fn empty_replica(

@@ -20,7 +20,7 @@ use std::path::Path;
 pub use hint::ColumnHint;
 pub use model::{PartitionSpec, Source, TableMapping, TableRef};
 pub use raw::{Granularity, Mode, OnTruncate, OnTypeChange};
-pub use validate::{CHANGELOG_SUFFIX, MAX_CLUSTER_COLUMNS, Problem};
+pub use validate::{CHANGELOG_SUFFIX, MAX_CLUSTER_COLUMNS, Problem, parse_interval};
 
 /// Every validated mapping: the sources, each with its tables.
 #[derive(Debug, Clone, PartialEq)]

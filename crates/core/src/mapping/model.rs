@@ -114,6 +114,8 @@ pub struct TableMapping {
     pub on_type_change: OnTypeChange,
     /// What removing the table's full-load files does.
     pub on_truncate: OnTruncate,
+    /// How often the replica is applied; `None`: the loader's default.
+    pub apply_every: Option<std::time::Duration>,
     /// Whether files of this table are loaded.
     pub enabled: bool,
     /// Type hints by column name.

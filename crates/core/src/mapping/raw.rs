@@ -125,6 +125,11 @@ pub struct RawDefaults {
     /// do not set it (default `keep`).
     #[serde(default)]
     pub on_truncate: Option<OnTruncate>,
+    /// How often replica tables that do not set it are brought up to date, e.g. `15m`
+    /// (default: the loader's, 15 minutes).
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    pub apply_every: Option<String>,
 }
 
 /// What ferry does when a file brings a column with another BigQuery type than the table has
@@ -264,6 +269,12 @@ pub struct RawTable {
     /// or `empty` (replica tables).
     #[serde(default)]
     pub on_truncate: Option<OnTruncate>,
+    /// How often the replica is brought up to date from the change log (one MERGE, billed for
+    /// the whole replica), e.g. `5m`, `15m`, `1h`: from 1 minute to 24 hours. The `<target>_live`
+    /// view shows the newest state in between. Default: the loader's (15 minutes).
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    pub apply_every: Option<String>,
     /// `false` stops loading this table; its files are acknowledged and counted as disabled.
     #[serde(default)]
     pub enabled: Option<bool>,

@@ -528,6 +528,34 @@ fn validate_table(
         );
     }
 
+    let apply_every = match t.apply_every.as_ref().or(raw.defaults.apply_every.as_ref()) {
+        None => None,
+        Some(text) => match parse_interval(text) {
+            Some(d) if (60..=86_400).contains(&d.as_secs()) => Some(d),
+            _ => {
+                let defaults = [Key("defaults"), Key("apply_every")];
+                let own = at("apply_every");
+                r.add(
+                    if t.apply_every.is_some() {
+                        &own
+                    } else {
+                        &defaults
+                    },
+                    format!("apply_every {text:?} is not an interval from 1 minute to 24 hours"),
+                    "write seconds, minutes or hours, e.g. \"300s\", \"15m\" or \"1h\"",
+                );
+                None
+            }
+        },
+    };
+    if t.apply_every.is_some() && mode == Mode::Changelog {
+        r.add(
+            &at("apply_every"),
+            "apply_every applies to replica tables; a change log has nothing to apply",
+            "remove it or set \"mode\": \"replica\"",
+        );
+    }
+
     let table_ref = |table: String| TableRef {
         project: raw.bigquery.project.clone(),
         dataset: raw.bigquery.dataset.clone(),
@@ -564,10 +592,23 @@ fn validate_table(
         } else {
             OnTruncate::Keep
         },
+        apply_every: apply_every.filter(|_| mode == Mode::Replica),
         enabled: t.enabled.unwrap_or(true),
         columns: hints,
         description: t.description.clone(),
     })
+}
+
+/// `90s`, `15m`, `1h`: a whole number of seconds, minutes or hours.
+pub fn parse_interval(text: &str) -> Option<std::time::Duration> {
+    let unit = match text.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        _ => return None,
+    };
+    let n: u64 = text[..text.len() - 1].parse().ok()?;
+    Some(std::time::Duration::from_secs(n.checked_mul(unit)?))
 }
 
 /// Checks that need every file: unique source names, no two sources sharing a bucket folder,
