@@ -475,3 +475,54 @@ fn dataset_creation_needs_its_own_permission_and_is_not_asked_for_an_existing_da
         st.log
     );
 }
+
+#[test]
+fn view_statements_bigquery_rejects_are_refused_and_the_live_view_passes() {
+    let env = env();
+    refused(
+        env.query("CREATE OR REPLACE VIEW IF NOT EXISTS `ferry-test`.`d`.`v` AS SELECT 1 AS x"),
+        400,
+        "invalidQuery",
+        "cannot be combined with IF NOT EXISTS",
+    );
+    refused(
+        env.query("CREATE VIEW `ferry-test`.`d`.`v` OPTIONS(partition_expiration_days=1) AS SELECT 1 AS x"),
+        400,
+        "invalidQuery",
+        "Unknown option",
+    );
+    refused(
+        env.query("CREATE VIEW `ferry-test`.`d`.`v` SELECT 1 AS x"),
+        400,
+        "invalidQuery",
+        "expected AS",
+    );
+    // ferry's live view, for a hard-delete replica with a JSON column and a soft-delete one.
+    let dir = ferry_tests::TempDir::new("strict-view");
+    std::fs::write(
+        dir.path().join("games.json"),
+        r#"{"source": {"name": "games", "bucket": "dms-bucket", "folder": "cdc"},
+            "bigquery": {"project": "ferry-test", "dataset": "d"},
+            "tables": {"casino.bets": {"primary_key": ["id"], "columns": {"note": "json"}},
+                       "casino.wallets": {"primary_key": ["id"], "soft_delete": true}}}"#,
+    )
+    .unwrap();
+    let catalog = ferry_core::Catalog::load_dir(dir.path()).unwrap();
+    let mut fields = ferry_core::schema::meta::fields();
+    for (name, t) in [
+        ("id", ferry_core::bqtype::BqType::Int64),
+        ("note", ferry_core::bqtype::BqType::String),
+    ] {
+        fields.push(ferry_core::schema::BqField {
+            name: name.into(),
+            bq_type: t,
+            mode: ferry_core::schema::FieldMode::Nullable,
+            description: None,
+        });
+    }
+    let schema = ferry_core::schema::TableSchema { fields };
+    for table in &catalog.sources()[0].tables {
+        let sql = ferry_core::sql::live_view(table, &schema, Duration::from_secs(7200)).unwrap();
+        env.query(&sql).unwrap_or_else(|e| panic!("{e}\n{sql}"));
+    }
+}

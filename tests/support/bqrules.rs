@@ -401,6 +401,70 @@ fn cluster(items: &[Vec<Tok>], columns: &[Column]) -> Result<Vec<String>, Refusa
     Ok(out)
 }
 
+/// `CREATE [OR REPLACE] VIEW [IF NOT EXISTS] path [OPTIONS(...)] AS query` (DDL reference,
+/// "CREATE VIEW statement"): `OR REPLACE` and `IF NOT EXISTS` exclude each other ("Cannot
+/// appear with IF NOT EXISTS"); the options are the `view_option_list` ones (description,
+/// expiration_timestamp, friendly_name, labels, privacy_policy, tags); the body is a query.
+/// `None`: not a CREATE VIEW. The query itself is left to the engine. Messages: wording ours.
+pub fn view(sql: &str) -> Option<Result<String, Refusal>> {
+    let toks = tokens(sql);
+    if !word(toks.first(), "CREATE") {
+        return None;
+    }
+    let mut i = 1;
+    let replace = word(toks.get(1), "OR") && word(toks.get(2), "REPLACE");
+    if replace {
+        i = 3;
+    }
+    if !word(toks.get(i), "VIEW") {
+        return None;
+    }
+    i += 1;
+    Some((|| {
+        if word(toks.get(i), "IF") {
+            if replace {
+                return Err(syntax(
+                    "Syntax error: CREATE OR REPLACE VIEW cannot be combined with IF NOT EXISTS",
+                ));
+            }
+            i += 3;
+        }
+        let name =
+            path(&toks, &mut i).ok_or_else(|| syntax("Syntax error: expected a view name"))?;
+        if word(toks.get(i), "OPTIONS") {
+            i += 1;
+            let items =
+                parenthesised(&toks, &mut i).ok_or_else(|| syntax("Syntax error: OPTIONS"))?;
+            const VIEW_OPTIONS: [&str; 6] = [
+                "description",
+                "expiration_timestamp",
+                "friendly_name",
+                "labels",
+                "privacy_policy",
+                "tags",
+            ];
+            for item in items {
+                let option = name_of(item.first()).unwrap_or_default();
+                if !VIEW_OPTIONS.iter().any(|o| o.eq_ignore_ascii_case(&option)) {
+                    return Err(syntax(format!("Unknown option for CREATE VIEW: {option}")));
+                }
+            }
+        }
+        if !word(toks.get(i), "AS") {
+            return Err(syntax(
+                "Syntax error: expected AS followed by the view's query",
+            ));
+        }
+        if !(word(toks.get(i + 1), "SELECT")
+            || word(toks.get(i + 1), "WITH")
+            || toks.get(i + 1) == Some(&Tok::Sym('(')))
+        {
+            return Err(syntax("Syntax error: a view's body is a query"));
+        }
+        Ok(name)
+    })())
+}
+
 /// What a DDL statement does to the catalogue, once its rules passed.
 #[derive(Debug, Clone)]
 pub enum Ddl {

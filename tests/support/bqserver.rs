@@ -803,6 +803,9 @@ fn run_query(
                    "rows": [{"f": [{"v": n.to_string()}]}], "totalRows": "1"}),
         );
     }
+    if let Some(Err(r)) = bqrules::view(&q) {
+        return refusal(&mut st, r);
+    }
     let parsed = match bqrules::ddl(&q) {
         Some(Err(r)) => return refusal(&mut st, r),
         Some(Ok(d)) => Some(d),

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
-use ferry_pipeline::ports::{ApplyLock, PortError};
+use ferry_pipeline::ports::{ApplyLock, PendingSets, PortError};
 use tokio::runtime::Handle;
 
 use crate::s3::{describe, sdk_retryable};
@@ -104,5 +104,104 @@ impl ApplyLock for DynamoDbLock {
                 later: false,
             }),
         }
+    }
+}
+
+/// How long a pending set outlives its last addition (SQS keeps messages as long).
+const PENDING_KEEP: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Work waiting for a table's next slot, in the same DynamoDB table as the locks: one item per
+/// set (`name` = `ferry-pending/<set>`), its items a string set (`items`). `add` is an
+/// `UpdateItem` `ADD` (atomic, creates the item), `remove` an `UpdateItem` `DELETE` of the same
+/// strings (page "Update expressions" in the DynamoDB Developer Guide); `read` is a strongly
+/// consistent `GetItem`. An item holds at most 400 KB (page "Service, account, and table
+/// quotas"), about a thousand waiting files: beyond that `add` fails and the handler sends the
+/// files back to the queue instead.
+#[derive(Debug, Clone)]
+pub struct DynamoDbPending {
+    client: Client,
+    handle: Handle,
+    table: String,
+}
+
+impl DynamoDbPending {
+    /// Pending sets are items of `table` (the lock table).
+    pub fn new(client: Client, handle: Handle, table: impl Into<String>) -> DynamoDbPending {
+        DynamoDbPending {
+            client,
+            handle,
+            table: table.into(),
+        }
+    }
+
+    fn item(name: &str) -> AttributeValue {
+        AttributeValue::S(format!("ferry-pending/{name}"))
+    }
+
+    fn error(&self, what: &str, name: &str, retryable: bool, text: String) -> PortError {
+        PortError {
+            message: format!("{what} pending set {name} in {}: {text}", self.table),
+            retryable,
+            later: false,
+        }
+    }
+}
+
+impl PendingSets for DynamoDbPending {
+    fn add(&self, name: &str, items: &[String]) -> Result<(), PortError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, DynamoDbPending::item(name))
+            .update_expression("ADD #i :i SET expires_at = :exp")
+            .expression_attribute_names("#i", "items")
+            .expression_attribute_values(":i", AttributeValue::Ss(items.to_vec()))
+            .expression_attribute_values(
+                ":exp",
+                AttributeValue::N((now_secs() + PENDING_KEEP.as_secs()).to_string()),
+            );
+        self.handle
+            .block_on(request.send())
+            .map(|_| ())
+            .map_err(|e| self.error("add to", name, sdk_retryable(&e), describe(&e)))
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<String>, PortError> {
+        let request = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(KEY, DynamoDbPending::item(name))
+            .consistent_read(true);
+        let out = self
+            .handle
+            .block_on(request.send())
+            .map_err(|e| self.error("read", name, sdk_retryable(&e), describe(&e)))?;
+        Ok(match out.item().and_then(|i| i.get("items")) {
+            Some(AttributeValue::Ss(set)) => set.clone(),
+            _ => Vec::new(),
+        })
+    }
+
+    fn remove(&self, name: &str, items: &[String]) -> Result<(), PortError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(KEY, DynamoDbPending::item(name))
+            .update_expression("DELETE #i :i")
+            .expression_attribute_names("#i", "items")
+            .expression_attribute_values(":i", AttributeValue::Ss(items.to_vec()));
+        self.handle
+            .block_on(request.send())
+            .map(|_| ())
+            .map_err(|e| self.error("remove from", name, sdk_retryable(&e), describe(&e)))
     }
 }

@@ -16,4 +16,4 @@ pub mod warehouse;
 pub use auth::Auth;
 pub use client::{Client, ClientConfig};
 pub use error::{BqError, ErrorClass};
-pub use warehouse::{BigQueryWarehouse, WarehouseOptions};
+pub use warehouse::{BigQueryWarehouse, WarehouseOptions, combines, over_budget};

@@ -829,10 +829,11 @@ impl ConstantChunks {
                 .map_err(ConvertError::write)?
                 .ok_or_else(|| ConvertError::write("constant column writer"))?;
             let value = parquet::data_type::ByteArray::from(Bytes::from(value.to_owned()));
-            let batch = vec![value; BATCH_ROWS];
             let mut left = usize::try_from(rows).unwrap_or(0);
+            // No more copies of the value than the chunk has rows (small files are the rule).
+            let batch = vec![value; left.clamp(1, BATCH_ROWS)];
             while left > 0 {
-                let n = left.min(BATCH_ROWS);
+                let n = left.min(batch.len());
                 col.typed::<parquet::data_type::ByteArrayType>()
                     .write_batch(&batch[..n], None, None)
                     .map_err(ConvertError::write)?;

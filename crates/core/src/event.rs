@@ -113,8 +113,31 @@ pub struct Notification {
     pub test_event: bool,
     /// Set when ferry itself deferred these objects to a later load slot of their table.
     pub deferred: Option<Deferral>,
-    /// Set when the message is ferry's own record of change-log files not applied yet.
-    pub apply: Option<ApplyMarker>,
+    /// Set when the message wakes a table's next load or apply slot: its work waits in the
+    /// table's pending set.
+    pub wake: Option<Wake>,
+}
+
+/// A table whose next load or apply slot has work waiting in its pending set (see
+/// [`wake_body`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wake {
+    /// The source's name.
+    pub source: String,
+    /// `schema.table` in the source.
+    pub table: String,
+    /// What waits: `load` (objects) or `apply` (change-log files not applied yet).
+    pub work: WakeFor,
+}
+
+/// What a wake-up is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WakeFor {
+    /// Objects wait for the table's next load slot.
+    Load,
+    /// Loaded files wait for the table's next apply slot.
+    Apply,
 }
 
 /// When and how often objects were deferred (see [`deferred_body`]).
@@ -128,21 +151,6 @@ pub struct Deferral {
     pub times: u32,
 }
 
-/// Change-log files of one table loaded and not applied to its replica yet: the message that
-/// carries them to the table's next apply slot (see [`apply_body`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyMarker {
-    /// The source's name.
-    pub source: String,
-    /// `schema.table` in the source.
-    pub table: String,
-    /// What is left to apply.
-    pub window: crate::sql::ApplyWindow,
-    /// Applies of it that failed so far.
-    #[serde(default)]
-    pub failures: u32,
-}
-
 /// ferry's own messages on the loader queue, told apart from S3's by their `ferry` field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ferry", rename_all = "snake_case")]
@@ -152,7 +160,12 @@ enum FerryMessage {
         deferral: Deferral,
         objects: Vec<ObjectEvent>,
     },
-    Apply(ApplyMarker),
+    Wake(Wake),
+}
+
+/// The body of a message that wakes a table's next load or apply slot (sent with a delay).
+pub fn wake_body(wake: &Wake) -> String {
+    serde_json::to_string(&FerryMessage::Wake(wake.clone())).unwrap_or_default()
 }
 
 /// The body of a message that brings deferred objects back to the loader (sent with a delay).
@@ -162,11 +175,6 @@ pub fn deferred_body(deferral: Deferral, objects: &[ObjectEvent]) -> String {
         objects: objects.to_vec(),
     })
     .unwrap_or_default()
-}
-
-/// The body of a message that carries a table's unapplied change-log files to its next apply.
-pub fn apply_body(marker: &ApplyMarker) -> String {
-    serde_json::to_string(&FerryMessage::Apply(marker.clone())).unwrap_or_default()
 }
 
 /// Why a message body cannot be read. Permanent: the same body never parses.
@@ -216,8 +224,8 @@ fn parse_value(value: &Value, allow_envelope: bool) -> Result<Notification, Even
                 deferred: Some(deferral),
                 ..Notification::default()
             }),
-            Ok(FerryMessage::Apply(marker)) => Ok(Notification {
-                apply: Some(marker),
+            Ok(FerryMessage::Wake(wake)) => Ok(Notification {
+                wake: Some(wake),
                 ..Notification::default()
             }),
             Err(e) => Err(EventError::BadRecord {

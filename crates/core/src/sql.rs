@@ -705,6 +705,140 @@ pub fn apply_statements(
     out
 }
 
+/// The live view of a replica: `<replica>_live`.
+pub fn live_view_of(replica: &TableRef) -> TableRef {
+    TableRef {
+        project: replica.project.clone(),
+        dataset: replica.dataset.clone(),
+        table: format!("{}_live", replica.table),
+    }
+}
+
+/// How far back the live view reads the change log: long enough to hold every change the
+/// replica may not have yet (four apply intervals, at least two hours).
+pub fn live_lookback(apply_every: std::time::Duration) -> std::time::Duration {
+    (apply_every * 4).max(std::time::Duration::from_secs(2 * 3600))
+}
+
+/// `CREATE OR REPLACE VIEW <replica>_live`: the replica with the change log's recent rows laid
+/// over it, so analysts read the newest state whatever the apply interval. Per key the newest
+/// version wins among the replica's row and the change-log rows of the last `lookback`
+/// (changes the replica already has are the same version, and lose nothing); a key's newest
+/// change that is a delete hides it (soft-delete replicas show it flagged, as the replica
+/// does); changes older than the key's tombstone or than the newest load run (recorded, or
+/// recent in the change log and not applied yet) are left out, as the apply leaves them out.
+/// Its columns are the replica's, from `changelog` (the change log's schema). Reading it scans
+/// the replica, its tombstones and the change log's partitions of the last `lookback`.
+pub fn live_view(
+    table: &TableMapping,
+    changelog: &TableSchema,
+    lookback: std::time::Duration,
+) -> Option<String> {
+    let replica = table.replica.as_ref()?;
+    let json = json_columns(table);
+    let keys: Vec<String> = table.primary_key.iter().map(|k| ident(k)).collect();
+    let [seq, cs, row] = meta::VERSION.map(ident);
+    let ts = ident(meta::COMMIT_TS);
+    let since = format!(
+        "{ts} >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL {} SECOND)",
+        lookback.as_secs()
+    );
+    let run = format!(
+        "GREATEST({recorded}, IFNULL((SELECT MAX({seq}) FROM {cl} WHERE {since} AND {start}), ''))",
+        recorded = newest_run(replica),
+        cl = table_path(&table.changelog),
+        start = crate::key::run_start_sql(&seq),
+    );
+    let cols: Vec<String> = changelog.fields.iter().map(|f| ident(&f.name)).collect();
+    let mut replica_cols = cols.clone();
+    replica_cols.push(ident(DELETED));
+    let mut change_cols: Vec<String> = changelog
+        .fields
+        .iter()
+        .map(|f| {
+            let c = ident(&f.name);
+            if json.contains(&f.name.as_str()) {
+                format!("SAFE.PARSE_JSON(C.{c}) AS {c}")
+            } else {
+                format!("C.{c}")
+            }
+        })
+        .collect();
+    change_cols.push(format!(
+        "C.{} = {} AS {}",
+        ident(meta::OP),
+        string_literal(meta::op::DELETE),
+        ident(DELETED)
+    ));
+    if !json.is_empty() {
+        replica_cols.push(ident(INVALID_JSON));
+        let invalid: Vec<String> = json
+            .iter()
+            .map(|c| {
+                let c = ident(c);
+                format!("(C.{c} IS NOT NULL AND SAFE.PARSE_JSON(C.{c}) IS NULL)")
+            })
+            .collect();
+        change_cols.push(format!(
+            "({}) AS {}",
+            invalid.join(" OR "),
+            ident(INVALID_JSON)
+        ));
+    }
+    let (tomb_join, tomb_filter) = if table.soft_delete {
+        (String::new(), String::new())
+    } else {
+        (
+            format!(
+                "
+    LEFT JOIN {tp} D ON {on}",
+                tp = table_path(&tombstones_of(replica)),
+                on = key_match("D", "C", &table.primary_key),
+            ),
+            format!(
+                "
+      AND (D.{seq} IS NULL OR {newer_eq})",
+                newer_eq = newer("C", "D", true)
+            ),
+        )
+    };
+    let shown = if table.soft_delete {
+        String::new()
+    } else {
+        format!(" AND NOT {}", ident(DELETED))
+    };
+    let rank = ident("_ferry_live_rank");
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "CREATE OR REPLACE VIEW {view}
+OPTIONS(description={desc})
+AS
+SELECT * EXCEPT({rank}) FROM (
+  SELECT *, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {seq} DESC, {cs} DESC, {row} DESC) AS {rank}
+  FROM (
+    SELECT {rcols} FROM {rp}
+    WHERE {seq} >= {run}
+    UNION ALL
+    SELECT {ccols}
+    FROM {cl} C{tomb_join}
+    WHERE C.{since}
+      AND C.{seq} >= {run}{tomb_filter}
+  )
+)
+WHERE {rank} = 1{shown}",
+        view = table_path(&live_view_of(replica)),
+        desc = string_literal(&described("ferry live view (the replica with the change log's newest rows laid over it) of", table)),
+        keys = keys.join(", "),
+        rcols = replica_cols.join(", "),
+        rp = table_path(replica),
+        ccols = change_cols.join(", "),
+        cl = table_path(&table.changelog),
+        since = since,
+    );
+    Some(out)
+}
+
 /// The statements that empty a replica as of a run start `run_seq` (`on_truncate: empty`):
 /// the run is recorded, and every row older than the newest run is removed (tombstoned) or,
 /// in soft-delete replicas, flagged. Changes written after it apply as usual. Idempotent.

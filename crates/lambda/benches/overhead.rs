@@ -119,6 +119,7 @@ fn main() {
         max_parallel: 4,
         warehouse: WarehouseOptions::default(),
         lock: None,
+        pending: None,
         schedule: None,
     });
     let batches: Vec<SqsEvent> = keys

@@ -32,11 +32,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_aws::{DynamoDbLock, S3Store, SqsDeadLetters, SqsRequeue};
+use ferry_aws::{DynamoDbLock, DynamoDbPending, S3Store, SqsDeadLetters, SqsRequeue};
 use ferry_bigquery::{Auth, BigQueryWarehouse, Client, ClientConfig, WarehouseOptions};
 use ferry_core::Catalog;
 use ferry_core::event::SqsEvent;
-use ferry_pipeline::ports::{ApplyLock, ProcessLock, Requeue};
+use ferry_pipeline::ports::{ApplyLock, PendingSets, ProcessLock, ProcessPending, Requeue};
 use ferry_pipeline::schedule::{Schedule, ScheduleSettings};
 use ferry_pipeline::{
     BatchReport, HandlerOptions, Pipeline, Scheduler, handle_batch, handle_batch_scheduled,
@@ -65,6 +65,8 @@ pub struct Scheduled {
     pub slots: Arc<dyn ApplyLock>,
     /// The loader's own queue.
     pub requeue: Arc<dyn Requeue>,
+    /// Where files wait for their table's next load slot.
+    pub pending: Arc<dyn PendingSets>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -144,8 +146,11 @@ pub struct LoaderParts {
     pub max_parallel: usize,
     /// Load attempts, waits and the load-job budget.
     pub warehouse: WarehouseOptions,
-    /// The replica apply lock shared by every invocation (DynamoDB in production).
+    /// The replica apply lock shared by every invocation (DynamoDB in production); the
+    /// schedule claims its slots there too.
     pub lock: Option<Arc<dyn ApplyLock>>,
+    /// The pending sets of the schedule (DynamoDB in production; in-process without).
+    pub pending: Option<Arc<dyn PendingSets>>,
     /// Run batches on a schedule: its settings and the loader's own queue URL.
     pub schedule: Option<(ScheduleSettings, String)>,
 }
@@ -154,9 +159,11 @@ impl Loader {
     /// Builds the loader from its parts.
     pub fn new(parts: LoaderParts) -> Loader {
         let mut options = parts.warehouse;
-        if parts.schedule.is_some() {
-            // A slot's files always share one load job.
+        if let Some((settings, _)) = &parts.schedule {
+            // A slot's files always share one load job; the live view reads back far enough
+            // for the apply interval.
             options.combine_from = 0.0;
+            options.apply_every = settings.apply_every;
         }
         let mut warehouse = BigQueryWarehouse::new(parts.bigquery, parts.handle.clone(), options);
         let slots: Arc<dyn ApplyLock> = match &parts.lock {
@@ -166,9 +173,13 @@ impl Loader {
         if let Some(lock) = parts.lock {
             warehouse = warehouse.with_lock(lock);
         }
+        let pending = parts
+            .pending
+            .unwrap_or_else(|| Arc::new(ProcessPending::default()));
         let scheduled = parts.schedule.map(|(settings, queue_url)| Scheduled {
             schedule: Schedule::new(&parts.catalog, settings),
             slots,
+            pending,
             requeue: Arc::new(SqsRequeue::new(
                 parts.sqs.clone(),
                 parts.handle.clone(),
@@ -228,6 +239,11 @@ impl Loader {
             lock: Some(Arc::new(DynamoDbLock::new(
                 ferry_aws::config::dynamodb(&aws),
                 tokio::runtime::Handle::current(),
+                lock_table.clone(),
+            ))),
+            pending: Some(Arc::new(DynamoDbPending::new(
+                ferry_aws::config::dynamodb(&aws),
+                tokio::runtime::Handle::current(),
                 lock_table,
             ))),
             schedule,
@@ -251,17 +267,22 @@ impl Loader {
         let pipeline = self.pipeline.clone();
         let dead_letters = self.dead_letters.clone();
         let messages = event.records.len();
-        let scheduled = self
-            .scheduled
-            .as_ref()
-            .map(|s| (s.schedule.clone(), s.slots.clone(), s.requeue.clone()));
+        let scheduled = self.scheduled.as_ref().map(|s| {
+            (
+                s.schedule.clone(),
+                s.slots.clone(),
+                s.requeue.clone(),
+                s.pending.clone(),
+            )
+        });
         let report = tokio::task::spawn_blocking(move || match scheduled {
-            Some((schedule, slots, requeue)) => {
+            Some((schedule, slots, requeue, pending)) => {
                 let clock = ferry_pipeline::now_micros;
                 let scheduler = Scheduler {
                     schedule: &schedule,
                     slots: slots.as_ref(),
                     requeue: requeue.as_ref(),
+                    pending: pending.as_ref(),
                     clock: &clock,
                 };
                 handle_batch_scheduled(

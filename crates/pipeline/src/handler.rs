@@ -11,17 +11,18 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ferry_core::event::{
-    ApplyMarker, Deferral, ObjectEvent, SqsBatchResponse, SqsEvent, SqsMessage, apply_body,
-    deferred_body, parse_body,
+    Deferral, ObjectEvent, SqsBatchResponse, SqsEvent, SqsMessage, WakeFor, parse_body,
+    s3_event_body,
 };
 use ferry_core::key::{self, DmsObject, FileKind};
 use ferry_core::mapping::{OnTruncate, Source, TableMapping};
 use ferry_core::plan_object;
 use ferry_core::sql::ApplyWindow;
 
-use crate::ports::{ApplyLock, DeadLetters, ObjectStore, Requeue, Warehouse};
+use crate::ports::{DeadLetters, ObjectStore, Warehouse};
 use crate::process::{ObjectResult, Pipeline};
-use crate::schedule::{Decision, QUOTA_DELAY, Schedule, delay_until};
+use crate::schedule::{Decision, QUOTA_DELAY};
+use crate::waiting::{Scheduler, apply_set, load_set};
 
 /// Handler settings.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +63,7 @@ pub struct BatchReport {
     /// Objects sent back to the queue for a later load slot, or past a used-up quota:
     /// (`schema.table`, key).
     pub deferred: Vec<(String, String)>,
-    /// Tables (`schema.table`) whose loaded files travel to a later apply slot.
+    /// Tables (`schema.table`) whose loaded files wait for a later apply slot.
     pub apply_deferred: Vec<String>,
 }
 
@@ -73,45 +74,32 @@ struct MessageState {
     permanent: Vec<String>,
 }
 
-/// One object to process, with its place in the batch.
+/// One object to process, with its message in the batch (`None`: from the pending set).
 struct Task {
-    message: usize,
+    message: Option<usize>,
     event: ObjectEvent,
     order: Option<DmsObject>,
     deferral: Option<Deferral>,
 }
 
-/// One table's work in a batch: its objects (in apply order) and apply markers.
+/// One table's work in a batch: its objects (in apply order) and wake-ups.
 #[derive(Default)]
 struct Group {
     tasks: Vec<Task>,
-    markers: Vec<(usize, ApplyMarker)>,
+    wakes: Vec<(usize, WakeFor)>,
 }
 
 /// What a table's work in a batch came to.
 #[derive(Default)]
 struct GroupOutcome {
     results: Vec<(usize, String, ObjectResult)>,
+    /// Results of objects taken from the pending set (no message of this batch).
+    pending_results: Vec<(String, ObjectResult)>,
     retry: Vec<(usize, String)>,
     permanent: Vec<(usize, String)>,
     deferred: Vec<(String, String)>,
     apply_deferred: Vec<String>,
 }
-
-/// What the scheduled handler needs besides the pipeline (see [`crate::schedule`]).
-pub struct Scheduler<'a> {
-    /// Every table's load and apply slots.
-    pub schedule: &'a Schedule,
-    /// Where slots are claimed (the lock table in production).
-    pub slots: &'a dyn ApplyLock,
-    /// The loader's own queue, for work sent back to a later slot.
-    pub requeue: &'a dyn Requeue,
-    /// Now, µs since the epoch.
-    pub clock: &'a (dyn Fn() -> i64 + Sync),
-}
-
-/// Failed applies an apply marker survives before it goes to the dead-letter queue.
-pub const MAX_APPLY_FAILURES: u32 = 5;
 
 /// Handles one SQS batch: every object loaded now, each loaded replica applied at the end.
 pub fn handle_batch<S, W>(
@@ -128,7 +116,8 @@ where
 }
 
 /// Handles one SQS batch on a schedule (see [`crate::schedule`]): a table loads once per load
-/// slot and applies once per apply slot; what waits is sent back to the queue for its slot.
+/// slot and applies once per apply slot; what waits is parked for its slot (see
+/// [`crate::waiting`]).
 pub fn handle_batch_scheduled<S, W>(
     pipeline: &Pipeline<S, W>,
     dead_letters: &dyn DeadLetters,
@@ -186,12 +175,12 @@ where
                         gone.event_time.clone(),
                     ));
                 }
-                if let Some(marker) = notification.apply {
+                if let Some(wake) = notification.wake {
                     groups
-                        .entry(format!("{}/{}", marker.source, marker.table))
+                        .entry(format!("{}/{}", wake.source, wake.table))
                         .or_default()
-                        .markers
-                        .push((i, marker));
+                        .wakes
+                        .push((i, wake.work));
                 }
                 for object in notification.objects {
                     let plan =
@@ -201,7 +190,7 @@ where
                         _ => String::new(),
                     };
                     groups.entry(group).or_default().tasks.push(Task {
-                        message: i,
+                        message: Some(i),
                         event: object,
                         order: plan.object,
                         deferral: notification.deferred,
@@ -231,7 +220,15 @@ where
                 loop {
                     let next = queue.lock().map(|mut q| q.pop()).unwrap_or(None);
                     let Some((name, group)) = next else { break };
-                    let outcome = run_group(pipeline, scheduler, &options, &owner, &name, group);
+                    let outcome = run_group(
+                        pipeline,
+                        dead_letters,
+                        scheduler,
+                        &options,
+                        &owner,
+                        &name,
+                        group,
+                    );
                     if let Ok(mut all) = outcomes.lock() {
                         all.push(outcome);
                     }
@@ -322,6 +319,12 @@ where
             states[message].permanent.push(reason);
         }
         report.deferred.extend(outcome.deferred);
+        report.objects.extend(
+            outcome
+                .pending_results
+                .into_iter()
+                .map(|(key, result)| (PENDING_SET.to_owned(), key, result)),
+        );
         report.apply_deferred.extend(outcome.apply_deferred);
         for (message, key, result) in outcome.results {
             match &result {
@@ -358,37 +361,14 @@ fn mapping_of<'c>(
     Some((source, mapping))
 }
 
-/// Sends tasks back to the queue in one message, to be delivered at `at_micros`.
-fn send_back(s: &Scheduler<'_>, tasks: &[&Task], now: i64, at_micros: i64) -> Result<(), String> {
-    let since = tasks
-        .iter()
-        .filter_map(|t| t.deferral.map(|d| d.since_micros))
-        .min()
-        .unwrap_or(now);
-    let times = tasks
-        .iter()
-        .filter_map(|t| t.deferral.map(|d| d.times))
-        .max()
-        .unwrap_or(0)
-        + 1;
-    let objects: Vec<ObjectEvent> = tasks.iter().map(|t| t.event.clone()).collect();
-    let body = deferred_body(
-        Deferral {
-            since_micros: since,
-            until_micros: at_micros,
-            times,
-        },
-        &objects,
-    );
-    s.requeue
-        .send_later(&body, delay_until(now, at_micros))
-        .map_err(|e| e.message)
-}
+/// The message id under which objects of the pending set appear in the report.
+pub const PENDING_SET: &str = "pending-set";
 
-/// One table's work in a batch: load (now, or back to the queue for its slot), then apply
-/// (now, or carried to its apply slot).
+/// One table's work in a batch: load (now, or parked for the next load slot), then apply (now,
+/// or parked for the next apply slot).
 fn run_group<S, W>(
     pipeline: &Pipeline<S, W>,
+    dead_letters: &dyn DeadLetters,
     scheduler: Option<&Scheduler<'_>>,
     options: &HandlerOptions,
     owner: &str,
@@ -402,27 +382,57 @@ where
     let mut out = GroupOutcome::default();
     let mapping = mapping_of(&pipeline.catalog, name);
     let table_name = mapping.map(|(_, m)| m.source_table()).unwrap_or_default();
-    let mut tasks: Vec<&Task> = group.tasks.iter().collect();
-    // 1. The load slot: files that wait go back to the queue together.
-    if let (Some(s), Some((_, m))) = (scheduler, mapping)
+    let mut tasks = group.tasks;
+    let wakes_load = group.wakes.iter().any(|(_, w)| *w == WakeFor::Load);
+    // Items taken from the load set, and its items to drop.
+    let mut taken: Vec<(String, ObjectEvent)> = Vec::new();
+    let mut spare: Vec<String> = Vec::new();
+    // 1. The load slot: its claimer loads its files and the table's load set; the others park
+    // theirs there and wake the next slot.
+    if let (Some(s), Some((source, m))) = (scheduler, mapping)
         && m.enabled
-        && !tasks.is_empty()
+        && (!tasks.is_empty() || wakes_load)
     {
-        let now = (s.clock)();
-        let deferral = tasks
-            .iter()
-            .filter_map(|t| t.deferral)
-            .min_by_key(|d| (d.until_micros > now, d.since_micros));
-        match s.schedule.decide_load(m, now, deferral, s.slots, owner) {
-            Ok(Decision::Now) => {}
+        match s.schedule.decide_load(m, s.now(), s.slots, owner) {
+            Ok(Decision::Now) => match s.waiting_objects(m) {
+                Ok((objects, extra)) => {
+                    spare = extra;
+                    for (item, o) in objects {
+                        if !tasks
+                            .iter()
+                            .any(|t| t.event.bucket == o.bucket && t.event.key == o.key)
+                        {
+                            let plan =
+                                plan_object(&pipeline.catalog, Some(&o.bucket), &o.key, None);
+                            tasks.push(Task {
+                                message: None,
+                                event: o.clone(),
+                                order: plan.object,
+                                deferral: None,
+                            });
+                        }
+                        taken.push((item, o));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(table = %table_name, error = %e.message, "pending set not read; the next slot loads it");
+                }
+            },
             Ok(Decision::Later { at_micros }) => {
-                match send_back(s, &tasks, now, at_micros) {
-                    Ok(()) => out.deferred.extend(
-                        tasks.iter().map(|t| (table_name.clone(), t.event.key.clone())),
-                    ),
-                    Err(e) => out.retry.extend(tasks.iter().map(|t| {
-                        (t.message, format!("s3://{}/{}: waiting for the table's next load slot, but it could not be sent back to the queue: {e}", t.event.bucket, t.event.key))
-                    })),
+                if !tasks.is_empty() {
+                    park(s, source, m, &tasks, at_micros, &mut out);
+                } else {
+                    // A wake-up that lost its slot (another claimer, or it came early): the set
+                    // still waiting gets the next slot's wake-up.
+                    rewake(
+                        s,
+                        source,
+                        m,
+                        WakeFor::Load,
+                        at_micros,
+                        &group.wakes,
+                        &mut out,
+                    );
                 }
                 tasks.clear();
             }
@@ -433,15 +443,137 @@ where
             }
         }
     }
-    // 2. Loads. Objects not started near the deadline fail (retryable); one bucket per call.
+    tasks.sort_by(|a, b| match (&a.order, &b.order) {
+        (Some(x), Some(y)) => x.apply_order(y),
+        _ => a.event.key.cmp(&b.event.key),
+    });
+    // 2. Loads.
+    let (loaded, done) = load_tasks(
+        pipeline,
+        dead_letters,
+        scheduler,
+        options,
+        &tasks,
+        &table_name,
+        &mut out,
+    );
+    // The load set loses what is done with; what is not waits for the next slot.
+    if let (Some(s), Some((source, m))) = (scheduler, mapping)
+        && !(taken.is_empty() && spare.is_empty())
+    {
+        let (settled, waiting): (Vec<_>, Vec<_>) = taken
+            .into_iter()
+            .partition(|(_, o)| done.iter().any(|(b, k)| *b == o.bucket && *k == o.key));
+        let mut gone: Vec<String> = settled.into_iter().map(|(item, _)| item).collect();
+        gone.extend(spare);
+        if let Err(e) = s.pending.remove(&load_set(m), &gone) {
+            tracing::warn!(table = %table_name, error = %e.message, "pending set not trimmed; the next slot finds its objects loaded");
+        }
+        if !waiting.is_empty()
+            && let Err(e) = s.wake(
+                source,
+                m,
+                WakeFor::Load,
+                s.schedule.load_slot(m, s.now()).end_micros,
+            )
+        {
+            // Nothing wakes the set: this batch's messages come back and claim a slot.
+            let why = format!(
+                "{table_name}: objects wait in the pending set, and the next slot's wake-up could not be sent: {}",
+                e.message
+            );
+            out.retry
+                .extend(group.wakes.iter().map(|(i, _)| (*i, why.clone())));
+            out.retry.extend(
+                tasks
+                    .iter()
+                    .filter_map(|t| t.message.map(|i| (i, why.clone()))),
+            );
+        }
+    }
+    // 3. The apply.
+    let Some((source, m)) = mapping.filter(|(_, m)| m.replica.is_some()) else {
+        return out;
+    };
+    if !options.apply_replicas {
+        return out;
+    }
+    match scheduler {
+        None => {
+            // Unscheduled: the replica catches up once per table per batch.
+            if loaded && let Err(e) = pipeline.warehouse.apply(m) {
+                fail_loaded(&mut out, &table_name, &e.message);
+            }
+        }
+        Some(s) => {
+            let wakes_apply = group.wakes.iter().any(|(_, w)| *w == WakeFor::Apply);
+            let mine = pipeline
+                .warehouse
+                .take_pending(m)
+                .unwrap_or_else(ApplyWindow::empty);
+            if !mine.is_empty() || wakes_apply {
+                apply_scheduled(pipeline, s, source, m, mine, owner, &group.wakes, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// Parks a group's files in the table's load set and wakes its next slot; without the set,
+/// they go back to the queue in one message for that slot.
+fn park(
+    s: &Scheduler<'_>,
+    source: &Source,
+    m: &TableMapping,
+    tasks: &[Task],
+    at_micros: i64,
+    out: &mut GroupOutcome,
+) {
+    let objects: Vec<ObjectEvent> = tasks.iter().map(|t| t.event.clone()).collect();
+    let table = m.source_table();
+    let parked = s.park_objects(source, m, &objects, at_micros).or_else(|e| {
+        tracing::warn!(table = %table, error = %e.message, "pending set unavailable; the files go back to the queue for the next slot");
+        let bundle: Vec<(Option<Deferral>, ObjectEvent)> =
+            tasks.iter().map(|t| (t.deferral, t.event.clone())).collect();
+        s.send_back(&bundle, at_micros)
+    });
+    match parked {
+        Ok(()) => out
+            .deferred
+            .extend(tasks.iter().map(|t| (table.clone(), t.event.key.clone()))),
+        Err(e) => out.retry.extend(tasks.iter().filter_map(|t| {
+            t.message.map(|i| {
+                (i, format!("s3://{}/{}: waiting for the table's next load slot, but it could not be parked: {}", t.event.bucket, t.event.key, e.message))
+            })
+        })),
+    }
+}
+
+/// Loads a group's tasks (in apply order, one bucket per call; objects not started near the
+/// deadline fail, retryable). Returns whether anything is in the change log now, and the
+/// objects done with (loaded, skipped, dead-lettered, or sent back past a used-up quota).
+fn load_tasks<S, W>(
+    pipeline: &Pipeline<S, W>,
+    dead_letters: &dyn DeadLetters,
+    scheduler: Option<&Scheduler<'_>>,
+    options: &HandlerOptions,
+    tasks: &[Task],
+    table_name: &str,
+    out: &mut GroupOutcome,
+) -> (bool, Vec<(String, String)>)
+where
+    S: ObjectStore,
+    W: Warehouse,
+{
     let late = || {
         options
             .deadline
             .is_some_and(|d| Instant::now() + options.safety_margin >= d)
     };
     let mut loaded = false;
-    let mut rest = tasks.as_slice();
+    let mut done: Vec<(String, String)> = Vec::new();
     let mut quota: Vec<&Task> = Vec::new();
+    let mut rest = tasks;
     while let Some(first) = rest.first() {
         let n = if first.order.is_some() {
             rest.iter()
@@ -465,130 +597,186 @@ where
                 quota.push(task);
                 continue;
             }
-            out.results
-                .push((task.message, task.event.key.clone(), result));
+            let id = (task.event.bucket.clone(), task.event.key.clone());
+            let retry = matches!(
+                result,
+                ObjectResult::Failed {
+                    retryable: true,
+                    ..
+                } | ObjectResult::Deferred { .. }
+            );
+            match task.message {
+                Some(message) => {
+                    if !retry {
+                        done.push(id);
+                    }
+                    out.results.push((message, task.event.key.clone(), result));
+                }
+                None => {
+                    if let ObjectResult::Failed {
+                        reason,
+                        retryable: false,
+                    } = &result
+                    {
+                        // Kept in the dead-letter queue as its own S3-shaped message.
+                        match dead_letters.send(&pending_message(&task.event), reason) {
+                            Ok(()) => done.push(id),
+                            Err(e) => {
+                                tracing::error!(key = %task.event.key, error = %e.message, "dead-letter queue unavailable; the object stays pending")
+                            }
+                        }
+                    } else if !retry {
+                        done.push(id);
+                    }
+                    out.pending_results.push((task.event.key.clone(), result));
+                }
+            }
         }
     }
     // Objects past a used-up quota go back to the queue for later, not to SQS's retries.
     if let Some(s) = scheduler
         && !quota.is_empty()
     {
-        let now = (s.clock)();
-        let at = now + i64::try_from(QUOTA_DELAY.as_micros()).unwrap_or(0);
-        match send_back(s, &quota, now, at) {
-            Ok(()) => out.deferred.extend(
-                quota.iter().map(|t| (table_name.clone(), t.event.key.clone())),
-            ),
-            Err(e) => out.retry.extend(quota.iter().map(|t| {
-                (t.message, format!("s3://{}/{}: a load quota is used up, and the object could not be sent back to the queue: {e}", t.event.bucket, t.event.key))
+        let at = s.now() + i64::try_from(QUOTA_DELAY.as_micros()).unwrap_or(0);
+        let bundle: Vec<(Option<Deferral>, ObjectEvent)> = quota
+            .iter()
+            .map(|t| (t.deferral, t.event.clone()))
+            .collect();
+        match s.send_back(&bundle, at) {
+            Ok(()) => {
+                for t in &quota {
+                    out.deferred.push((table_name.to_owned(), t.event.key.clone()));
+                    done.push((t.event.bucket.clone(), t.event.key.clone()));
+                }
+            }
+            Err(e) => out.retry.extend(quota.iter().filter_map(|t| {
+                t.message.map(|i| {
+                    (i, format!("s3://{}/{}: a load quota is used up, and the object could not be sent back to the queue: {}", t.event.bucket, t.event.key, e.message))
+                })
             })),
         }
     }
-    // 3. The apply.
-    let Some((source, m)) = mapping.filter(|(_, m)| m.replica.is_some()) else {
-        for (_, marker) in &group.markers {
-            tracing::warn!(source = %marker.source, table = %marker.table, "apply marker for a table that is not a mapped replica (any more); dropped");
-        }
-        return out;
-    };
-    if !options.apply_replicas {
-        return out;
+    (loaded, done)
+}
+
+/// An object of the pending set as a message of its own (for the dead-letter queue, where
+/// `dlq redrive` sends it back as S3 would).
+fn pending_message(o: &ObjectEvent) -> SqsMessage {
+    SqsMessage {
+        message_id: format!("{PENDING_SET}:{}", o.key),
+        receipt_handle: String::new(),
+        body: s3_event_body(
+            &o.bucket,
+            &o.key,
+            o.size.unwrap_or(0),
+            o.etag.as_deref().unwrap_or(""),
+            o.event_time.as_deref().unwrap_or(""),
+        ),
+        attributes: serde_json::Map::new(),
+        event_source_arn: String::new(),
     }
-    let mut window = ApplyWindow::empty();
-    let mut failures = 0;
-    for (_, marker) in &group.markers {
-        window.merge(&marker.window);
-        failures = failures.max(marker.failures);
-    }
-    let Some(s) = scheduler else {
-        // Unscheduled: the replica catches up once per table per batch.
-        if !loaded && group.markers.is_empty() {
-            return out;
-        }
-        let applied = if group.markers.is_empty() {
-            pipeline.warehouse.apply(m)
-        } else {
-            if let Some(pending) = pipeline.warehouse.take_pending(m) {
-                window.merge(&pending);
+}
+
+/// The scheduled apply: the apply slot's claimer applies this batch's files and the table's
+/// apply set; the others park this batch's window there and wake the next apply slot. A failed
+/// apply keeps everything for the next slot (its files are in the change log, and the live view
+/// shows them).
+#[allow(clippy::too_many_arguments)]
+fn apply_scheduled<S, W>(
+    pipeline: &Pipeline<S, W>,
+    s: &Scheduler<'_>,
+    source: &Source,
+    m: &TableMapping,
+    mine: ApplyWindow,
+    owner: &str,
+    wakes: &[(usize, WakeFor)],
+    out: &mut GroupOutcome,
+) where
+    S: ObjectStore,
+    W: Warehouse,
+{
+    let table = m.source_table();
+    let now = s.now();
+    let decision = s.schedule.decide_apply(m, now, s.slots, owner).unwrap_or_else(|e| {
+        tracing::warn!(table = %table, error = %e.message, "apply slot not claimed; applying now");
+        Decision::Now
+    });
+    let at_micros = match decision {
+        Decision::Later { at_micros } => at_micros,
+        Decision::Now => {
+            let applied = s.waiting_window(m).and_then(|(mut window, items)| {
+                window.merge(&mine);
+                if !window.is_empty() {
+                    pipeline.warehouse.apply_window(source, m, &window)?;
+                }
+                s.pending.remove(&apply_set(m), &items)
+            });
+            match applied {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(table = %table, error = %e.message, "apply failed; it waits for the next apply slot");
+                    s.schedule.apply_slot(m, now).end_micros
+                }
             }
-            pipeline.warehouse.apply_window(source, m, &window)
-        };
-        if let Err(e) = applied {
-            fail_loaded(&mut out, &table_name, &e.message);
-            for (message, _) in &group.markers {
-                out.retry.push((
-                    *message,
-                    format!("applying {table_name} to its replica failed: {}", e.message),
-                ));
-            }
         }
-        return out;
     };
-    if let Some(pending) = pipeline.warehouse.take_pending(m) {
-        window.merge(&pending);
+    if mine.is_empty() {
+        rewake(s, source, m, WakeFor::Apply, at_micros, wakes, out);
+        return;
     }
-    if window.is_empty() {
-        return out;
-    }
-    let now = (s.clock)();
-    let decision = s
-        .schedule
-        .decide_apply(m, now, s.slots, owner)
-        .unwrap_or_else(|e| {
-            tracing::warn!(table = %table_name, error = %e.message, "apply slot not claimed; applying now");
-            Decision::Now
-        });
-    let (at_micros, failures, why) = match decision {
-        Decision::Now => match pipeline.warehouse.apply_window(source, m, &window) {
-            Ok(_) => return out,
-            Err(e) => {
-                tracing::warn!(table = %table_name, error = %e.message, "apply failed; it moves to the next apply slot");
-                (
-                    s.schedule.apply_slot(m, now).end_micros,
-                    failures + 1,
-                    Some(e.message),
-                )
-            }
-        },
-        Decision::Later { at_micros } => (at_micros, failures, None),
-    };
-    let marker = ApplyMarker {
-        source: source.name.clone(),
-        table: table_name.clone(),
-        window,
-        failures,
-    };
-    if failures >= MAX_APPLY_FAILURES {
-        // The apply keeps failing: the marker goes to the dead-letter queue with the reason,
-        // where ops see it and redrive it after a fix (its files are loaded and safe).
-        let reason = format!(
-            "applying {table_name} to its replica failed {failures} times: {}",
-            why.unwrap_or_default()
-        );
-        out.permanent
-            .extend(group.markers.iter().map(|(i, _)| (*i, reason.clone())));
-        if group.markers.is_empty() {
-            fail_loaded(&mut out, &table_name, &reason);
-        }
-        return out;
-    }
-    match s
-        .requeue
-        .send_later(&apply_body(&marker), delay_until(now, at_micros))
-    {
-        Ok(()) => out.apply_deferred.push(table_name),
+    match s.park_window(source, m, &mine, at_micros) {
+        Ok(()) => out.apply_deferred.push(table),
         Err(e) => {
-            // Nothing carries the window on: the loaded objects and the markers come back.
-            let reason = format!(
-                "{table_name}: loaded, but the apply could not be carried to its slot: {}",
+            // Nothing holds the window: the loaded objects and the wake-ups come back.
+            let why = format!(
+                "{table}: loaded, but the apply could not wait for its slot: {}",
                 e.message
             );
-            fail_loaded(&mut out, &table_name, &reason);
-            out.retry
-                .extend(group.markers.iter().map(|(i, _)| (*i, reason.clone())));
+            fail_loaded(out, &table, &why);
+            out.retry.extend(
+                wakes
+                    .iter()
+                    .filter(|(_, w)| *w == WakeFor::Apply)
+                    .map(|(i, _)| (*i, why.clone())),
+            );
         }
     }
-    out
+}
+
+/// A wake-up that did not run its slot: the next slot gets one if the set still holds work.
+fn rewake(
+    s: &Scheduler<'_>,
+    source: &Source,
+    m: &TableMapping,
+    work: WakeFor,
+    at_micros: i64,
+    wakes: &[(usize, WakeFor)],
+    out: &mut GroupOutcome,
+) {
+    let set = match work {
+        WakeFor::Load => load_set(m),
+        WakeFor::Apply => apply_set(m),
+    };
+    let result = s.pending.read(&set).and_then(|items| {
+        if items.is_empty() {
+            Ok(())
+        } else {
+            s.wake(source, m, work, at_micros)
+        }
+    });
+    if let Err(e) = result {
+        let why = format!(
+            "{}: the pending set could not be checked or woken: {}",
+            m.source_table(),
+            e.message
+        );
+        out.retry.extend(
+            wakes
+                .iter()
+                .filter(|(_, w)| *w == work)
+                .map(|(i, _)| (*i, why.clone())),
+        );
+    }
 }
 
 /// The loaded objects of a group fail (retryable): their messages come back and apply again.

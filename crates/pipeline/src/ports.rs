@@ -289,6 +289,66 @@ pub trait Requeue: Send + Sync {
     fn send_later(&self, body: &str, delay: std::time::Duration) -> Result<(), PortError>;
 }
 
+/// Work waiting for a table's next slot, held between invocations (the lock table in
+/// production): sets of items (the objects of a load, the apply windows of loaded files), and
+/// whoever claims the table's next slot takes them all.
+///
+/// Contract: after `add` returns `Ok`, `read` returns every item added (once, however often it
+/// was added) until `remove` removes it.
+pub trait PendingSets: Send + Sync {
+    /// Adds items to the set `name`.
+    fn add(&self, name: &str, items: &[String]) -> Result<(), PortError>;
+    /// The items of the set `name`.
+    fn read(&self, name: &str) -> Result<Vec<String>, PortError>;
+    /// Removes items from the set `name`.
+    fn remove(&self, name: &str, items: &[String]) -> Result<(), PortError>;
+}
+
+/// Pending sets within one process: for tests, the model and a single-writer deployment.
+#[derive(Debug, Default)]
+pub struct ProcessPending {
+    sets: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
+}
+
+impl ProcessPending {
+    fn sets(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, std::collections::HashMap<String, Vec<String>>>, PortError>
+    {
+        self.sets
+            .lock()
+            .map_err(|_| PortError::retryable("pending sets poisoned"))
+    }
+}
+
+impl PendingSets for ProcessPending {
+    fn add(&self, name: &str, items: &[String]) -> Result<(), PortError> {
+        let mut sets = self.sets()?;
+        let set = sets.entry(name.to_owned()).or_default();
+        for item in items {
+            if !set.contains(item) {
+                set.push(item.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<String>, PortError> {
+        Ok(self.sets()?.get(name).cloned().unwrap_or_default())
+    }
+
+    fn remove(&self, name: &str, items: &[String]) -> Result<(), PortError> {
+        let mut sets = self.sets()?;
+        if let Some(set) = sets.get_mut(name) {
+            set.retain(|x| !items.contains(x));
+            if set.is_empty() {
+                sets.remove(name);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Where messages that can never succeed go, with their reason.
 pub trait DeadLetters: Send + Sync {
     /// Sends the message with its reason. Only after this returns `Ok` may the message be

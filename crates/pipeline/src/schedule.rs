@@ -7,18 +7,17 @@
 //! handler ([`crate::handler::handle_batch_scheduled`]) follows this module:
 //!
 //! - **Load slots.** A table's time is cut into slots of [`Schedule::load_every`]. The first
-//!   batch holding the table's files in a slot claims the slot (a conditional write in the lock
-//!   table, see [`ApplyLock`]) and loads all of them as one job. A batch that finds the slot
-//!   taken sends the files back to the queue in one message per table, visible at the next
-//!   slot's start (sent before the originals are acknowledged): they come back together and
-//!   load as one job with that slot's newest file. A table whose files come less often than
-//!   the window loads each one at once.
+//!   batch holding the table's work in a slot claims the slot (a conditional write in the lock
+//!   table, see [`ApplyLock`]) and loads, as one job, its files and every file waiting in the
+//!   table's pending set ([`crate::ports::PendingLoads`]). A batch that finds the slot taken adds
+//!   its files to the pending set and sends a wake-up for the next slot's start (both before
+//!   the originals are acknowledged); whoever claims that slot first, a wake-up or a new file,
+//!   loads the set. So a table gets at most one load job per slot, however SQS spreads its
+//!   messages over invocations, and a file waits at most one window. A table whose files come
+//!   less often than the window loads each one at once.
 //! - **The window** is the longer of the table's share of its own budget (a day over
 //!   [`ScheduleSettings::table_load_jobs_per_day`]) and its share of the project's (a day times
 //!   the enabled tables over [`ScheduleSettings::project_load_jobs_per_day`]).
-//! - **Overflow.** Deferred files that reach their slot and find it taken (two invocations got
-//!   the slot's messages at once) take the slot's one overflow job instead of waiting a whole
-//!   window more: never more than two load jobs per table per slot.
 //! - **Apply slots**, the same with [`Schedule::apply_every`] (the mapping's `apply_every`, else
 //!   [`ScheduleSettings::apply_every`]): files loaded and not applied travel to the table's next
 //!   apply slot in one message (an apply marker) and are applied there, under the replica's
@@ -32,7 +31,6 @@
 
 use std::time::Duration;
 
-use ferry_core::event::Deferral;
 use ferry_core::mapping::{Catalog, TableMapping, TableRef};
 
 use crate::ports::{ApplyLock, PortError};
@@ -53,6 +51,11 @@ pub struct ScheduleSettings {
     pub project_load_jobs_per_day: u32,
     /// Load jobs one table may get per day (BigQuery allows 1,500, failed ones included).
     pub table_load_jobs_per_day: u32,
+    /// How long after a load slot starts its wake-up comes: long enough for the table's next
+    /// DMS file (one per `CdcMaxBatchInterval`, 60 s by default) to claim the slot first and
+    /// take the waiting files with it, so that they load together with no extra wait; the
+    /// wake-up loads them when no file comes.
+    pub wake_after: Duration,
     /// How often a replica is applied when its mapping does not say.
     pub apply_every: Duration,
 }
@@ -62,6 +65,7 @@ impl Default for ScheduleSettings {
         ScheduleSettings {
             project_load_jobs_per_day: 45_000,
             table_load_jobs_per_day: 1_000,
+            wake_after: Duration::from_secs(75),
             apply_every: Duration::from_secs(15 * 60),
         }
     }
@@ -151,13 +155,13 @@ impl Schedule {
         slot(&table.changelog, self.apply_every(table), now_micros)
     }
 
-    /// Whether a batch loads its files of `table` now. `deferral` is the oldest deferral among
-    /// them (`None` when none was deferred before). The slot is claimed in `slots` for `owner`.
+    /// Whether a batch loads `table` now: it claims the table's current load slot in `slots`
+    /// for `owner`. `Later` names when the wake-up of the waiting files comes: the next slot's
+    /// start plus [`ScheduleSettings::wake_after`] (at most half a window).
     pub fn decide_load(
         &self,
         table: &TableMapping,
         now_micros: i64,
-        deferral: Option<Deferral>,
         slots: &dyn ApplyLock,
         owner: &str,
     ) -> Result<Decision, PortError> {
@@ -166,15 +170,9 @@ impl Schedule {
         if claim(slots, &name, owner, &s, now_micros)? {
             return Ok(Decision::Now);
         }
-        // Deferred files that reached the slot they were sent to and lost it to a concurrent
-        // invocation: the slot's one overflow job.
-        if deferral.is_some_and(|d| d.until_micros <= now_micros)
-            && claim(slots, &format!("{name}/overflow"), owner, &s, now_micros)?
-        {
-            return Ok(Decision::Now);
-        }
+        let after = self.settings.wake_after.min(self.load_every / 2);
         Ok(Decision::Later {
-            at_micros: s.end_micros,
+            at_micros: s.end_micros + i64::try_from(after.as_micros()).unwrap_or(0),
         })
     }
 
@@ -236,11 +234,14 @@ fn stable_hash(s: &str) -> u64 {
     })
 }
 
-/// The delay to send a message with so that it is delivered at `at_micros` (at most
-/// [`MAX_DELAY`]; at least a second).
+/// The delay to send a message with so that it is delivered inside the slot starting at
+/// `at_micros`: whole seconds (SQS's `DelaySeconds`), rounded up, plus one, so that a message
+/// never arrives before its slot; at least a second, at most [`MAX_DELAY`].
 pub fn delay_until(now_micros: i64, at_micros: i64) -> Duration {
-    let micros = u64::try_from((at_micros - now_micros).max(MICROS)).unwrap_or(0);
-    Duration::from_micros(micros).min(MAX_DELAY)
+    let micros = (at_micros - now_micros).max(0);
+    let secs =
+        u64::try_from(micros.div_euclid(MICROS) + i64::from(micros % MICROS != 0) + 1).unwrap_or(1);
+    Duration::from_secs(secs).min(MAX_DELAY)
 }
 
 #[cfg(test)]
@@ -308,58 +309,33 @@ mod tests {
     }
 
     #[test]
-    fn one_load_per_slot_and_one_overflow_for_deferred_files() {
+    fn one_load_per_slot() {
         let s = schedule(68, 45_000);
         let t = table(&s, 2);
         let lock = ProcessLock::default();
         let slot = s.load_slot(&t, 10_000 * MICROS);
         let now = slot.start_micros + MICROS;
-        assert_eq!(
-            s.decide_load(&t, now, None, &lock, "a").unwrap(),
-            Decision::Now
-        );
-        // A second invocation in the same slot waits for the next one.
-        let later = s
-            .decide_load(&t, now + 5 * MICROS, None, &lock, "b")
-            .unwrap();
-        assert_eq!(
-            later,
-            Decision::Later {
-                at_micros: slot.end_micros
-            }
-        );
-        // Files deferred to this slot that lose it take the overflow, once.
-        let due = Deferral {
-            since_micros: now - 60 * MICROS,
-            until_micros: slot.start_micros,
-            times: 1,
+        assert_eq!(s.decide_load(&t, now, &lock, "a").unwrap(), Decision::Now);
+        // The same batch may claim again (one group, several calls); another one waits for the
+        // next slot.
+        assert_eq!(s.decide_load(&t, now, &lock, "a").unwrap(), Decision::Now);
+        // Another one parks its files; their wake-up comes after the next slot starts, when
+        // the table's next file has usually claimed it already.
+        let Decision::Later { at_micros } =
+            s.decide_load(&t, now + 5 * MICROS, &lock, "b").unwrap()
+        else {
+            panic!("the slot is taken")
         };
-        assert_eq!(
-            s.decide_load(&t, now, Some(due), &lock, "c").unwrap(),
-            Decision::Now
-        );
-        assert!(matches!(
-            s.decide_load(&t, now, Some(due), &lock, "d").unwrap(),
-            Decision::Later { .. }
-        ));
-        // Files sent back early (a window longer than SQS's longest delay) take no overflow.
-        let early = Deferral {
-            until_micros: slot.end_micros,
-            ..due
-        };
+        assert!(at_micros > slot.end_micros && at_micros <= slot.end_micros + 75 * MICROS);
+        // Another table's slot is its own.
         let other = table(&s, 3);
-        let o = s.load_slot(&other, now);
-        s.decide_load(&other, o.start_micros, None, &lock, "a")
-            .unwrap();
-        assert!(matches!(
-            s.decide_load(&other, o.start_micros, Some(early), &lock, "b")
-                .unwrap(),
-            Decision::Later { .. }
-        ));
+        assert_eq!(
+            s.decide_load(&other, now, &lock, "b").unwrap(),
+            Decision::Now
+        );
         // The next slot is free again.
         assert_eq!(
-            s.decide_load(&t, slot.end_micros, None, &lock, "b")
-                .unwrap(),
+            s.decide_load(&t, slot.end_micros, &lock, "b").unwrap(),
             Decision::Now
         );
     }
@@ -388,7 +364,9 @@ mod tests {
 
     #[test]
     fn delays_are_capped_by_sqs() {
-        assert_eq!(delay_until(0, 30 * MICROS), Duration::from_secs(30));
+        assert_eq!(delay_until(0, 30 * MICROS), Duration::from_secs(31));
+        // Never early: a fraction of a second rounds up.
+        assert_eq!(delay_until(0, 30 * MICROS + 1), Duration::from_secs(32));
         assert_eq!(delay_until(0, 5_000 * MICROS), MAX_DELAY);
         assert_eq!(delay_until(10 * MICROS, 0), Duration::from_secs(1));
     }

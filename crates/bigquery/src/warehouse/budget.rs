@@ -20,6 +20,18 @@ use super::*;
 /// Combined files up to this size are built in memory; larger ones in a temporary file.
 pub(super) const COMBINE_IN_MEMORY_MAX: u64 = 32 << 20;
 
+/// Whether a table with `used` load jobs in the last 24 hours loads a batch's files as one job
+/// (from `combine_from` of the budget on).
+pub fn combines(options: &WarehouseOptions, used: u64) -> bool {
+    used as f64 >= options.combine_from * f64::from(options.load_jobs_per_table_day)
+}
+
+/// Whether a table with `used` load jobs in the last 24 hours gets no new one (the objects are
+/// deferred: retry later).
+pub fn over_budget(options: &WarehouseOptions, used: u64) -> bool {
+    used >= u64::from(options.load_jobs_per_table_day)
+}
+
 /// Per-table load-job counting for the budget.
 #[derive(Debug, Default)]
 pub(super) struct Counter {
@@ -153,7 +165,7 @@ impl BigQueryWarehouse {
         location: Option<&str>,
     ) -> Result<u64, BqError> {
         let used = self.jobs_last_day(table, location).await;
-        if used >= u64::from(self.options.load_jobs_per_table_day) {
+        if over_budget(&self.options, used) {
             return Err(BqError {
                 context: format!("table {table}"),
                 status: None,

@@ -37,6 +37,7 @@ mod tables;
 use budget::*;
 use chain::*;
 
+pub use budget::{combines, over_budget};
 pub use tables::{load_configuration, missing_columns, schema_from_json};
 
 /// Settings of the warehouse.
@@ -57,6 +58,9 @@ pub struct WarehouseOptions {
     /// A claim whose group load has not appeared after this long is a failed attempt (at least
     /// the function timeout: by then the claiming invocation is over).
     pub claim_grace: Duration,
+    /// How often replicas are applied when their mapping does not say (the live view reads the
+    /// change log back four times as far, at least two hours).
+    pub apply_every: Duration,
 }
 
 impl Default for WarehouseOptions {
@@ -68,6 +72,7 @@ impl Default for WarehouseOptions {
             combine_from: 0.5,
             budget_refresh: Duration::from_secs(600),
             claim_grace: Duration::from_secs(900),
+            apply_every: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -250,9 +255,7 @@ impl Warehouse for BigQueryWarehouse {
         let used = self
             .handle
             .block_on(self.jobs_last_day(&last.table.changelog, last.source.location.as_deref()));
-        let hot = used as f64
-            >= self.options.combine_from * f64::from(self.options.load_jobs_per_table_day);
-        if !hot || requests.len() < 2 {
+        if !combines(&self.options, used) || requests.len() < 2 {
             return requests.iter().map(|r| self.load(r)).collect();
         }
         let results = self.handle.block_on(self.load_group_async(requests));

@@ -3,7 +3,8 @@
 //! Created with DDL (`CREATE TABLE IF NOT EXISTS`, see [`ferry_core::sql`]) before the first
 //! load; new source columns are added with `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`; a column
 //! whose type differs from the table's is a permanent error naming both types. Columns are never
-//! dropped or narrowed.
+//! dropped or narrowed. A replica's live view (`<replica>_live`, see [`ferry_core::sql::live_view`])
+//! is replaced whenever the replica gains columns.
 //!
 //! Guarantees: every load names the destination's whole schema (so DATETIME and TIME load
 //! from parquet); a column's type is never narrowed or changed; all columns a file adds cost one
@@ -212,13 +213,32 @@ impl BigQueryWarehouse {
                         }
                     }
                 }
+                self.create_live_view(table, &schema, location).await?;
                 if let Ok(mut r) = self.replicas_ready.lock() {
                     r.insert(replica.clone());
                 }
             }
+            if ready && !missing.is_empty() {
+                // The view lists the replica's columns: new ones join it.
+                self.create_live_view(table, &schema, location).await?;
+            }
         }
         if let Ok(mut s) = self.schemas.lock() {
             s.insert(table.changelog.clone(), schema);
+        }
+        Ok(())
+    }
+
+    /// `CREATE OR REPLACE VIEW <replica>_live` over the replica and `schema` (the change log's).
+    async fn create_live_view(
+        &self,
+        table: &TableMapping,
+        schema: &TableSchema,
+        location: Option<&str>,
+    ) -> Result<(), BqError> {
+        let every = table.apply_every.unwrap_or(self.options.apply_every);
+        if let Some(ddl) = sql::live_view(table, schema, sql::live_lookback(every)) {
+            self.run(&ddl, location, "ddl").await?;
         }
         Ok(())
     }
