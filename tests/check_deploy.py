@@ -82,6 +82,9 @@ def template_problems(t):
             problems.append("the apply lock table is not keyed by name")
         if lp.get("TimeToLiveSpecification", {}).get("AttributeName") != "expires_at":
             problems.append("the apply lock table has no TTL on expires_at")
+    for k in ("FERRY_PROJECT_LOAD_JOBS_PER_DAY", "FERRY_APPLY_EVERY"):
+        if k not in env:
+            problems.append(f"{k} is not set (the schedule)")
     for k, v in env.items():
         if isinstance(v, str) and any(s in k for s in ("KEY", "TOKEN", "PASSWORD")) and not k.endswith("_SECRET"):
             problems.append(f"environment variable {k} looks like a credential")
@@ -116,6 +119,8 @@ def template_problems(t):
             problems.append("maxReceiveCount missing")
         if ref_name(env.get("FERRY_DLQ_URL")) != dlq_id:
             problems.append("FERRY_DLQ_URL is not the queue's dead-letter queue")
+        if ref_name(env.get("FERRY_QUEUE_URL")) != queue_id:
+            problems.append("FERRY_QUEUE_URL is not the loader's own queue (the schedule's wake-ups)")
         alarms = resources_of(t, "AWS::CloudWatch::Alarm").values()
         watched = {(a["Properties"]["MetricName"], ref_name((a["Properties"].get("Dimensions") or [{}])[0].get("Value"))) for a in alarms}
         if ("ApproximateNumberOfMessagesVisible", dlq_id) not in watched:
@@ -161,10 +166,17 @@ def template_problems(t):
                 if "s3:GetObject" in as_list(st["Action"]):
                     reads.update(r for r in as_list(st["Resource"]) if isinstance(r, str))
                 if any(a.startswith("dynamodb:") for a in as_list(st["Action"])):
-                    if set(as_list(st["Action"])) - {"dynamodb:PutItem", "dynamodb:DeleteItem"}:
-                        problems.append(f"apply lock access beyond PutItem/DeleteItem: {st['Action']}")
+                    allowed = {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:UpdateItem"}
+                    if set(as_list(st["Action"])) - allowed:
+                        problems.append(f"apply lock access beyond single items: {st['Action']}")
                     if [ref_name(r) for r in as_list(st["Resource"])] != [lock_id]:
                         problems.append(f"apply lock access is not limited to the lock table: {st['Resource']}")
+    sends = {ref_name(r) for role in resources_of(t, "AWS::IAM::Role").values()
+             for policy in role["Properties"].get("Policies", [])
+             for st in policy["PolicyDocument"]["Statement"] if "sqs:SendMessage" in as_list(st["Action"])
+             for r in as_list(st["Resource"])}
+    if queue_id not in sends:
+        problems.append("the loader may not send wake-ups to its own queue")
     wanted = {f"arn:aws:s3:::{b}/{p}*" for b, p in mapped_prefixes()}
     if reads != wanted:
         problems.append(f"S3 read access {sorted(reads)} is not exactly the mapped prefixes {sorted(wanted)}")
@@ -323,6 +335,13 @@ def mutations(t):
         ("FERRY_LOCK_TABLE", lambda x: fn(x)["Environment"]["Variables"].pop("FERRY_LOCK_TABLE")),
         ("apply lock access", lambda x: first_statement(x, "dynamodb:PutItem").update(Action=["dynamodb:PutItem", "dynamodb:Scan"])),
         ("TTL", lambda x: x["Resources"]["ApplyLockTable"]["Properties"].pop("TimeToLiveSpecification")),
+        ("FERRY_QUEUE_URL", lambda x: fn(x)["Environment"]["Variables"].pop("FERRY_QUEUE_URL")),
+        ("FERRY_APPLY_EVERY", lambda x: fn(x)["Environment"]["Variables"].pop("FERRY_APPLY_EVERY")),
+        ("wake-ups to its own queue", lambda x: [st.update(Resource=[r for r in as_list(st["Resource"]) if ref_name(r) != "LoaderQueue"] or ["arn:aws:sqs:us-east-1:0:other"])
+                                                for role in resources_of(x, "AWS::IAM::Role").values()
+                                                for policy in role["Properties"]["Policies"]
+                                                for st in policy["PolicyDocument"]["Statement"]
+                                                if "sqs:SendMessage" in as_list(st["Action"])]),
     ]
     for name, breaker in cases:
         broken = copy.deepcopy(t)

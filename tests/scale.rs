@@ -69,9 +69,10 @@ struct Params {
     batch_size: usize,
     /// `MaximumBatchingWindowInSeconds` (serverless.yml `batchingWindow`).
     batching_window_s: i64,
-    /// Concurrent invocations (serverless.yml `reservedConcurrency`, prod stage). Every idle
-    /// poller gathers a batch, and a message goes to any of them at random: the pessimistic
-    /// reading of the Lambda guide ("Lambda reads messages in batches" with several pollers).
+    /// Concurrent invocations (serverless.yml `reservedConcurrency`: 20 in prod at the seed's
+    /// estate, sized at ten per estate copy beyond). Every idle poller gathers a batch, and a
+    /// message goes to any of them at random: the pessimistic reading of the Lambda guide
+    /// ("Lambda reads messages in batches" with several pollers).
     concurrency: usize,
     /// Queue visibility timeout (serverless.yml `visibilityTimeout`).
     visibility_s: i64,
@@ -127,7 +128,7 @@ impl Params {
             duplicate_rate: 0.002,
             batch_size: 10,
             batching_window_s: 5,
-            concurrency: 20,
+            concurrency: (10 * estate as usize).max(20),
             visibility_s: 720,
             max_receive: 5,
             lanes: 4,
@@ -497,6 +498,9 @@ struct BqState {
 /// per table referenced: ../shared/reference/bigquery-rules.md, "Billing").
 struct Bq {
     p: Params,
+    /// Jobs and statements from this time on (the drain after the simulated hours) are not
+    /// counted in the per-day figures.
+    until: i64,
     options: WarehouseOptions,
     clock: Clock,
     models: HashMap<TableRef, usize>,
@@ -603,7 +607,9 @@ impl Bq {
             }
             let in_project = roll(&mut st.jobs_project, now);
             if let Err(r) = self.p.quota.check(name, used as usize, in_project) {
-                st.stats.entry(table.clone()).or_default().refused += 1;
+                if now < self.until {
+                    st.stats.entry(table.clone()).or_default().refused += 1;
+                }
                 return Err(PortError::later(format!(
                     "HTTP {} {}: {}",
                     r.status, r.reason, r.message
@@ -613,12 +619,15 @@ impl Bq {
             Bq::group(st, table).micros += d;
             st.jobs_table.get_mut(table).unwrap().push_back(now);
             st.jobs_project.push_back(now);
-            let stats = st.stats.entry(table.clone()).or_default();
-            stats.loads += 1;
-            if st.rng.uniform() >= self.p.load_failure_rate {
+            let failed = st.rng.uniform() < self.p.load_failure_rate;
+            if now < self.until {
+                let stats = st.stats.entry(table.clone()).or_default();
+                stats.loads += 1;
+                stats.failed_loads += u64::from(failed);
+            }
+            if !failed {
                 return Ok(());
             }
-            stats.failed_loads += 1;
         }
         Err(PortError::retryable(format!(
             "load into {table}: backendError after {} attempts",
@@ -696,19 +705,12 @@ impl Bq {
         st.query_bytes.push_back((now, billed));
         st.query_bytes_day += billed;
         st.lease_until.insert(key.clone(), now + took);
-        let stats = st.stats.entry(key.clone()).or_default();
-        stats.applies += 1;
-        if std::env::var("SCALE_TRACE").is_ok_and(|t| format!("{}.{}", key.dataset, key.table) == t)
-        {
-            eprintln!(
-                "apply {} at {} files {}",
-                key.table,
-                (now / S) % 86400,
-                window.files.len()
-            );
+        if now < self.until {
+            let stats = st.stats.entry(key.clone()).or_default();
+            stats.applies += 1;
+            stats.dml += statements.len() as u64;
+            stats.bytes_billed += billed;
         }
-        stats.dml += statements.len() as u64;
-        stats.bytes_billed += billed;
         let g = Bq::group(&mut st, &key);
         g.micros += took;
         let at = g.micros;
@@ -894,8 +896,10 @@ fn run(r: &Run) -> String {
         .enumerate()
         .map(|(i, m)| (m.changelog.clone(), i))
         .collect();
+    let end = day0 + i64::from(p.hours) * 3600 * S;
     let bq = Bq {
         p: p.clone(),
+        until: end,
         options: options.clone(),
         clock: clock.clone(),
         models: index.clone(),
@@ -962,7 +966,6 @@ fn run(r: &Run) -> String {
         payloads.insert(slot_id, e);
         events.push(Reverse((at, seq, slot_id)));
     };
-    let end = day0 + i64::from(p.hours) * 3600 * S;
     let interval = p.cdc_interval_s * S;
     for (i, m) in models.iter().enumerate() {
         push(
@@ -1388,14 +1391,19 @@ fn main() {
         Some("today") => vec![Design::Today],
         _ => vec![Design::New, Design::Today],
     };
+    let concurrency: Option<usize> = get("--concurrency").and_then(|v| v.parse().ok());
     let apply_every = get("--apply-every")
         .and_then(|v| ferry_core::mapping::parse_interval(&v))
         .unwrap_or(Duration::from_secs(900));
     for estate in estates {
         for design in &designs {
+            let mut p = Params::new(estate, hours);
+            if let Some(c) = concurrency {
+                p.concurrency = c;
+            }
             let r = Run {
                 design: *design,
-                p: Params::new(estate, hours),
+                p,
                 apply_every,
             };
             println!("{}", run(&r));

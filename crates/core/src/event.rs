@@ -128,6 +128,10 @@ pub struct Wake {
     pub table: String,
     /// What waits: `load` (objects) or `apply` (change-log files not applied yet).
     pub work: WakeFor,
+    /// When it is due, µs since the epoch: one that arrives sooner (SQS delays a message at
+    /// most 15 minutes) is sent on to that time.
+    #[serde(default)]
+    pub at_micros: i64,
 }
 
 /// What a wake-up is for.

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ferry_core::event::{
-    Deferral, ObjectEvent, SqsBatchResponse, SqsEvent, SqsMessage, WakeFor, parse_body,
+    Deferral, ObjectEvent, SqsBatchResponse, SqsEvent, SqsMessage, Wake, WakeFor, parse_body,
     s3_event_body,
 };
 use ferry_core::key::{self, DmsObject, FileKind};
@@ -87,6 +87,8 @@ struct Task {
 struct Group {
     tasks: Vec<Task>,
     wakes: Vec<(usize, WakeFor)>,
+    /// Wake-ups that came before they were due (SQS delays at most 15 minutes).
+    early: Vec<(usize, Wake)>,
 }
 
 /// What a table's work in a batch came to.
@@ -176,11 +178,13 @@ where
                     ));
                 }
                 if let Some(wake) = notification.wake {
-                    groups
+                    let group = groups
                         .entry(format!("{}/{}", wake.source, wake.table))
-                        .or_default()
-                        .wakes
-                        .push((i, wake.work));
+                        .or_default();
+                    match scheduler {
+                        Some(s) if wake.at_micros > s.now() => group.early.push((i, wake)),
+                        _ => group.wakes.push((i, wake.work)),
+                    }
                 }
                 for object in notification.objects {
                     let plan =
@@ -382,6 +386,19 @@ where
     let mut out = GroupOutcome::default();
     let mapping = mapping_of(&pipeline.catalog, name);
     let table_name = mapping.map(|(_, m)| m.source_table()).unwrap_or_default();
+    if let Some(s) = scheduler {
+        for (i, wake) in &group.early {
+            if let Err(e) = s.forward(wake) {
+                out.retry.push((
+                    *i,
+                    format!(
+                        "{table_name}: a wake-up could not be sent on: {}",
+                        e.message
+                    ),
+                ));
+            }
+        }
+    }
     let mut tasks = group.tasks;
     let wakes_load = group.wakes.iter().any(|(_, w)| *w == WakeFor::Load);
     // Items taken from the load set, and its items to drop.
@@ -420,7 +437,7 @@ where
             },
             Ok(Decision::Later { at_micros }) => {
                 if !tasks.is_empty() {
-                    park(s, source, m, &tasks, at_micros, &mut out);
+                    park(s, source, m, &tasks, at_micros, owner, &mut out);
                 } else {
                     // A wake-up that lost its slot (another claimer, or it came early): the set
                     // still waiting gets the next slot's wake-up.
@@ -428,8 +445,8 @@ where
                         s,
                         source,
                         m,
-                        WakeFor::Load,
-                        at_micros,
+                        (WakeFor::Load, at_micros),
+                        owner,
                         &group.wakes,
                         &mut out,
                     );
@@ -475,6 +492,7 @@ where
                 m,
                 WakeFor::Load,
                 s.schedule.load_slot(m, s.now()).end_micros,
+                owner,
             )
         {
             // Nothing wakes the set: this batch's messages come back and claim a slot.
@@ -527,11 +545,12 @@ fn park(
     m: &TableMapping,
     tasks: &[Task],
     at_micros: i64,
+    owner: &str,
     out: &mut GroupOutcome,
 ) {
     let objects: Vec<ObjectEvent> = tasks.iter().map(|t| t.event.clone()).collect();
     let table = m.source_table();
-    let parked = s.park_objects(source, m, &objects, at_micros).or_else(|e| {
+    let parked = s.park_objects(source, m, &objects, at_micros, owner).or_else(|e| {
         tracing::warn!(table = %table, error = %e.message, "pending set unavailable; the files go back to the queue for the next slot");
         let bundle: Vec<(Option<Deferral>, ObjectEvent)> =
             tasks.iter().map(|t| (t.deferral, t.event.clone())).collect();
@@ -721,10 +740,10 @@ fn apply_scheduled<S, W>(
         }
     };
     if mine.is_empty() {
-        rewake(s, source, m, WakeFor::Apply, at_micros, wakes, out);
+        rewake(s, source, m, (WakeFor::Apply, at_micros), owner, wakes, out);
         return;
     }
-    match s.park_window(source, m, &mine, at_micros) {
+    match s.park_window(source, m, &mine, at_micros, owner) {
         Ok(()) => out.apply_deferred.push(table),
         Err(e) => {
             // Nothing holds the window: the loaded objects and the wake-ups come back.
@@ -748,8 +767,8 @@ fn rewake(
     s: &Scheduler<'_>,
     source: &Source,
     m: &TableMapping,
-    work: WakeFor,
-    at_micros: i64,
+    (work, at_micros): (WakeFor, i64),
+    owner: &str,
     wakes: &[(usize, WakeFor)],
     out: &mut GroupOutcome,
 ) {
@@ -761,7 +780,7 @@ fn rewake(
         if items.is_empty() {
             Ok(())
         } else {
-            s.wake(source, m, work, at_micros)
+            s.wake(source, m, work, at_micros, owner)
         }
     });
     if let Err(e) = result {

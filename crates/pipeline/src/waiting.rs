@@ -46,21 +46,42 @@ impl Scheduler<'_> {
         (self.clock)()
     }
 
-    /// Sends a wake-up for `table`'s slot at `at_micros`.
+    /// Sends a wake-up for `table`'s slot at `at_micros`, unless another batch has sent that
+    /// one already (one wake-up per table, kind and time: a claim in the lock table, given up
+    /// again when the send fails).
     pub fn wake(
         &self,
         source: &Source,
         table: &TableMapping,
         work: WakeFor,
         at_micros: i64,
+        owner: &str,
     ) -> Result<(), PortError> {
-        let body = wake_body(&Wake {
+        let kind = match work {
+            WakeFor::Load => "load",
+            WakeFor::Apply => "apply",
+        };
+        let name = format!("ferry-wake/{kind}/{}/{at_micros}", table.changelog);
+        let until = u64::try_from((at_micros - self.now()).max(0)).unwrap_or(0);
+        let ttl = std::time::Duration::from_micros(until) + std::time::Duration::from_secs(3600);
+        if !self.slots.try_acquire(&name, owner, ttl)? {
+            return Ok(());
+        }
+        self.forward(&Wake {
             source: source.name.clone(),
             table: table.source_table(),
             work,
-        });
+            at_micros,
+        })
+        .inspect_err(|_| {
+            let _ = self.slots.release(&name, owner);
+        })
+    }
+
+    /// Sends a wake-up (again) to be delivered when it is due.
+    pub fn forward(&self, wake: &Wake) -> Result<(), PortError> {
         self.requeue
-            .send_later(&body, delay_until(self.now(), at_micros))
+            .send_later(&wake_body(wake), delay_until(self.now(), wake.at_micros))
     }
 
     /// Adds objects to the table's load set and wakes its slot at `at_micros`.
@@ -70,10 +91,11 @@ impl Scheduler<'_> {
         table: &TableMapping,
         objects: &[ObjectEvent],
         at_micros: i64,
+        owner: &str,
     ) -> Result<(), PortError> {
         let items: Vec<String> = objects.iter().map(encode_object).collect();
         self.pending.add(&load_set(table), &items)?;
-        self.wake(source, table, WakeFor::Load, at_micros)
+        self.wake(source, table, WakeFor::Load, at_micros, owner)
     }
 
     /// The table's waiting objects, each with its item (for `remove`), and the items that
@@ -107,13 +129,14 @@ impl Scheduler<'_> {
         table: &TableMapping,
         window: &ApplyWindow,
         at_micros: i64,
+        owner: &str,
     ) -> Result<(), PortError> {
         if !window.is_empty() {
             let item = serde_json::to_string(window)
                 .map_err(|e| PortError::permanent(format!("apply window: {e}")))?;
             self.pending.add(&apply_set(table), &[item])?;
         }
-        self.wake(source, table, WakeFor::Apply, at_micros)
+        self.wake(source, table, WakeFor::Apply, at_micros, owner)
     }
 
     /// The table's waiting apply windows, merged, with their items (for `remove`).
