@@ -30,8 +30,7 @@ use ferry_core::mapping::{Catalog, MappingFile, Source, TableMapping, TableRef};
 use ferry_core::schema::TableSchema;
 use ferry_core::sql::{self, ApplyWindow};
 use ferry_pipeline::ports::{
-    ApplyLock, DeadLetters, LoadOutcome, LoadRequest, ObjectMeta, ObjectStore, PortError, Requeue,
-    StatusEvent, Warehouse,
+    ApplyLock, LoadOutcome, LoadRequest, ObjectMeta, ObjectStore, PortError, StatusEvent, Warehouse,
 };
 use ferry_pipeline::schedule::{Schedule, ScheduleSettings};
 use ferry_pipeline::{HandlerOptions, Pipeline, Scheduler, handle_batch, handle_batch_scheduled};
@@ -426,30 +425,7 @@ impl ApplyLock for Slots {
     }
 }
 
-/// Messages the handler sends back to its queue during one batch.
-#[derive(Default)]
-struct Sent(Mutex<Vec<(String, Duration)>>);
-
-impl Requeue for Sent {
-    fn send_later(&self, body: &str, delay: Duration) -> Result<(), PortError> {
-        self.0.lock().unwrap().push((body.to_owned(), delay));
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct Dlq(Mutex<Vec<String>>);
-
-impl DeadLetters for Dlq {
-    fn send(
-        &self,
-        _message: &ferry_core::event::SqsMessage,
-        reason: &str,
-    ) -> Result<(), PortError> {
-        self.0.lock().unwrap().push(reason.to_owned());
-        Ok(())
-    }
-}
+use ferry_tests::recorded::{Dlq, Sent};
 
 // ---------------------------------------------------------------------------------------------
 // BigQuery
@@ -999,31 +975,17 @@ fn run(r: &Run) -> String {
                     continue;
                 }
                 let m = &models[i];
-                let stamp = ferry_core::civil::civil_from_days(write.div_euclid(86_400 * S));
-                let tod = write.rem_euclid(86_400 * S) / 1000;
+                let (y, mo, d) = ferry_core::civil::civil_from_days(write.div_euclid(86_400 * S));
+                let ms = write.rem_euclid(86_400 * S) / 1000;
+                let (h, mi, sec, frac) =
+                    (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
                 let key = format!(
-                    "{}/{:04}{:02}{:02}-{:02}{:02}{:02}{:03}.parquet",
-                    m.key_dir,
-                    stamp.0,
-                    stamp.1,
-                    stamp.2,
-                    tod / 3_600_000,
-                    tod / 60_000 % 60,
-                    tod / 1000 % 60,
-                    tod % 1000
+                    "{}/{y:04}{mo:02}{d:02}-{h:02}{mi:02}{sec:02}{frac:03}.parquet",
+                    m.key_dir
                 );
                 written.insert(fnv(&key), (i, write));
                 t.files += 1;
-                let iso = format!(
-                    "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-                    stamp.0,
-                    stamp.1,
-                    stamp.2,
-                    tod / 3_600_000,
-                    tod / 60_000 % 60,
-                    tod / 1000 % 60,
-                    tod % 1000
-                );
+                let iso = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{sec:02}.{frac:03}Z");
                 let body: Arc<str> = s3_event_body(
                     &m.bucket,
                     &key,
@@ -1114,7 +1076,7 @@ fn run(r: &Run) -> String {
                     serde_json::from_value(serde_json::json!({"Records": records})).unwrap();
                 clock.store(at, Ordering::Relaxed);
                 pipeline.warehouse.state.lock().unwrap().groups.clear();
-                let before = dlq.0.lock().unwrap().len();
+                let before = dlq.len();
                 let report = match r.design {
                     Design::New => {
                         let scheduler = Scheduler {
@@ -1128,7 +1090,7 @@ fn run(r: &Run) -> String {
                     }
                     Design::Today => handle_batch(&pipeline, &dlq, &event, handler_options),
                 };
-                t.dlq_by_handler += (dlq.0.lock().unwrap().len() - before) as u64;
+                t.dlq_by_handler += (dlq.len() - before) as u64;
                 t.deferred += report.deferred.len() as u64;
                 let groups = std::mem::take(&mut pipeline.warehouse.state.lock().unwrap().groups);
                 // Lanes: each table's work on the first free of `lanes` threads.
@@ -1155,7 +1117,7 @@ fn run(r: &Run) -> String {
                     .iter()
                     .map(|f| f.item_identifier.clone())
                     .collect();
-                let resent = std::mem::take(&mut *sent.0.lock().unwrap());
+                let resent = sent.take();
                 inflight.insert(
                     k,
                     Running {
@@ -1176,31 +1138,24 @@ fn run(r: &Run) -> String {
                     timed,
                     started: started_at,
                 } = inflight.remove(&k).unwrap();
+                // A file's rows, their commit times spread over the interval the file
+                // covers, become queryable `off` into the invocation.
+                let sample = |hist: &mut Hist, off: i64, key: &str| {
+                    if let Some((i, write)) = written.get(&fnv(key)) {
+                        let rows = models[*i].rows_per_file;
+                        for j in 0..4 {
+                            let commit = write - ((j as f64 + 0.5) / 4.0 * interval as f64) as i64;
+                            hist.add((started_at + off - commit) as f64 / S as f64, rows / 4.0);
+                        }
+                    }
+                };
                 for g in &timed {
                     for (off, key) in &g.loaded {
-                        if let Some((i, write)) = written.get(&fnv(key)) {
-                            let done = started_at + off;
-                            let rows = models[*i].rows_per_file;
-                            // Commit times spread over the interval the file covers.
-                            for j in 0..4 {
-                                let commit =
-                                    write - ((j as f64 + 0.5) / 4.0 * interval as f64) as i64;
-                                t.fresh.add((done - commit) as f64 / S as f64, rows / 4.0);
-                            }
-                        }
+                        sample(&mut t.fresh, *off, key);
                     }
                     for (off, files) in &g.applied {
                         for key in files {
-                            if let Some((i, write)) = written.get(&fnv(key)) {
-                                let done = started_at + off;
-                                let rows = models[*i].rows_per_file;
-                                for j in 0..4 {
-                                    let commit =
-                                        write - ((j as f64 + 0.5) / 4.0 * interval as f64) as i64;
-                                    t.fresh_replica
-                                        .add((done - commit) as f64 / S as f64, rows / 4.0);
-                                }
-                            }
+                            sample(&mut t.fresh_replica, *off, key);
                         }
                     }
                 }

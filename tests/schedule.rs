@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is the failure report
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::event::{SqsEvent, SqsMessage, parse_body, s3_event_body};
@@ -15,8 +15,8 @@ use ferry_core::schema::TableSchema;
 use ferry_core::sql::ApplyWindow;
 use ferry_local::{DirStore, SqliteWarehouse};
 use ferry_pipeline::ports::{
-    DeadLetters, LoadOutcome, LoadRequest, PendingSets, PortError, ProcessLock, ProcessPending,
-    Requeue, StatusEvent, Warehouse,
+    LoadOutcome, LoadRequest, PendingSets, PortError, ProcessLock, ProcessPending, StatusEvent,
+    Warehouse,
 };
 use ferry_pipeline::schedule::{Schedule, ScheduleSettings};
 use ferry_pipeline::{BatchReport, HandlerOptions, ObjectResult, Pipeline, Scheduler};
@@ -87,26 +87,7 @@ impl Warehouse for Counted {
     }
 }
 
-/// The loader's own queue: what the handler sent back, with its delay.
-#[derive(Default)]
-struct Sent(Mutex<Vec<(String, Duration)>>);
-
-impl Requeue for Sent {
-    fn send_later(&self, body: &str, delay: Duration) -> Result<(), PortError> {
-        self.0.lock().unwrap().push((body.to_owned(), delay));
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct Dlq(Mutex<Vec<String>>);
-
-impl DeadLetters for Dlq {
-    fn send(&self, _message: &SqsMessage, reason: &str) -> Result<(), PortError> {
-        self.0.lock().unwrap().push(reason.to_owned());
-        Ok(())
-    }
-}
+use ferry_tests::recorded::{Dlq, Sent};
 
 struct Lab {
     _dir: TempDir,
@@ -246,7 +227,7 @@ impl Lab {
     }
 
     fn take_sent(&self) -> Vec<(String, Duration)> {
-        std::mem::take(&mut *self.sent.0.lock().unwrap())
+        self.sent.take()
     }
 
     fn loaded_files(&self) -> i64 {
@@ -358,7 +339,7 @@ fn a_used_up_quota_defers_the_file_and_never_reaches_the_dead_letter_queue() {
             r.response.batch_item_failures.is_empty(),
             "round {round}: deferred, not retried"
         );
-        assert!(lab.dlq.0.lock().unwrap().is_empty());
+        assert!(lab.dlq.is_empty());
         let sent = lab.take_sent();
         assert_eq!(sent.len(), 1, "round {round}: {sent:?}");
         assert_eq!(
@@ -374,7 +355,7 @@ fn a_used_up_quota_defers_the_file_and_never_reaches_the_dead_letter_queue() {
     // The quota has room again: the file loads, from the message that carried it.
     let r = lab.deliver(&[body]);
     assert_eq!(loaded(&r), 1, "{:?}", r.objects);
-    assert!(lab.dlq.0.lock().unwrap().is_empty());
+    assert!(lab.dlq.is_empty());
     assert_eq!(lab.loaded_files(), 1);
 }
 

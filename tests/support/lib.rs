@@ -5,6 +5,7 @@
 pub mod bqrules;
 pub mod bqserver;
 pub mod crafted;
+pub mod recorded;
 pub mod stand_ins;
 
 use std::path::{Path, PathBuf};

@@ -147,27 +147,42 @@ impl DynamoDbPending {
     }
 }
 
-impl PendingSets for DynamoDbPending {
-    fn add(&self, name: &str, items: &[String]) -> Result<(), PortError> {
+impl DynamoDbPending {
+    /// One `UpdateItem` of the set's `items` attribute with `expression` (`:i` the items).
+    fn update(
+        &self,
+        what: &str,
+        name: &str,
+        expression: &str,
+        items: &[String],
+    ) -> Result<(), PortError> {
         if items.is_empty() {
             return Ok(());
         }
-        let request = self
+        let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(KEY, DynamoDbPending::item(name))
-            .update_expression("ADD #i :i SET expires_at = :exp")
+            .update_expression(expression)
             .expression_attribute_names("#i", "items")
-            .expression_attribute_values(":i", AttributeValue::Ss(items.to_vec()))
-            .expression_attribute_values(
+            .expression_attribute_values(":i", AttributeValue::Ss(items.to_vec()));
+        if expression.contains(":exp") {
+            request = request.expression_attribute_values(
                 ":exp",
                 AttributeValue::N((now_secs() + PENDING_KEEP.as_secs()).to_string()),
             );
+        }
         self.handle
             .block_on(request.send())
             .map(|_| ())
-            .map_err(|e| self.error("add to", name, sdk_retryable(&e), describe(&e)))
+            .map_err(|e| self.error(what, name, sdk_retryable(&e), describe(&e)))
+    }
+}
+
+impl PendingSets for DynamoDbPending {
+    fn add(&self, name: &str, items: &[String]) -> Result<(), PortError> {
+        self.update("add to", name, "ADD #i :i SET expires_at = :exp", items)
     }
 
     fn read(&self, name: &str) -> Result<Vec<String>, PortError> {
@@ -188,20 +203,6 @@ impl PendingSets for DynamoDbPending {
     }
 
     fn remove(&self, name: &str, items: &[String]) -> Result<(), PortError> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(KEY, DynamoDbPending::item(name))
-            .update_expression("DELETE #i :i")
-            .expression_attribute_names("#i", "items")
-            .expression_attribute_values(":i", AttributeValue::Ss(items.to_vec()));
-        self.handle
-            .block_on(request.send())
-            .map(|_| ())
-            .map_err(|e| self.error("remove from", name, sdk_retryable(&e), describe(&e)))
+        self.update("remove from", name, "DELETE #i :i", items)
     }
 }

@@ -165,18 +165,13 @@ impl Schedule {
         slots: &dyn ApplyLock,
         owner: &str,
     ) -> Result<Decision, PortError> {
-        let s = self.load_slot(table, now_micros);
-        let name = format!("ferry-load/{}/{}", table.changelog, s.index);
-        if claim(slots, &name, owner, &s, now_micros)? {
-            return Ok(Decision::Now);
-        }
         let after = self.settings.wake_after.min(self.load_every / 2);
-        Ok(Decision::Later {
-            at_micros: s.end_micros + i64::try_from(after.as_micros()).unwrap_or(0),
-        })
+        let s = self.load_slot(table, now_micros);
+        decide(("ferry-load", table, &s, after), now_micros, slots, owner)
     }
 
-    /// Whether a batch applies `table`'s replica now.
+    /// Whether a batch applies `table`'s replica now (it claims the current apply slot);
+    /// `Later` names the next apply slot's start.
     pub fn decide_apply(
         &self,
         table: &TableMapping,
@@ -185,14 +180,30 @@ impl Schedule {
         owner: &str,
     ) -> Result<Decision, PortError> {
         let s = self.apply_slot(table, now_micros);
-        let name = format!("ferry-apply/{}/{}", table.changelog, s.index);
-        if claim(slots, &name, owner, &s, now_micros)? {
-            return Ok(Decision::Now);
-        }
-        Ok(Decision::Later {
-            at_micros: s.end_micros,
-        })
+        decide(
+            ("ferry-apply", table, &s, Duration::ZERO),
+            now_micros,
+            slots,
+            owner,
+        )
     }
+}
+
+/// Claims `kind`'s slot `s` of `table`: `Now` when this owner holds it, else `Later` at the
+/// next slot's start plus `after`.
+fn decide(
+    (kind, table, s, after): (&str, &TableMapping, &Slot, Duration),
+    now_micros: i64,
+    slots: &dyn ApplyLock,
+    owner: &str,
+) -> Result<Decision, PortError> {
+    let name = format!("{kind}/{}/{}", table.changelog, s.index);
+    if claim(slots, &name, owner, s, now_micros)? {
+        return Ok(Decision::Now);
+    }
+    Ok(Decision::Later {
+        at_micros: s.end_micros + i64::try_from(after.as_micros()).unwrap_or(0),
+    })
 }
 
 /// Takes a slot's claim until the slot ends (plus a minute for clocks that disagree).
