@@ -704,3 +704,59 @@ mod tests {
         assert_eq!(json_path(&[]), "$");
     }
 }
+
+#[cfg(test)]
+mod apply_every_tests {
+    use crate::mapping::{Catalog, MappingFile};
+
+    fn catalog(tables: &str, defaults: &str) -> Result<Catalog, Vec<super::Problem>> {
+        let text = format!(
+            r#"{{"source": {{"name": "s", "bucket": "dms-bucket", "folder": "f"}},
+                "bigquery": {{"project": "my-project", "dataset": "d"}},
+                "defaults": {{{defaults}}}, "tables": {{{tables}}}}}"#
+        );
+        Catalog::from_files(&[MappingFile {
+            path: "s.json".into(),
+            text,
+        }])
+    }
+
+    #[test]
+    fn apply_every_is_an_interval_of_a_replica() {
+        let c = catalog(
+            r#""a.x": {"primary_key": ["id"], "apply_every": "5m"}, "a.y": {"primary_key": ["id"]}"#,
+            r#""apply_every": "1h""#,
+        )
+        .unwrap();
+        let tables = &c.sources()[0].tables;
+        assert_eq!(tables[0].apply_every.map(|d| d.as_secs()), Some(300));
+        assert_eq!(
+            tables[1].apply_every.map(|d| d.as_secs()),
+            Some(3600),
+            "the default"
+        );
+        for value in ["30s", "2d", "25h", "m"] {
+            let problems = catalog(
+                &format!(r#""a.x": {{"primary_key": ["id"], "apply_every": "{value}"}}"#),
+                "",
+            )
+            .unwrap_err();
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.path == r#"$.tables["a.x"].apply_every"#
+                        && p.message
+                            .contains("is not an interval from 1 minute to 24 hours")),
+                "{value}: {problems:?}"
+            );
+        }
+        let problems =
+            catalog(r#""a.x": {"mode": "changelog", "apply_every": "5m"}"#, "").unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.message.contains("replica tables")),
+            "{problems:?}"
+        );
+    }
+}
