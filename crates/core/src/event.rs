@@ -149,8 +149,6 @@ pub enum WakeFor {
 pub struct Deferral {
     /// When the objects were first deferred, µs since the epoch.
     pub since_micros: i64,
-    /// When they were sent back for, µs since the epoch (the start of the slot they wait for).
-    pub until_micros: i64,
     /// How many times they have been deferred.
     pub times: u32,
 }

@@ -98,7 +98,6 @@ struct GroupOutcome {
     /// Results of objects taken from the pending set (no message of this batch).
     pending_results: Vec<(String, ObjectResult)>,
     retry: Vec<(usize, String)>,
-    permanent: Vec<(usize, String)>,
     deferred: Vec<(String, String)>,
     apply_deferred: Vec<String>,
 }
@@ -318,9 +317,6 @@ where
     for outcome in outcomes.into_inner().unwrap_or_default() {
         for (message, reason) in outcome.retry {
             states[message].retry.push(reason);
-        }
-        for (message, reason) in outcome.permanent {
-            states[message].permanent.push(reason);
         }
         report.deferred.extend(outcome.deferred);
         report.objects.extend(

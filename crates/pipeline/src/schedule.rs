@@ -99,7 +99,6 @@ pub enum Decision {
 pub struct Schedule {
     settings: ScheduleSettings,
     load_every: Duration,
-    tables: usize,
 }
 
 const MICROS: i64 = 1_000_000;
@@ -120,19 +119,8 @@ impl Schedule {
             DAY_SECS * n as f64 / f64::from(settings.project_load_jobs_per_day.max(1));
         Schedule {
             load_every: Duration::from_secs_f64(per_table.max(per_project).ceil()),
-            tables: n,
             settings,
         }
-    }
-
-    /// The settings.
-    pub fn settings(&self) -> &ScheduleSettings {
-        &self.settings
-    }
-
-    /// Enabled tables the project budget is shared by.
-    pub fn tables(&self) -> usize {
-        self.tables
     }
 
     /// Each table's load window: at most one load job per window (two with the overflow).

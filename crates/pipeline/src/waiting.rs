@@ -180,7 +180,6 @@ impl Scheduler<'_> {
         let body = deferred_body(
             Deferral {
                 since_micros: since,
-                until_micros: at_micros,
                 times,
             },
             &events,
