@@ -31,3 +31,16 @@ ensure_node_tools() {
     (cd "$deploy_tools" && npm ci --no-audit --no-fund --silent)
   fi
 }
+
+# Debian packages the tests run for real (MariaDB as the MySQL source), installed when missing.
+ensure_debian_packages() {
+  local missing=()
+  command -v mariadbd >/dev/null 2>&1 || [[ -x /usr/sbin/mariadbd ]] || missing+=(mariadb-server mariadb-client)
+  ((${#missing[@]} == 0)) && return 0
+  step "debian packages (${missing[*]})"
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null ||
+    { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+}

@@ -5,6 +5,7 @@
 pub mod bqrules;
 pub mod bqserver;
 pub mod crafted;
+pub mod dms_tree;
 pub mod recorded;
 pub mod stand_ins;
 

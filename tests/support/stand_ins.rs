@@ -228,3 +228,132 @@ fn walk(dir: &std::path::Path, name: &str) -> Option<PathBuf> {
     }
     None
 }
+
+/// A private MariaDB server (Debian `mariadb-server`, which `scripts/test` installs): its own
+/// data directory and port, row-based binary logging as DMS needs, stopped when the test binary
+/// exits.
+pub struct MariaDb {
+    /// Root URL (no password; the server listens on 127.0.0.1 only).
+    pub root_url: String,
+    /// The port.
+    pub port: u16,
+    /// The data directory.
+    pub datadir: PathBuf,
+}
+
+impl MariaDb {
+    /// A read-only user's URL (`SELECT` and `BINLOG MONITOR`, as the README asks of operators).
+    pub fn read_only_url(&self) -> String {
+        format!("mysql://ferry_ro:ferry-ro-pw@127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts a new server; `extra` are more `mariadbd` options (for example
+    /// `--binlog-row-image=MINIMAL`).
+    pub fn start(label: &str, extra: &[&str]) -> MariaDb {
+        let bin = |name: &str| {
+            ["/usr/sbin", "/usr/bin"]
+                .iter()
+                .map(|d| PathBuf::from(d).join(name))
+                .find(|p| p.exists())
+                .unwrap_or_else(|| {
+                    panic!("{name} is missing: run scripts/test, which installs mariadb-server")
+                })
+        };
+        let base =
+            std::env::temp_dir().join(format!("ferry-mariadb-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let datadir = base.join("data");
+        let install = Command::new(bin("mariadb-install-db"))
+            .args([
+                "--no-defaults",
+                "--user=root",
+                &format!("--datadir={}", datadir.display()),
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            install.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        let port = free_port();
+        let log = base.join("server.log").display().to_string();
+        let mut args: Vec<String> = vec![
+            "--no-defaults".into(),
+            "--user=root".into(),
+            format!("--datadir={}", datadir.display()),
+            format!("--socket={}", base.join("sock").display()),
+            format!("--pid-file={}", base.join("pid").display()),
+            format!("--port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--server-id=1".into(),
+            format!("--log-bin={}", base.join("binlog").display()),
+            "--binlog-format=ROW".into(),
+            "--binlog-row-image=FULL".into(),
+            "--skip-name-resolve".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        spawn_watched(&bin("mariadbd"), &args, &[], &log);
+        wait_http(
+            &format!("http://127.0.0.1:{port}"),
+            "MariaDB",
+            &log,
+            Duration::from_secs(60),
+        );
+        let db = MariaDb {
+            root_url: format!("mysql://root@127.0.0.1:{port}/"),
+            port,
+            datadir,
+        };
+        let mut root = db.admin();
+        for sql in [
+            "CREATE USER 'ferry_ro'@'%' IDENTIFIED BY 'ferry-ro-pw'",
+            "GRANT SELECT, BINLOG MONITOR ON *.* TO 'ferry_ro'@'%'",
+        ] {
+            root.exec(sql).unwrap();
+        }
+        db
+    }
+
+    /// A root session that can write.
+    pub fn admin(&self) -> Admin {
+        Admin {
+            port: self.port.to_string(),
+        }
+    }
+}
+
+/// A writing session on a test server (the `mariadb` client, so the tests do not write through
+/// ferry's read-only connection).
+pub struct Admin {
+    port: String,
+}
+
+impl Admin {
+    /// Runs statements (`;`-separated) as root, with zero dates allowed.
+    pub fn exec(&mut self, sql: &str) -> Result<String, String> {
+        let out = Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "-uroot",
+                "-h127.0.0.1",
+                &format!("-P{}", self.port),
+                "--batch",
+                "--skip-column-names",
+                "--default-character-set=utf8mb4",
+                "--init-command=SET SESSION sql_mode = '', time_zone = '+00:00'",
+                "-e",
+                sql,
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}

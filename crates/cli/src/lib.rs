@@ -11,6 +11,7 @@
 //! - `commands::deploy`: `ferry dms table-mappings`, `ferry deploy config|bucket-notification`.
 //! - `commands::ops`: `ferry dlq inspect|redrive`, `ferry backfill`.
 //! - `commands::bigquery`: `ferry bigquery ddl`.
+//! - `commands::source`: `ferry source check`, `ferry mappings sync`, `ferry reconcile`.
 
 mod commands;
 
@@ -67,6 +68,12 @@ enum Command {
     /// What ferry would run in BigQuery.
     #[command(subcommand)]
     Bigquery(commands::bigquery::BigqueryCommand),
+    /// Read the MySQL source: preflight what DMS and ferry need from it.
+    #[command(subcommand)]
+    Source(commands::source::SourceCommand),
+    /// Compare each replica with its source table, row by row, without exporting either; name
+    /// the keys that differ, and optionally repair them.
+    Reconcile(commands::source::ReconcileArgs),
 }
 
 /// The mappings folder: `--mappings`, else `$FERRY_MAPPINGS`, else `mappings`.
@@ -117,6 +124,8 @@ where
         Command::Dms(cmd) => commands::deploy::dms(cmd, out, err),
         Command::Deploy(cmd) => commands::deploy::deploy(cmd, out, err),
         Command::Bigquery(cmd) => commands::bigquery::run(cmd, out, err),
+        Command::Source(cmd) => commands::source::source(cmd, out, err),
+        Command::Reconcile(args) => commands::source::reconcile(args, out, err),
     };
     match result {
         Ok(code) => code,

@@ -20,7 +20,17 @@ pub(crate) enum MappingsCommand {
         /// Print problems as GitHub Actions error annotations.
         #[arg(long)]
         github: bool,
+        /// Also check the hints and keys against this MySQL source (`mysql://…`): exit 1 when a
+        /// hint is missing, contradicts the source or names no column.
+        #[arg(long, value_name = "URL")]
+        against: Option<String>,
+        /// With --against: the source it is (needed when the mappings hold several).
+        #[arg(long, value_name = "NAME", requires = "against")]
+        source: Option<String>,
     },
+    /// Propose (or, with --write, write) what the source decides in a mapping: primary keys and
+    /// hints for the types parquet blurs, read from information_schema; list unmapped tables.
+    Sync(super::source::SyncArgs),
     /// Print the JSON Schema of a mapping file, or check that FILE holds the current one.
     Schema {
         /// Compare with this file instead of printing; exit 1 when it differs.
@@ -35,7 +45,23 @@ pub(crate) fn run(
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     match cmd {
-        MappingsCommand::Check { dir, github } => check(dir, github, out, err),
+        MappingsCommand::Check {
+            dir,
+            github,
+            against,
+            source,
+        } => {
+            let code = check(dir.clone(), github, out, err)?;
+            match against {
+                Some(url) if code == EXIT_OK => {
+                    let catalog =
+                        Catalog::load_dir(&dir).map_err(|_| anyhow::anyhow!("invalid mappings"))?;
+                    super::source::check_against(&catalog, &url, source.as_deref(), out)
+                }
+                _ => Ok(code),
+            }
+        }
+        MappingsCommand::Sync(args) => super::source::sync(args, out, err),
         MappingsCommand::Schema { check } => schema(check, out, err),
     }
 }

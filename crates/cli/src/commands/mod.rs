@@ -9,6 +9,7 @@ pub(crate) mod mappings;
 pub(crate) mod ops;
 pub(crate) mod plan;
 pub(crate) mod sim;
+pub(crate) mod source;
 
 use std::io::Write;
 

@@ -1,0 +1,288 @@
+//! Reconciling mapped tables: the sides built from the mapping, the source's catalog and the
+//! replica's schema, the result per table, and the record of it in the local warehouse.
+
+use std::time::Instant;
+
+use ferry_core::mapping::{Mode, Source, TableMapping};
+use ferry_core::schema::BqField;
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::canon::{self, Col, Dialect};
+use crate::catalog::SourceTable;
+use crate::conn::MySql;
+use crate::reconcile::{self, Options, Outcome, Shape, Side};
+
+/// The result for one table, as `--json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    /// `schema.table`.
+    pub table: String,
+    /// `match`, `differ`, `skipped` or `error`.
+    pub status: &'static str,
+    /// Why a table was skipped or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The comparison, when one ran.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The newest commit time ferry had loaded when the comparison started (µs), which the
+    /// replica is verified through when it matches.
+    pub loaded_through: Option<i64>,
+    /// Seconds the comparison took.
+    pub seconds: f64,
+}
+
+impl TableReport {
+    /// A table not compared.
+    pub fn skipped(table: &TableMapping, reason: impl Into<String>) -> TableReport {
+        TableReport {
+            table: table.source_table(),
+            status: "skipped",
+            reason: Some(reason.into()),
+            outcome: Outcome::default(),
+            loaded_through: None,
+            seconds: 0.0,
+        }
+    }
+
+    /// A table whose comparison failed.
+    pub fn failed(table: &TableMapping, reason: impl Into<String>) -> TableReport {
+        TableReport {
+            status: "error",
+            ..TableReport::skipped(table, reason)
+        }
+    }
+}
+
+/// The compared columns: the replica's data columns that the source has.
+pub fn columns(source: &SourceTable, replica: &[BqField]) -> Vec<Col> {
+    replica
+        .iter()
+        .filter(|f| !f.name.starts_with(ferry_core::names::METADATA_PREFIX))
+        .filter_map(|f| {
+            source.column(&f.name).map(|c| Col {
+                name: f.name.clone(),
+                kind: c.kind,
+                bq: f.bq_type,
+            })
+        })
+        .collect()
+}
+
+/// Whether a mapped table can be reconciled, and why not.
+pub fn eligible(table: &TableMapping) -> Result<(), &'static str> {
+    if !table.enabled {
+        return Err("disabled in the mapping");
+    }
+    if table.mode != Mode::Replica {
+        return Err("a change-log table holds history, not the source's rows");
+    }
+    Ok(())
+}
+
+/// The source side of a table.
+pub fn mysql_side<'a>(db: &'a mut MySql, table: &SourceTable) -> Side<'a> {
+    Side {
+        label: "source",
+        dialect: Dialect::MySql,
+        table: format!(
+            "{}.{}",
+            canon::ident(Dialect::MySql, &table.schema),
+            canon::ident(Dialect::MySql, &table.name)
+        ),
+        filter: None,
+        exec: Box::new(move |sql| db.query(sql).map_err(|e| e.to_string())),
+    }
+}
+
+/// The replica side of a table in the local warehouse (`conn` has [`canon::register_sqlite`]'s
+/// functions).
+pub fn sqlite_side<'a>(conn: &'a Connection, table: &TableMapping) -> Side<'a> {
+    let replica = table.replica.as_ref().unwrap_or(&table.changelog);
+    Side {
+        label: "replica",
+        dialect: Dialect::Sqlite,
+        table: canon::ident(
+            Dialect::Sqlite,
+            &format!("{}.{}", replica.dataset, replica.table),
+        ),
+        filter: table.soft_delete.then(|| {
+            format!(
+                "{} = 0",
+                canon::ident(Dialect::Sqlite, ferry_core::sql::DELETED)
+            )
+        }),
+        exec: Box::new(move |sql| sqlite_rows(conn, sql)),
+    }
+}
+
+/// Rows of a SQLite query as text.
+pub fn sqlite_rows(conn: &Connection, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+    let mut stmt = conn.prepare(sql).map_err(|e| e.to_string())?;
+    let n = stmt.column_count();
+    let rows = stmt
+        .query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => None,
+                        rusqlite::types::ValueRef::Integer(v) => Some(v.to_string()),
+                        rusqlite::types::ValueRef::Real(v) => Some(v.to_string()),
+                        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                            Some(String::from_utf8_lossy(t).into_owned())
+                        }
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| e.to_string())?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(|e| e.to_string())
+}
+
+/// Opens the local warehouse for reconciling: the canonical-row functions registered, and the
+/// results table created.
+pub fn open_local(path: &std::path::Path) -> Result<Connection, String> {
+    let conn = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    canon::register_sqlite(&conn).map_err(|e| e.to_string())?;
+    conn.execute_batch(RESULTS)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+/// Reconcile results in the local warehouse, one row per table (the last run).
+pub const RESULTS: &str = "CREATE TABLE IF NOT EXISTS _ferry_reconcile (
+    source TEXT NOT NULL, table_name TEXT NOT NULL, status TEXT NOT NULL, at INTEGER NOT NULL,
+    source_rows INTEGER NOT NULL, replica_rows INTEGER NOT NULL, missing INTEGER NOT NULL,
+    extra INTEGER NOT NULL, different INTEGER NOT NULL, verified_through INTEGER,
+    PRIMARY KEY (source, table_name))";
+
+/// The replica's schema in the local warehouse: the change log's stored fields.
+pub fn local_fields(
+    conn: &Connection,
+    table: &TableMapping,
+) -> Result<Option<Vec<BqField>>, String> {
+    let name = format!("{}.{}", table.changelog.dataset, table.changelog.table);
+    ferry_local::SqliteWarehouse::stored_schema(conn, &name)
+        .map(|s| s.map(|s| s.fields))
+        .map_err(|e| e.message)
+}
+
+/// The newest commit time ferry has loaded for a table in the local warehouse.
+pub fn local_loaded_through(
+    conn: &Connection,
+    source: &Source,
+    table: &TableMapping,
+) -> Option<i64> {
+    conn.query_row(
+        "SELECT MAX(commit_ts_max) FROM _ferry_loads WHERE source = ?1 AND table_name = ?2",
+        [source.name.as_str(), table.source_table().as_str()],
+        |r| r.get::<_, Option<i64>>(0),
+    )
+    .ok()
+    .flatten()
+}
+
+/// Records a table's result; `verified_through` advances only when the table matches, and
+/// never goes back.
+pub fn record_local(
+    conn: &Connection,
+    source: &str,
+    report: &TableReport,
+    now_micros: i64,
+) -> Result<(), String> {
+    if !matches!(report.status, "match" | "differ") {
+        return Ok(());
+    }
+    let o = &report.outcome;
+    let verified = if report.status == "match" {
+        report.loaded_through.or(Some(now_micros))
+    } else {
+        None
+    };
+    conn.execute(
+        "INSERT INTO _ferry_reconcile (source, table_name, status, at, source_rows, replica_rows, missing, extra, different, verified_through)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (source, table_name) DO UPDATE SET status = excluded.status, at = excluded.at,
+           source_rows = excluded.source_rows, replica_rows = excluded.replica_rows, missing = excluded.missing,
+           extra = excluded.extra, different = excluded.different,
+           verified_through = MAX(COALESCE(excluded.verified_through, verified_through), COALESCE(verified_through, excluded.verified_through))",
+        rusqlite::params![
+            source,
+            report.table,
+            report.status,
+            now_micros,
+            i64::try_from(o.source_rows).unwrap_or(i64::MAX),
+            i64::try_from(o.replica_rows).unwrap_or(i64::MAX),
+            o.missing.len() as i64,
+            o.extra.len() as i64,
+            o.different.len() as i64,
+            verified,
+        ],
+    )
+    .map(drop)
+    .map_err(|e| e.to_string())
+}
+
+/// Compares one table of the local warehouse with the source.
+pub fn reconcile_local(
+    db: &mut MySql,
+    conn: &Connection,
+    source: &Source,
+    table: &TableMapping,
+    source_table: &SourceTable,
+    options: Options,
+    settle: &mut dyn FnMut(),
+) -> TableReport {
+    let started = Instant::now();
+    let Some(fields) = (match local_fields(conn, table) {
+        Ok(f) => f,
+        Err(e) => return TableReport::failed(table, e),
+    }) else {
+        return TableReport::skipped(table, "nothing loaded yet");
+    };
+    let cols = columns(source_table, &fields);
+    let shape = match Shape::new(cols, &table.primary_key) {
+        Ok(s) => s,
+        Err(e) => return TableReport::failed(table, e),
+    };
+    let loaded_through = local_loaded_through(conn, source, table);
+    let mut s = mysql_side(db, source_table);
+    let mut r = sqlite_side(conn, table);
+    finish(
+        table,
+        reconcile::compare_with_bar(
+            &mut s,
+            &mut r,
+            &shape,
+            options,
+            &table.source_table(),
+            settle,
+        ),
+        loaded_through,
+        started,
+    )
+}
+
+/// The report of a finished comparison.
+pub fn finish(
+    table: &TableMapping,
+    result: Result<Outcome, String>,
+    loaded_through: Option<i64>,
+    started: Instant,
+) -> TableReport {
+    match result {
+        Ok(outcome) => TableReport {
+            table: table.source_table(),
+            status: if outcome.matches() { "match" } else { "differ" },
+            reason: None,
+            outcome,
+            loaded_through,
+            seconds: started.elapsed().as_secs_f64(),
+        },
+        Err(e) => TableReport::failed(table, e),
+    }
+}
