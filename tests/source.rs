@@ -708,3 +708,317 @@ fn ferry_sessions_cannot_write_to_the_source() {
         "an interrupted SLEEP fails or returns 1: {e:?}"
     );
 }
+
+/// One value in each engine: the MySQL column and literal, the BigQuery type and literal, and
+/// the value as the local warehouse stores it.
+struct Case {
+    ddl: &'static str,
+    mysql: &'static str,
+    bq: ferry_core::bqtype::BqType,
+    bq_literal: &'static str,
+    sqlite: &'static str,
+}
+
+#[test]
+fn canonical_rows_agree_in_mariadb_sqlite_and_the_bigquery_dialect() {
+    use ferry_core::bqtype::BqType as B;
+    use ferry_source::canon::{self, Col, Dialect};
+    let cases = [
+        Case {
+            ddl: "INT",
+            mysql: "-42",
+            bq: B::Int64,
+            bq_literal: "-42",
+            sqlite: "-42",
+        },
+        // bqemulator types this NUMERIC literal DECIMAL(18,3) next to a FORMAT_TIMESTAMP and fails
+        // the query; BIGNUMERIC renders through the same expression.
+        Case {
+            ddl: "BIGINT UNSIGNED",
+            mysql: "18446744073709551615",
+            bq: B::Numeric,
+            bq_literal: "CAST('18446744073709551615' AS BIGNUMERIC)",
+            sqlite: "'18446744073709551615'",
+        },
+        Case {
+            ddl: "TINYINT(1)",
+            mysql: "5",
+            bq: B::Bool,
+            bq_literal: "TRUE",
+            sqlite: "1",
+        },
+        Case {
+            ddl: "BIT(1)",
+            mysql: "b'0'",
+            bq: B::Bool,
+            bq_literal: "FALSE",
+            sqlite: "0",
+        },
+        Case {
+            ddl: "BIT(8)",
+            mysql: "b'00000101'",
+            bq: B::Int64,
+            bq_literal: "5",
+            sqlite: "5",
+        },
+        Case {
+            ddl: "BIT(16)",
+            mysql: "b'0000000100000010'",
+            bq: B::Bytes,
+            bq_literal: "FROM_HEX('0102')",
+            sqlite: "X'0102'",
+        },
+        Case {
+            ddl: "DECIMAL(20,4)",
+            mysql: "12.5000",
+            bq: B::Numeric,
+            bq_literal: "NUMERIC '12.5'",
+            sqlite: "'12.5'",
+        },
+        Case {
+            ddl: "DECIMAL(20,4)",
+            mysql: "100",
+            bq: B::Numeric,
+            bq_literal: "NUMERIC '100'",
+            sqlite: "'100'",
+        },
+        Case {
+            ddl: "DECIMAL(65,30)",
+            mysql: "-1.5",
+            bq: B::BigNumeric,
+            bq_literal: "BIGNUMERIC '-1.5'",
+            sqlite: "'-1.5'",
+        },
+        // bqemulator's BIGNUMERIC keeps 5 decimals: floats with more are compared on MariaDB and
+        // SQLite only (see the unit tests of ferry_source::canon).
+        Case {
+            ddl: "DOUBLE",
+            mysql: "-2.5e0",
+            bq: B::Float64,
+            bq_literal: "-2.5",
+            sqlite: "-2.5",
+        },
+        Case {
+            ddl: "FLOAT",
+            mysql: "0.25e0",
+            bq: B::Float64,
+            bq_literal: "0.25",
+            sqlite: "0.25",
+        },
+        Case {
+            ddl: "DATE",
+            mysql: "'0999-01-02'",
+            bq: B::Date,
+            bq_literal: "DATE '0999-01-02'",
+            sqlite: "'0999-01-02'",
+        },
+        Case {
+            ddl: "DATE",
+            mysql: "'0000-00-00'",
+            bq: B::Date,
+            bq_literal: "CAST(NULL AS DATE)",
+            sqlite: "NULL",
+        },
+        Case {
+            ddl: "DATETIME(3)",
+            mysql: "'2024-01-02 03:04:05.123'",
+            bq: B::Datetime,
+            bq_literal: "DATETIME '2024-01-02 03:04:05.123'",
+            sqlite: "'2024-01-02T03:04:05.123000'",
+        },
+        Case {
+            ddl: "TIMESTAMP(6) NULL",
+            mysql: "'2024-01-02 03:04:05.654321'",
+            bq: B::Timestamp,
+            bq_literal: "TIMESTAMP '2024-01-02 03:04:05.654321+00'",
+            sqlite: "'2024-01-02T03:04:05.654321Z'",
+        },
+        Case {
+            ddl: "TIME(6)",
+            mysql: "'12:34:56.5'",
+            bq: B::Time,
+            bq_literal: "TIME '12:34:56.5'",
+            sqlite: "'12:34:56.500000'",
+        },
+        Case {
+            ddl: "VARCHAR(40)",
+            mysql: "'한글 \"q\"|~:3'",
+            bq: B::String,
+            bq_literal: "'한글 \"q\"|~:3'",
+            sqlite: "'한글 \"q\"|~:3'",
+        },
+        Case {
+            ddl: "VARCHAR(40)",
+            mysql: "''",
+            bq: B::String,
+            bq_literal: "''",
+            sqlite: "''",
+        },
+        Case {
+            ddl: "VARCHAR(40)",
+            mysql: "NULL",
+            bq: B::String,
+            bq_literal: "CAST(NULL AS STRING)",
+            sqlite: "NULL",
+        },
+        Case {
+            ddl: "JSON",
+            mysql: "'{\"b\": 1, \"a\": [1, 2]}'",
+            bq: B::Json,
+            bq_literal: "PARSE_JSON('{\"b\": 1, \"a\": [1, 2]}')",
+            sqlite: "'{\"b\": 1, \"a\": [1, 2]}'",
+        },
+        Case {
+            ddl: "BLOB",
+            mysql: "X'00FF'",
+            bq: B::Bytes,
+            bq_literal: "FROM_HEX('00ff')",
+            sqlite: "X'00FF'",
+        },
+        Case {
+            ddl: "YEAR",
+            mysql: "2024",
+            bq: B::Int64,
+            bq_literal: "2024",
+            sqlite: "2024",
+        },
+        Case {
+            ddl: "ENUM('a','b')",
+            mysql: "'b'",
+            bq: B::String,
+            bq_literal: "'b'",
+            sqlite: "'b'",
+        },
+    ];
+    let w = shared();
+    let names: Vec<String> = (0..cases.len()).map(|i| format!("c{i:02}")).collect();
+    let mut a = w.db.admin();
+    let ddl: Vec<String> = cases
+        .iter()
+        .zip(&names)
+        .map(|(c, n)| format!("{n} {}", c.ddl))
+        .collect();
+    a.exec(&format!(
+        "CREATE TABLE casino_game.canon_cases (id INT PRIMARY KEY, {}) DEFAULT CHARSET=utf8mb4",
+        ddl.join(", ")
+    ))
+    .unwrap();
+    let values: Vec<&str> = cases.iter().map(|c| c.mysql).collect();
+    a.exec(&format!(
+        "INSERT INTO casino_game.canon_cases VALUES (1, {})",
+        values.join(", ")
+    ))
+    .unwrap();
+    let mut db = w.reader();
+    let tables = ferry_source::catalog::read_tables(&mut db, &["casino_game".into()]).unwrap();
+    let st = tables.iter().find(|t| t.name == "canon_cases").unwrap();
+    let cols: Vec<Col> = cases
+        .iter()
+        .zip(&names)
+        .map(|(c, n)| Col {
+            name: n.clone(),
+            kind: st.column(n).unwrap().kind,
+            bq: c.bq,
+        })
+        .collect();
+    let select = |d: Dialect| {
+        let mut e: Vec<String> = cols.iter().map(|c| canon::value(d, c)).collect();
+        e.push(canon::sha256(d, &canon::row_text(d, &cols)));
+        e.push(canon::hex_piece(
+            d,
+            &canon::sha256(d, &canon::row_text(d, &cols)),
+            9,
+        ));
+        e.join(", ")
+    };
+    let mysql = db
+        .query(&format!(
+            "SELECT {} FROM casino_game.canon_cases",
+            select(Dialect::MySql)
+        ))
+        .unwrap()
+        .remove(0);
+
+    let sqlite = rusqlite::Connection::open_in_memory().unwrap();
+    canon::register_sqlite(&sqlite).unwrap();
+    let inner: Vec<String> = cases
+        .iter()
+        .zip(&names)
+        .map(|(c, n)| format!("{} AS {n}", c.sqlite))
+        .collect();
+    let lite = ferry_source::table::sqlite_rows(
+        &sqlite,
+        &format!(
+            "SELECT {} FROM (SELECT {}) t",
+            select(Dialect::Sqlite),
+            inner.join(", ")
+        ),
+    )
+    .unwrap()
+    .remove(0);
+
+    let client = ferry_bigquery::Client::new(
+        ferry_bigquery::ClientConfig {
+            base_url: ferry_tests::stand_ins::bqemulator().to_owned(),
+            ..Default::default()
+        },
+        ferry_bigquery::Auth::None,
+        "ferry-test",
+    )
+    .unwrap();
+    let rt = ferry_tests::runtime();
+    let inner: Vec<String> = cases
+        .iter()
+        .zip(&names)
+        .map(|(c, n)| format!("{} AS {n}", c.bq_literal))
+        .collect();
+    let mut counter = 0;
+    let bq = ferry_source::table::bigquery_rows(
+        &client,
+        rt.handle(),
+        &format!(
+            "SELECT {} FROM (SELECT {}) t",
+            select(Dialect::BigQuery),
+            inner.join(", ")
+        ),
+        None,
+        &mut counter,
+    )
+    .unwrap();
+    assert_eq!(
+        bq.len(),
+        1,
+        "bqemulator reports a failed query as an empty result"
+    );
+    let bq = bq.into_iter().next().unwrap();
+
+    for (i, c) in cases.iter().enumerate() {
+        assert_eq!(
+            mysql[i], lite[i],
+            "{} {}: MariaDB vs SQLite",
+            c.ddl, c.mysql
+        );
+        assert_eq!(
+            mysql[i], bq[i],
+            "{} {}: MariaDB vs BigQuery dialect",
+            c.ddl, c.mysql
+        );
+    }
+    assert_eq!(
+        mysql[cases.len()],
+        lite[cases.len()],
+        "row hash, MariaDB vs SQLite"
+    );
+    assert_eq!(
+        mysql[cases.len()],
+        bq[cases.len()],
+        "row hash, MariaDB vs BigQuery dialect"
+    );
+    assert_eq!(
+        mysql[cases.len() + 1],
+        bq[cases.len() + 1],
+        "hash piece as an integer"
+    );
+    assert_eq!(mysql[0].as_deref(), Some("-42"));
+    assert_eq!(mysql[12], None, "a zero date is NULL, as DMS writes it");
+}

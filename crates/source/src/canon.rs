@@ -88,22 +88,37 @@ pub fn value(d: Dialect, c: &Col) -> String {
             BqType::Timestamp => format!("replace(replace({q}, 'T', ' '), 'Z', '')"),
             _ => q,
         },
-        Dialect::BigQuery => match c.bq {
-            BqType::Bool => {
-                format!("CASE WHEN {q} IS NULL THEN NULL WHEN {q} THEN '1' ELSE '0' END")
-            }
-            BqType::Int64 | BqType::Numeric | BqType::BigNumeric => {
-                format!("CAST({q} AS STRING)")
-            }
-            BqType::Float64 => format!("CAST(ROUND(SAFE_CAST({q} AS BIGNUMERIC), 20) AS STRING)"),
-            BqType::Json => format!("TO_JSON_STRING({q})"),
-            BqType::Bytes => format!("TO_HEX({q})"),
-            BqType::Date => format!("FORMAT_DATE('%Y-%m-%d', {q})"),
-            BqType::Datetime => format!("FORMAT_DATETIME('%Y-%m-%d %H:%M:%E6S', {q})"),
-            BqType::Timestamp => format!("FORMAT_TIMESTAMP('%Y-%m-%d %H:%M:%E6S', {q}, 'UTC')"),
-            BqType::Time => format!("FORMAT_TIME('%H:%M:%E6S', {q})"),
-            BqType::String => q,
-        },
+        Dialect::BigQuery => bigquery_value(&q, c.bq),
+    }
+}
+
+/// BigQuery's canonical text. Written not to depend on how `CAST(NUMERIC AS STRING)` pads, or
+/// on `%Y` padding years below 1000: trailing zeros are trimmed and years padded explicitly.
+fn bigquery_value(q: &str, bq: BqType) -> String {
+    let trim = |s: String| format!("IF(STRPOS({s}, '.') > 0, RTRIM(RTRIM({s}, '0'), '.'), {s})");
+    let year = |e: String| format!("LPAD(CAST(EXTRACT(YEAR FROM {e}) AS STRING), 4, '0')");
+    match bq {
+        BqType::Bool => format!("CASE WHEN {q} IS NULL THEN NULL WHEN {q} THEN '1' ELSE '0' END"),
+        BqType::Int64 => format!("CAST({q} AS STRING)"),
+        BqType::Numeric | BqType::BigNumeric => trim(format!("CAST({q} AS STRING)")),
+        // The shortest round-trip digits (CAST to STRING), then MySQL's DECIMAL(65,20) rounding.
+        BqType::Float64 => trim(format!(
+            "CAST(ROUND(SAFE_CAST(CAST({q} AS STRING) AS BIGNUMERIC), 20) AS STRING)"
+        )),
+        BqType::Json => format!("TO_JSON_STRING({q})"),
+        BqType::Bytes => format!("TO_HEX({q})"),
+        BqType::Date => format!("CONCAT({}, FORMAT_DATE('-%m-%d', {q}))", year(q.to_owned())),
+        BqType::Datetime => format!(
+            "CONCAT({}, FORMAT_DATETIME('-%m-%d %H:%M:%E6S', {q}))",
+            year(q.to_owned())
+        ),
+        BqType::Timestamp => format!(
+            "CONCAT({}, FORMAT_TIMESTAMP('-%m-%d %H:%M:%E6S', {q}, 'UTC'))",
+            // EXTRACT from a TIMESTAMP reads it in UTC.
+            year(q.to_owned())
+        ),
+        BqType::Time => format!("FORMAT_TIME('%H:%M:%E6S', {q})"),
+        BqType::String => q.to_owned(),
     }
 }
 
@@ -162,7 +177,7 @@ pub fn row_text(d: Dialect, cols: &[Col]) -> String {
     match d {
         Dialect::MySql => format!("CONCAT_WS('|', {})", parts.join(", ")),
         Dialect::Sqlite => parts.join(" || '|' || "),
-        Dialect::BigQuery => format!("ARRAY_TO_STRING([{}], '|')", parts.join(", ")),
+        Dialect::BigQuery => format!("CONCAT({})", parts.join(", '|', ")),
     }
 }
 

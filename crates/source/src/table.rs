@@ -286,3 +286,61 @@ pub fn finish(
         Err(e) => TableReport::failed(table, e),
     }
 }
+
+/// The replica side of a table in BigQuery, queried with `client` on `rt` (jobs.query; each
+/// statement gets its own request id).
+pub fn bigquery_side<'a>(
+    client: &'a ferry_bigquery::Client,
+    rt: &'a tokio::runtime::Handle,
+    table: &TableMapping,
+    location: Option<&'a str>,
+) -> Side<'a> {
+    let replica = table.replica.as_ref().unwrap_or(&table.changelog);
+    let mut n = 0u64;
+    Side {
+        label: "replica",
+        dialect: Dialect::BigQuery,
+        table: ferry_core::sql::table_path(replica),
+        filter: table.soft_delete.then(|| {
+            format!(
+                "NOT {}",
+                canon::ident(Dialect::BigQuery, ferry_core::sql::DELETED)
+            )
+        }),
+        exec: Box::new(move |sql| bigquery_rows(client, rt, sql, location, &mut n)),
+    }
+}
+
+/// Rows of a BigQuery query as text (cells as the REST API returns them: strings or null).
+pub fn bigquery_rows(
+    client: &ferry_bigquery::Client,
+    rt: &tokio::runtime::Handle,
+    sql: &str,
+    location: Option<&str>,
+    counter: &mut u64,
+) -> Result<Vec<Vec<Option<String>>>, String> {
+    *counter += 1;
+    let id = format!(
+        "ferry-reconcile-{}-{}-{counter}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+    );
+    let result = rt
+        .block_on(client.query(sql, location, &id, std::time::Duration::from_secs(600)))
+        .map_err(|e| e.to_string())?;
+    Ok(result
+        .rows
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|v| match v {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => Some(s),
+                    other => Some(other.to_string()),
+                })
+                .collect()
+        })
+        .collect())
+}
