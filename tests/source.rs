@@ -927,7 +927,6 @@ fn canonical_rows_agree_in_mariadb_sqlite_and_the_bigquery_dialect() {
         e.push(canon::hex_piece(
             d,
             &canon::sha256(d, &canon::row_text(d, &cols)),
-            9,
         ));
         e.join(", ")
     };

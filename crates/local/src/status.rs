@@ -42,6 +42,10 @@ pub struct TableStatus {
     pub removed_24h: u64,
     /// The newest warning, if any in the last 24 hours.
     pub last_warning: Option<String>,
+    /// The last `ferry reconcile` result: `match` or `differ`.
+    pub reconcile: Option<String>,
+    /// The newest commit time up to which the replica was found equal to the source.
+    pub verified_through_micros: Option<i64>,
 }
 
 /// The whole picture.
@@ -98,7 +102,17 @@ pub fn status(
         let mut last_warning = c
             .prepare("SELECT warnings FROM _ferry_events WHERE source = ?1 AND table_name = ?2 AND at >= ?3 AND warnings IS NOT NULL ORDER BY at DESC LIMIT 1")
             .map_err(err)?;
+        let mut reconciled = c
+            .prepare("SELECT status, verified_through FROM _ferry_reconcile WHERE source = ?1 AND table_name = ?2")
+            .map_err(err)?;
         let mut fill = |t: &mut TableStatus| -> Result<(), PortError> {
+            if let Some((state, verified)) = reconciled
+                .query_row(params![t.source, t.table], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)))
+                .optional()
+                .map_err(err)?
+            {
+                (t.reconcile, t.verified_through_micros) = (Some(state), verified);
+            }
             if let Some(r) = rows.iter().find(|r| r.0 == t.source && r.1 == t.table) {
                 (t.files_24h, t.rows_24h, t.failures_24h, t.skipped_24h) = (r.2 as u64, r.3 as u64, r.4 as u64, r.5 as u64);
                 (t.warnings_24h, t.removed_24h) = (r.6 as u64, r.7 as u64);

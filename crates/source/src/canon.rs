@@ -23,9 +23,10 @@
 //!   concatenation, as Google's Data Validation Tool uses, makes them equal), and NULL differs
 //!   from the empty string and from the text `~`.
 //! - **The row hash** is SHA-256 of the row text's UTF-8 bytes, in lower-case hex. A set of rows
-//!   is summarised by its count and the sums of two 32-bit pieces of the hash (hex digits 1-8
-//!   and 9-16): order does not matter, and a row deleted while another is duplicated changes
-//!   the sums, not only the count.
+//!   is summarised by its count and the sum of the hash's first 40 bits ([`PIECE_DIGITS`]): order
+//!   does not matter, and a row deleted while another is duplicated changes the sum, not only
+//!   the count. Each engine computes the hash once per row; keys are then told apart by the
+//!   whole hash.
 
 use ferry_core::bqtype::BqType;
 
@@ -190,12 +191,17 @@ pub fn sha256(d: Dialect, text: &str) -> String {
     }
 }
 
-/// The integer of hex digits `from..from+8` (1-based) of hex expression `h`.
-pub fn hex_piece(d: Dialect, h: &str, from: u32) -> String {
+/// Hex digits of the row hash that segment sums add up: 40 bits, so a segment of up to 2^23
+/// rows sums within a signed 64-bit integer on every engine.
+pub const PIECE_DIGITS: u32 = 10;
+
+/// The integer of the first [`PIECE_DIGITS`] hex digits of hex expression `h`.
+pub fn hex_piece(d: Dialect, h: &str) -> String {
+    let n = PIECE_DIGITS;
     match d {
-        Dialect::MySql => format!("CAST(CONV(SUBSTRING({h}, {from}, 8), 16, 10) AS UNSIGNED)"),
-        Dialect::Sqlite => format!("ferry_hex_int(substr({h}, {from}, 8))"),
-        Dialect::BigQuery => format!("CAST(CONCAT('0x', SUBSTR({h}, {from}, 8)) AS INT64)"),
+        Dialect::MySql => format!("CAST(CONV(SUBSTRING({h}, 1, {n}), 16, 10) AS UNSIGNED)"),
+        Dialect::Sqlite => format!("ferry_hex_int(substr({h}, 1, {n}))"),
+        Dialect::BigQuery => format!("CAST(CONCAT('0x', SUBSTR({h}, 1, {n})) AS INT64)"),
     }
 }
 

@@ -147,8 +147,7 @@ struct Segment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Agg {
     rows: u64,
-    a: u128,
-    b: u128,
+    sum: u128,
 }
 
 fn num<T: std::str::FromStr + Default>(v: Option<&Option<String>>) -> T {
@@ -290,10 +289,8 @@ impl Side<'_> {
     ) -> Result<BTreeMap<String, Agg>, String> {
         let d = self.dialect;
         let sql = format!(
-            "SELECT b, COUNT(*), SUM({}), SUM({}) FROM (SELECT {bucket} AS b, {} AS h FROM {} WHERE {}) x GROUP BY b",
-            canon::hex_piece(d, "h", 1),
-            canon::hex_piece(d, "h", 9),
-            self.row_hash(shape),
+            "SELECT b, COUNT(*), SUM(p) FROM (SELECT {bucket} AS b, {} AS p FROM {} WHERE {}) x GROUP BY b",
+            canon::hex_piece(d, &self.row_hash(shape)),
             self.table,
             self.condition(shape, seg)
         );
@@ -305,8 +302,7 @@ impl Side<'_> {
                 b,
                 Agg {
                     rows: num(r.get(1)),
-                    a: num(r.get(2)),
-                    b: num(r.get(3)),
+                    sum: num(r.get(2)),
                 },
             );
         }
@@ -443,10 +439,15 @@ pub fn compare(
             _ => Vec::new(),
         }
     } else if chunks > 1 {
-        (0..16)
+        // Enough hash prefixes that each holds about a chunk.
+        let mut len = 1u32;
+        while 16u64.saturating_pow(len) < chunks {
+            len += 1;
+        }
+        (0..16u64.pow(len))
             .map(|i| Segment {
                 range: None,
-                prefix: format!("{i:x}"),
+                prefix: format!("{i:0w$x}", w = len as usize),
             })
             .collect()
     } else {
@@ -458,49 +459,23 @@ pub fn compare(
     let mut candidates: Vec<Key> = Vec::new();
     let mut done = 0u64;
     let mut work: Vec<(Segment, Agg, Agg)> = Vec::new();
+    // Each root segment is summarised already cut into 16, which costs the same scan as one
+    // total and saves a pass over every segment that differs.
     for seg in roots {
-        let s = source
-            .aggregates(shape, &seg, "0")?
-            .remove("0")
-            .unwrap_or_default();
-        let r = replica
-            .aggregates(shape, &seg, "0")?
-            .remove("0")
-            .unwrap_or_default();
+        let (children, s_rows, r_rows) = split_compare(source, replica, shape, &seg)?;
         out.segments += 1;
-        done += s.rows.max(r.rows);
+        done += s_rows.max(r_rows);
         progress(done.min(total), total);
-        if s != r {
-            work.push((seg, s, r));
-        }
+        work.extend(children);
     }
     while let Some((seg, s, r)) = work.pop() {
-        let single_value = seg.range.is_some_and(|(lo, hi)| lo == hi);
         if s.rows.max(r.rows) <= options.leaf_rows || seg.prefix.len() >= 12 {
             leaf(source, replica, shape, &seg, &mut candidates)?;
             continue;
         }
-        let split = match seg.range {
-            Some((lo, hi)) if !single_value => {
-                let parts = split_range(lo, hi, 16);
-                let width = parts[0].range.map_or(1, |(a, b)| b - a + 1);
-                Split::Range { lo, width, parts }
-            }
-            _ => Split::Prefix(&seg),
-        };
-        let sb = source.bucket(shape, &split);
-        let rb = replica.bucket(shape, &split);
-        let children = split.children();
-        let s_aggs = source.aggregates(shape, &seg, &sb)?;
-        let r_aggs = replica.aggregates(shape, &seg, &rb)?;
+        let (children, _, _) = split_compare(source, replica, shape, &seg)?;
         out.segments += 1;
-        for (label, child) in children {
-            let s = s_aggs.get(&label).copied().unwrap_or_default();
-            let r = r_aggs.get(&label).copied().unwrap_or_default();
-            if s != r {
-                work.push((child, s, r));
-            }
-        }
+        work.extend(children);
     }
     if candidates.is_empty() {
         return Ok(out);
@@ -530,6 +505,41 @@ pub fn compare(
         }
     }
     Ok(out)
+}
+
+/// Cuts `seg` into 16 on both sides and returns the children that differ, with the rows each
+/// side holds in `seg`.
+#[allow(clippy::type_complexity)]
+fn split_compare(
+    source: &mut Side<'_>,
+    replica: &mut Side<'_>,
+    shape: &Shape,
+    seg: &Segment,
+) -> Result<(Vec<(Segment, Agg, Agg)>, u64, u64), String> {
+    let split = match seg.range {
+        Some((lo, hi)) if lo != hi => {
+            let parts = split_range(lo, hi, 16);
+            let width = parts[0].range.map_or(1, |(a, b)| b - a + 1);
+            Split::Range { lo, width, parts }
+        }
+        _ => Split::Prefix(seg),
+    };
+    let sb = source.bucket(shape, &split);
+    let rb = replica.bucket(shape, &split);
+    let s_aggs = source.aggregates(shape, seg, &sb)?;
+    let r_aggs = replica.aggregates(shape, seg, &rb)?;
+    let rows = |a: &BTreeMap<String, Agg>| a.values().map(|x| x.rows).sum::<u64>();
+    let (s_rows, r_rows) = (rows(&s_aggs), rows(&r_aggs));
+    let differing = split
+        .children()
+        .into_iter()
+        .filter_map(|(label, child)| {
+            let s = s_aggs.get(&label).copied().unwrap_or_default();
+            let r = r_aggs.get(&label).copied().unwrap_or_default();
+            (s != r).then_some((child, s, r))
+        })
+        .collect();
+    Ok((differing, s_rows, r_rows))
 }
 
 /// Lists a segment's keys and hashes on both sides and keeps the keys that differ.

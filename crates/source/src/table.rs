@@ -141,24 +141,16 @@ pub fn sqlite_rows(conn: &Connection, sql: &str) -> Result<Vec<Vec<Option<String
         .map_err(|e| e.to_string())
 }
 
-/// Opens the local warehouse for reconciling: the canonical-row functions registered, and the
-/// results table created.
+/// Opens the local warehouse for reconciling: its tables made current (the results table,
+/// `_ferry_reconcile`, among them) and the canonical-row functions registered.
 pub fn open_local(path: &std::path::Path) -> Result<Connection, String> {
+    ferry_local::SqliteWarehouse::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let conn = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
     canon::register_sqlite(&conn).map_err(|e| e.to_string())?;
-    conn.execute_batch(RESULTS)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(conn)
 }
-
-/// Reconcile results in the local warehouse, one row per table (the last run).
-pub const RESULTS: &str = "CREATE TABLE IF NOT EXISTS _ferry_reconcile (
-    source TEXT NOT NULL, table_name TEXT NOT NULL, status TEXT NOT NULL, at INTEGER NOT NULL,
-    source_rows INTEGER NOT NULL, replica_rows INTEGER NOT NULL, missing INTEGER NOT NULL,
-    extra INTEGER NOT NULL, different INTEGER NOT NULL, verified_through INTEGER,
-    PRIMARY KEY (source, table_name))";
 
 /// The replica's schema in the local warehouse: the change log's stored fields.
 pub fn local_fields(

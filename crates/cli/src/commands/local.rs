@@ -371,6 +371,7 @@ pub(crate) fn print_status(out: &mut dyn Write, status: &Status) -> std::io::Res
         "removed",
         "last commit (UTC)",
         "lag",
+        "verified through (UTC)",
     ]
     .map(String::from)
     .to_vec();
@@ -392,6 +393,12 @@ pub(crate) fn print_status(out: &mut dyn Write, status: &Status) -> std::io::Res
                 t.lag_seconds
                     .map(human_seconds)
                     .unwrap_or_else(|| "-".into()),
+                match (t.reconcile.as_deref(), t.verified_through_micros) {
+                    (Some("differ"), Some(v)) => format!("{} (now differs)", iso(v)),
+                    (Some("differ"), None) => "differs".into(),
+                    (_, Some(v)) => iso(v),
+                    _ => "-".into(),
+                },
             ]
         })
         .collect();
