@@ -155,8 +155,7 @@ fn main() {
         println!("{side} side: {n} rows hashed in {secs:.2} s, {rate:.0} rows/s");
     }
     for (label, broken) in [("matching", 0), ("10 rows changed", 10)] {
-        if broken > 0 {
-            let step = rows / broken;
+        if let Some(step) = rows.checked_div(broken) {
             for k in 0..broken {
                 conn.execute(
                     r#"UPDATE "bench.bets" SET game = 'tampered' WHERE bet_id = ?1"#,
