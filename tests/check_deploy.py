@@ -10,6 +10,7 @@ Usage: check_deploy.py SERVERLESS_BIN  (run by scripts/test)
 import copy
 import glob
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -52,13 +53,14 @@ def as_list(v):
     return v if isinstance(v, list) else [v]
 
 
-def template_problems(t):
+def template_problems(t, reconcile_enabled=False):
     """Every broken invariant of a rendered template, as messages."""
     problems = []
     functions = resources_of(t, "AWS::Lambda::Function")
-    if len(functions) != 1:
-        return [f"expected one function, found {len(functions)}"]
-    (fn_id, fn), = functions.items()
+    if set(functions) != {"LoaderLambdaFunction", "ReconcileLambdaFunction"}:
+        return [f"expected the loader and reconcile functions, found {sorted(functions)}"]
+    problems += reconcile_problems(t, reconcile_enabled)
+    fn = functions["LoaderLambdaFunction"]
     p = fn["Properties"]
     if p.get("Runtime") != "provided.al2023":
         problems.append(f"runtime is {p.get('Runtime')}, not provided.al2023")
@@ -200,11 +202,17 @@ def template_problems(t):
     return problems
 
 
+def bucket_event_rules(t):
+    """EventBridge rules other than the reconcile schedule."""
+    return {k: v for k, v in resources_of(t, "AWS::Events::Rule").items()
+            if not any(ref_name(tg.get("Arn")) == "ReconcileLambdaFunction" for tg in v["Properties"].get("Targets", []))}
+
+
 def eventbridge_problems(t):
     """The EventBridge variant: a rule for the mapped prefixes' Object Created events of the DMS
     buckets, targeting the loader's queue, and a queue policy letting only that rule send."""
     problems = []
-    rules = resources_of(t, "AWS::Events::Rule")
+    rules = bucket_event_rules(t)
     if len(rules) != 1:
         return [f"eventbridge: expected one EventBridge rule, found {len(rules)}"]
     (rule_id, rule), = rules.items()
@@ -295,10 +303,53 @@ def workflow_problems(ci, deploy):
     return problems
 
 
+def reconcile_problems(t, enabled=False):
+    """The scheduled reconcile function: its own least-privilege role, its schedule (off unless
+    configured), its alarms."""
+    problems = []
+    r = t["Resources"]
+    fn = r["ReconcileLambdaFunction"]["Properties"]
+    env = fn.get("Environment", {}).get("Variables", {})
+    if env.get("FERRY_FUNCTION") != "reconcile":
+        problems.append("the reconcile function does not run as FERRY_FUNCTION=reconcile")
+    if fn.get("Runtime") != "provided.al2023" or fn.get("Architectures") != ["arm64"]:
+        problems.append("the reconcile function is not provided.al2023 on arm64")
+    if fn.get("LoggingConfig", {}).get("LogFormat") != "JSON":
+        problems.append("the reconcile function's log format is not JSON (EMF metrics)")
+    if fn.get("ReservedConcurrentExecutions") != 1:
+        problems.append("reconcile runs may overlap (reserved concurrency is not 1)")
+    role = r.get("ReconcileRole", {}).get("Properties", {})
+    role_name = role.get("RoleName")
+    if not role_name or role_name not in json.dumps(fn.get("Role")):
+        problems.append("the reconcile function's role is not ReconcileRole")
+    for policy in role.get("Policies", []):
+        for st in policy["PolicyDocument"]["Statement"]:
+            if as_list(st["Action"]) != ["secretsmanager:GetSecretValue"]:
+                problems.append(f"the reconcile role may do more than read secrets: {st['Action']}")
+            for res in as_list(st["Resource"]):
+                text = json.dumps(res)
+                if not re.search(r"secret:ferry/[a-z0-9-]+/source/\*\"", text) and "gcp-credentials-??????" not in text:
+                    problems.append(f"the reconcile role reads secrets beyond the source and GCP ones: {text}")
+    rules = [x["Properties"] for x in resources_of(t, "AWS::Events::Rule").values()
+             if any(ref_name(tg.get("Arn")) == "ReconcileLambdaFunction" for tg in x["Properties"].get("Targets", []))]
+    if len(rules) != 1:
+        problems.append("no schedule runs the reconcile function")
+    elif rules[0].get("State") != ("ENABLED" if enabled else "DISABLED"):
+        problems.append(f"the reconcile schedule is {rules[0].get('State')} (it must be off until configured)")
+    alarms = resources_of(t, "AWS::CloudWatch::Alarm").values()
+    for metric in ("ReconcileMismatches", "ReconcileErrors"):
+        if not any(a["Properties"].get("MetricName") == metric and a["Properties"].get("Namespace") == "ferry" for a in alarms):
+            problems.append(f"no alarm on {metric}")
+    return problems
+
+
 def mutations(t):
     """Templates each broken in one invariant, with the message the break must produce."""
     def fn(x):
-        return next(iter(resources_of(x, "AWS::Lambda::Function").values()))["Properties"]
+        return x["Resources"]["LoaderLambdaFunction"]["Properties"]
+
+    def reconcile_statement(x):
+        return x["Resources"]["ReconcileRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]
 
     def queue(x):
         return x["Resources"]["LoaderQueue"]["Properties"]
@@ -336,6 +387,12 @@ def mutations(t):
         ("apply lock access", lambda x: first_statement(x, "dynamodb:PutItem").update(Action=["dynamodb:PutItem", "dynamodb:Scan"])),
         ("TTL", lambda x: x["Resources"]["ApplyLockTable"]["Properties"].pop("TimeToLiveSpecification")),
         ("FERRY_QUEUE_URL", lambda x: fn(x)["Environment"]["Variables"].pop("FERRY_QUEUE_URL")),
+        ("more than read secrets", lambda x: reconcile_statement(x).update(Action=["secretsmanager:GetSecretValue", "s3:GetObject"])),
+        ("secrets beyond", lambda x: reconcile_statement(x)["Resource"].append({"Fn::Sub": "arn:aws:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:*"})),
+        ("reconcile schedule", lambda x: [r["Properties"].update(State="ENABLED") for r in resources_of(x, "AWS::Events::Rule").values()]),
+        ("alarm on ReconcileMismatches", lambda x: x["Resources"].pop("ReconcileMismatchAlarm")),
+        ("role is not ReconcileRole", lambda x: x["Resources"]["ReconcileLambdaFunction"]["Properties"].update(Role={"Fn::GetAtt": ["IamRoleLambdaExecution", "Arn"]})),
+        ("reconcile runs may overlap", lambda x: x["Resources"]["ReconcileLambdaFunction"]["Properties"].pop("ReservedConcurrentExecutions")),
         ("FERRY_APPLY_EVERY", lambda x: fn(x)["Environment"]["Variables"].pop("FERRY_APPLY_EVERY")),
         ("wake-ups to its own queue", lambda x: [st.update(Resource=[r for r in as_list(st["Resource"]) if ref_name(r) != "LoaderQueue"] or ["arn:aws:sqs:us-east-1:0:other"])
                                                 for role in resources_of(x, "AWS::IAM::Role").values()
@@ -363,7 +420,7 @@ def main():
             z.writestr("bootstrap", "placeholder: packaging only")
         env = dict(os.environ, AWS_ACCESS_KEY_ID="offline", AWS_SECRET_ACCESS_KEY="offline",
                    SLS_TELEMETRY_DISABLED="1", SLS_NOTIFICATIONS_MODE="off", SLS_DEPRECATION_DISABLE="*")
-        def package(label, *args):
+        def package(label, *args, reconcile_enabled=False):
             """Renders the stack with `serverless package ARGS` and lints it: the template, or
             None after recording why it could not be made."""
             out = subprocess.run([serverless, "package", *args], cwd=work, env=env,
@@ -377,7 +434,7 @@ def main():
                 failures.append(f"cfn-lint ({label}):\n{lint.stdout}{lint.stderr}")
             with open(path) as f:
                 template = json.load(f)
-            failures.extend(f"{label}: {p}" for p in template_problems(template))
+            failures.extend(f"{label}: {p}" for p in template_problems(template, reconcile_enabled))
             return template
 
         for stage in ("dev", "prod"):
@@ -389,9 +446,13 @@ def main():
                     found = template_problems(broken)
                     if not any(name.lower() in p.lower() for p in found):
                         failures.append(f"breaking '{name}' went unnoticed (found: {found})")
-            if stage == "dev" and resources_of(template, "AWS::Events::Rule"):
+            if stage == "dev" and bucket_event_rules(template):
                 failures.append("dev: an EventBridge rule exists although eventSource is notifications")
             print(f"ok: serverless package --stage {stage}, cfn-lint, invariants")
+        # The reconcile schedule, turned on.
+        template = package("reconcile on", "--stage", "dev", "--param=reconcileEnabled=true", reconcile_enabled=True)
+        if template is not None:
+            print("ok: serverless package --param reconcileEnabled=true (the schedule runs)")
         # The EventBridge variant of the same stack.
         template = package("eventbridge", "--stage", "dev", "--param=eventSource=eventbridge")
         if template is not None:

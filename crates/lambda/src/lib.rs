@@ -26,6 +26,7 @@
 //! - [`Loader`]: the set-up pipeline and its handler.
 //! - [`metrics`]: CloudWatch Embedded Metric Format lines per table.
 
+pub mod integrity;
 pub mod metrics;
 
 use std::path::PathBuf;

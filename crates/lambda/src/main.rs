@@ -25,6 +25,9 @@ async fn main() -> Result<(), Error> {
     } else {
         builder.init();
     }
+    if std::env::var("FERRY_FUNCTION").is_ok_and(|f| f == "reconcile") {
+        return reconcile(started).await;
+    }
     let loader = match Loader::from_env().await {
         Ok(l) => l,
         Err(e) => {
@@ -53,5 +56,27 @@ async fn main() -> Result<(), Error> {
         let report = loader.handle(event.payload, Some(remaining)).await?;
         Ok::<SqsBatchResponse, Error>(report.response)
     }))
+    .await
+}
+
+/// The scheduled reconcile function (`FERRY_FUNCTION=reconcile`, see `ferry_lambda::integrity`).
+async fn reconcile(started: Instant) -> Result<(), Error> {
+    let reconciler = match ferry_lambda::integrity::Reconciler::from_env().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cold start failed");
+            return Err(e.into());
+        }
+    };
+    tracing::info!(init_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");
+    if std::env::args().any(|a| a == "--init-only") {
+        return Ok(());
+    }
+    let reconciler = &reconciler;
+    lambda_runtime::run(service_fn(
+        move |_: LambdaEvent<serde_json::Value>| async move {
+            Ok::<serde_json::Value, Error>(reconciler.run_once().await)
+        },
+    ))
     .await
 }

@@ -67,7 +67,11 @@ pub fn per_table(report: &BatchReport) -> BTreeMap<String, TableCounts> {
 }
 
 /// One EMF line: `values` are (name, unit, value); `dimension` an optional (name, value).
-fn emf(now_millis: i64, dimension: Option<(&str, &str)>, values: &[(&str, &str, u64)]) -> String {
+pub(crate) fn emf(
+    now_millis: i64,
+    dimension: Option<(&str, &str)>,
+    values: &[(&str, &str, u64)],
+) -> String {
     let mut line = serde_json::Map::new();
     let dims: Vec<&str> = dimension.iter().map(|(name, _)| *name).collect();
     let metrics: Vec<serde_json::Value> = values

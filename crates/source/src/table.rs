@@ -336,3 +336,140 @@ pub fn bigquery_rows(
         })
         .collect())
 }
+
+/// The replica's columns as BigQuery has them (`tables.get`), `None` when it does not exist.
+pub fn bigquery_fields(
+    client: &ferry_bigquery::Client,
+    rt: &tokio::runtime::Handle,
+    table: &TableMapping,
+) -> Result<Option<Vec<BqField>>, String> {
+    let replica = table.replica.as_ref().unwrap_or(&table.changelog);
+    let fields = rt
+        .block_on(client.get_table_fields(&replica.project, &replica.dataset, &replica.table))
+        .map_err(|e| e.to_string())?;
+    fields
+        .map(|f| serde_json::from_value::<Vec<BqField>>(f).map_err(|e| e.to_string()))
+        .transpose()
+}
+
+/// The newest commit time in a table's change log (µs), read from the last two days'
+/// partitions only, so the query scans one column of two days.
+pub fn bigquery_loaded_through(
+    client: &ferry_bigquery::Client,
+    rt: &tokio::runtime::Handle,
+    table: &TableMapping,
+    location: Option<&str>,
+) -> Result<Option<i64>, String> {
+    let ts = ferry_core::sql::ident(ferry_core::schema::meta::COMMIT_TS);
+    let sql = format!(
+        "SELECT UNIX_MICROS(MAX({ts})) FROM {} WHERE {ts} >= TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 2 DAY)",
+        ferry_core::sql::table_path(&table.changelog)
+    );
+    let rows = bigquery_rows(client, rt, &sql, location, &mut 0)?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok()))
+}
+
+/// Compares one table's BigQuery replica with the source.
+#[allow(clippy::too_many_arguments)]
+pub fn reconcile_bigquery(
+    db: &mut MySql,
+    client: &ferry_bigquery::Client,
+    rt: &tokio::runtime::Handle,
+    source: &Source,
+    table: &TableMapping,
+    source_table: &SourceTable,
+    options: Options,
+    settle: &mut dyn FnMut(),
+) -> TableReport {
+    let started = Instant::now();
+    let location = source.location.as_deref();
+    let fields = match bigquery_fields(client, rt, table) {
+        Ok(Some(f)) => f,
+        Ok(None) => return TableReport::skipped(table, "the replica does not exist yet"),
+        Err(e) => return TableReport::failed(table, e),
+    };
+    let shape = match Shape::new(columns(source_table, &fields), &table.primary_key) {
+        Ok(s) => s,
+        Err(e) => return TableReport::failed(table, e),
+    };
+    let loaded_through = bigquery_loaded_through(client, rt, table, location).unwrap_or(None);
+    let mut s = mysql_side(db, source_table);
+    let mut r = bigquery_side(client, rt, table, location);
+    finish(
+        table,
+        reconcile::compare_with_bar(
+            &mut s,
+            &mut r,
+            &shape,
+            options,
+            &table.source_table(),
+            settle,
+        ),
+        loaded_through,
+        started,
+    )
+}
+
+/// The BigQuery table reconcile results are kept in: `ferry_reconcile` in the source's dataset,
+/// one row per table and run.
+pub fn results_table(source: &Source) -> ferry_core::TableRef {
+    ferry_core::TableRef {
+        project: source.project.clone(),
+        dataset: source.dataset.clone(),
+        table: "ferry_reconcile".into(),
+    }
+}
+
+/// Appends a table's result to [`results_table`] (created when missing). `verified_through`
+/// is set only for a match: the newest verified time is the maximum over the table's rows.
+pub fn record_bigquery(
+    client: &ferry_bigquery::Client,
+    rt: &tokio::runtime::Handle,
+    source: &Source,
+    report: &TableReport,
+    now_micros: i64,
+) -> Result<(), String> {
+    if !matches!(report.status, "match" | "differ") {
+        return Ok(());
+    }
+    let path = ferry_core::sql::table_path(&results_table(source));
+    let location = source.location.as_deref();
+    let mut n = 0;
+    bigquery_rows(
+        client,
+        rt,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {path} (source STRING NOT NULL, table_name STRING NOT NULL, status STRING NOT NULL, at TIMESTAMP NOT NULL, source_rows INT64, replica_rows INT64, missing INT64, extra INT64, different INT64, verified_through TIMESTAMP) PARTITION BY DATE(at) CLUSTER BY table_name"
+        ),
+        location,
+        &mut n,
+    )?;
+    let o = &report.outcome;
+    let verified = match (report.status, report.loaded_through) {
+        ("match", Some(t)) => format!("TIMESTAMP_MICROS({t})"),
+        ("match", None) => format!("TIMESTAMP_MICROS({now_micros})"),
+        _ => "NULL".into(),
+    };
+    let lit = ferry_core::sql::string_literal;
+    bigquery_rows(
+        client,
+        rt,
+        &format!(
+            "INSERT INTO {path} (source, table_name, status, at, source_rows, replica_rows, missing, extra, different, verified_through) VALUES ({}, {}, {}, TIMESTAMP_MICROS({now_micros}), {}, {}, {}, {}, {}, {verified})",
+            lit(&source.name),
+            lit(&report.table),
+            lit(report.status),
+            o.source_rows,
+            o.replica_rows,
+            o.missing.len(),
+            o.extra.len(),
+            o.different.len()
+        ),
+        location,
+        &mut n,
+    )
+    .map(drop)
+}
