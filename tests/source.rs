@@ -1021,3 +1021,112 @@ fn canonical_rows_agree_in_mariadb_sqlite_and_the_bigquery_dialect() {
     assert_eq!(mysql[0].as_deref(), Some("-42"));
     assert_eq!(mysql[12], None, "a zero date is NULL, as DMS writes it");
 }
+
+#[test]
+fn reconcile_against_a_bigquery_replica_on_the_strict_server_names_the_differences_and_records_them()
+ {
+    let w = shared();
+    let mut a = w.db.admin();
+    a.exec(
+        "CREATE TABLE casino_game.ledger (entry_id BIGINT PRIMARY KEY, account VARCHAR(20), amount DECIMAL(20,4),
+           booked_at DATETIME(6), cleared TINYINT(1)) DEFAULT CHARSET=utf8mb4;
+         INSERT INTO casino_game.ledger SELECT seq, CONCAT('acct-', seq % 37), seq * 0.25,
+           TIMESTAMP('2026-01-01') + INTERVAL seq SECOND, seq % 2
+         FROM (SELECT CAST(seq AS SIGNED) seq FROM casino_game.seq_1_to_1000) s",
+    )
+    .unwrap();
+    // The replica as ferry keeps it in BigQuery, with the same rows, then broken three ways.
+    let server = ferry_tests::bqserver::BqServer::start(Some(
+        ferry_tests::stand_ins::bqemulator().to_owned(),
+    ));
+    let client = ferry_bigquery::Client::new(
+        ferry_bigquery::ClientConfig {
+            base_url: server.url.clone(),
+            ..Default::default()
+        },
+        ferry_bigquery::Auth::None,
+        "ferry-test",
+    )
+    .unwrap();
+    let rt = ferry_tests::runtime();
+    rt.block_on(client.ensure_dataset("ferry-test", "ledger_ds", None))
+        .unwrap();
+    let mut n = 0;
+    let mut q = |sql: &str| {
+        ferry_source::table::bigquery_rows(&client, rt.handle(), sql, None, &mut n).unwrap()
+    };
+    q(
+        "CREATE TABLE `ferry-test`.`ledger_ds`.`ledger` (`_ferry_file_seq` STRING, `_ferry_deleted` BOOL, entry_id INT64 NOT NULL, account STRING, amount NUMERIC, booked_at DATETIME, cleared BOOL)",
+    );
+    q("INSERT INTO `ferry-test`.`ledger_ds`.`ledger` (`_ferry_file_seq`, `_ferry_deleted`, entry_id, account, amount, booked_at, cleared)
+       SELECT '', FALSE, x, CONCAT('acct-', CAST(MOD(x, 37) AS STRING)), CAST(x AS NUMERIC) * 0.25,
+              DATETIME_ADD(DATETIME '2026-01-01 00:00:00', INTERVAL x SECOND), MOD(x, 2) = 1
+       FROM UNNEST(GENERATE_ARRAY(1, 1000)) AS x");
+    q("UPDATE `ferry-test`.`ledger_ds`.`ledger` SET account = 'tampered' WHERE entry_id = 500");
+    q("DELETE FROM `ferry-test`.`ledger_ds`.`ledger` WHERE entry_id = 77");
+    q("INSERT INTO `ferry-test`.`ledger_ds`.`ledger` (`_ferry_file_seq`, `_ferry_deleted`, entry_id, account, amount, booked_at, cleared)
+       VALUES ('', FALSE, 5000, 'ghost', NUMERIC '1', DATETIME '2026-01-01 00:00:00', FALSE)");
+
+    let dir = TempDir::new("bq-reconcile");
+    dir.write(
+        "ledger.json",
+        r#"{"source": {"name": "ledger", "bucket": "casino-dms", "folder": "cdc"},
+            "bigquery": {"project": "ferry-test", "dataset": "ledger_ds"},
+            "tables": {"casino_game.ledger": {"primary_key": ["entry_id"], "target": "ledger",
+                       "columns": {"booked_at": "datetime(6)", "cleared": "tinyint(1)"}}}}"#,
+    );
+    let catalog = ferry_core::Catalog::load_dir(dir.path()).unwrap();
+    let source = catalog.source("ledger").unwrap();
+    let mapping = &source.tables[0];
+    let mut db = w.reader();
+    let tables = ferry_source::catalog::read_tables(&mut db, &["casino_game".into()]).unwrap();
+    let st = tables.iter().find(|t| t.name == "ledger").unwrap();
+    let report = ferry_source::table::reconcile_bigquery(
+        &mut db,
+        &client,
+        rt.handle(),
+        source,
+        mapping,
+        st,
+        ferry_source::reconcile::Options::default(),
+        &mut || {},
+    );
+    let v = serde_json::to_value(&report).unwrap();
+    assert_eq!(v["status"], "differ", "{v}");
+    assert_eq!(keys(&v, "missing"), ["entry_id=77"], "{v}");
+    assert_eq!(keys(&v, "extra"), ["entry_id=5000"], "{v}");
+    assert_eq!(keys(&v, "different"), ["entry_id=500"], "{v}");
+    assert_eq!(v["different"][0]["column"], "account");
+    assert!(report.outcome.segments > 1, "bisected in BigQuery SQL: {v}");
+
+    // The result is kept where the status views read it.
+    ferry_source::table::record_bigquery(
+        &client,
+        rt.handle(),
+        source,
+        &report,
+        1_790_000_000_000_000,
+    )
+    .unwrap();
+    let mut n = 0;
+    let rows = ferry_source::table::bigquery_rows(
+        &client,
+        rt.handle(),
+        "SELECT table_name, status, missing, extra, different, verified_through FROM `ferry-test`.`ledger_ds`.`ferry_reconcile`",
+        None,
+        &mut n,
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0][0].as_deref(), Some("casino_game.ledger"));
+    assert_eq!(rows[0][1].as_deref(), Some("differ"));
+    assert_eq!(
+        (
+            rows[0][2].as_deref(),
+            rows[0][3].as_deref(),
+            rows[0][4].as_deref()
+        ),
+        (Some("1"), Some("1"), Some("1"))
+    );
+    assert_eq!(rows[0][5], None, "a differing table is not verified");
+}

@@ -234,3 +234,27 @@ impl RangeSource for S3Object {
         })
     }
 }
+
+/// Writes an object (reconcile's repair objects, which the bucket's notification then sends
+/// through the loader like any DMS file).
+pub async fn put_object(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    body: Vec<u8>,
+) -> Result<(), String> {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "s3://{bucket}/{key}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )
+        })
+}

@@ -60,7 +60,7 @@ CREATE TABLE IF NOT EXISTS _ferry_dlq (
 );
 CREATE INDEX IF NOT EXISTS _ferry_dlq_body ON _ferry_dlq (body);
 CREATE TABLE IF NOT EXISTS _ferry_reconcile (
-    source TEXT NOT NULL, table_name TEXT NOT NULL, status TEXT NOT NULL, at INTEGER NOT NULL,
+    source TEXT NOT NULL, table_name TEXT NOT NULL, status TEXT NOT NULL, checked_at INTEGER NOT NULL,
     source_rows INTEGER NOT NULL, replica_rows INTEGER NOT NULL, missing INTEGER NOT NULL,
     extra INTEGER NOT NULL, different INTEGER NOT NULL, verified_through INTEGER,
     PRIMARY KEY (source, table_name)

@@ -196,9 +196,9 @@ pub fn record_local(
         None
     };
     conn.execute(
-        "INSERT INTO _ferry_reconcile (source, table_name, status, at, source_rows, replica_rows, missing, extra, different, verified_through)
+        "INSERT INTO _ferry_reconcile (source, table_name, status, checked_at, source_rows, replica_rows, missing, extra, different, verified_through)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (source, table_name) DO UPDATE SET status = excluded.status, at = excluded.at,
+         ON CONFLICT (source, table_name) DO UPDATE SET status = excluded.status, checked_at = excluded.checked_at,
            source_rows = excluded.source_rows, replica_rows = excluded.replica_rows, missing = excluded.missing,
            extra = excluded.extra, different = excluded.different,
            verified_through = MAX(COALESCE(excluded.verified_through, verified_through), COALESCE(verified_through, excluded.verified_through))",
@@ -312,12 +312,15 @@ pub fn bigquery_rows(
     counter: &mut u64,
 ) -> Result<Vec<Vec<Option<String>>>, String> {
     *counter += 1;
+    // BigQuery takes request ids of at most 36 ASCII characters (jobs.query, QueryRequest).
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
     let id = format!(
-        "ferry-reconcile-{}-{}-{counter}",
+        "ferry-rc-{:08x}{:012x}{:04x}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros())
+        micros & 0xffff_ffff_ffff,
+        *counter & 0xffff
     );
     let result = rt
         .block_on(client.query(sql, location, &id, std::time::Duration::from_secs(600)))
@@ -442,7 +445,7 @@ pub fn record_bigquery(
         client,
         rt,
         &format!(
-            "CREATE TABLE IF NOT EXISTS {path} (source STRING NOT NULL, table_name STRING NOT NULL, status STRING NOT NULL, at TIMESTAMP NOT NULL, source_rows INT64, replica_rows INT64, missing INT64, extra INT64, different INT64, verified_through TIMESTAMP) PARTITION BY DATE(at) CLUSTER BY table_name"
+            "CREATE TABLE IF NOT EXISTS {path} (source STRING NOT NULL, table_name STRING NOT NULL, status STRING NOT NULL, checked_at TIMESTAMP NOT NULL, source_rows INT64, replica_rows INT64, missing INT64, extra INT64, different INT64, verified_through TIMESTAMP) PARTITION BY DATE(checked_at) CLUSTER BY table_name"
         ),
         location,
         &mut n,
@@ -458,7 +461,7 @@ pub fn record_bigquery(
         client,
         rt,
         &format!(
-            "INSERT INTO {path} (source, table_name, status, at, source_rows, replica_rows, missing, extra, different, verified_through) VALUES ({}, {}, {}, TIMESTAMP_MICROS({now_micros}), {}, {}, {}, {}, {}, {verified})",
+            "INSERT INTO {path} (source, table_name, status, checked_at, source_rows, replica_rows, missing, extra, different, verified_through) VALUES ({}, {}, {}, TIMESTAMP_MICROS({now_micros}), {}, {}, {}, {}, {}, {verified})",
             lit(&source.name),
             lit(&report.table),
             lit(report.status),

@@ -66,10 +66,13 @@ pub(crate) struct ReconcileArgs {
     /// Only this table (`schema.table`).
     #[arg(long, value_name = "SCHEMA.TABLE")]
     table: Option<String>,
-    /// The local warehouse (SQLite) to compare; BigQuery is not compared from the CLI yet.
+    /// The local warehouse (SQLite) to compare. Without it, the replicas in BigQuery are
+    /// compared, with the credentials the Lambda uses (FERRY_GCP_CREDENTIALS_SECRET,
+    /// GOOGLE_APPLICATION_CREDENTIALS, ...), and results are kept in <dataset>.ferry_reconcile.
     #[arg(long, value_name = "FILE")]
-    warehouse: PathBuf,
-    /// With --repair in local mode: the folder standing for the bucket.
+    warehouse: Option<PathBuf>,
+    /// With --repair in local mode: the folder standing for the bucket. In BigQuery mode the
+    /// repair objects go to the source's S3 bucket, whose notification loads them.
     #[arg(long, value_name = "DIR")]
     bucket_dir: Option<PathBuf>,
     /// One JSON object per table per line.
@@ -265,16 +268,18 @@ pub(crate) fn reconcile(
     let Some(catalog) = load_catalog(&args.source.mappings, err)? else {
         return Ok(EXIT_PROBLEMS);
     };
-    anyhow::ensure!(
-        args.warehouse.is_file(),
-        "warehouse {} does not exist (ferry local run creates it)",
-        args.warehouse.display()
-    );
-    if args.repair {
+    if let Some(w) = &args.warehouse {
         anyhow::ensure!(
-            args.bucket_dir.is_some(),
-            "--repair in local mode writes the repair objects into the bucket folder: pass --bucket-dir"
+            w.is_file(),
+            "warehouse {} does not exist (ferry local run creates it)",
+            w.display()
         );
+        if args.repair {
+            anyhow::ensure!(
+                args.bucket_dir.is_some(),
+                "--repair in local mode writes the repair objects into the bucket folder: pass --bucket-dir"
+            );
+        }
     }
     let (source, mut db) = connect(&args.source, &catalog)?;
     if let Some(t) = &args.table {
@@ -284,7 +289,6 @@ pub(crate) fn reconcile(
             source.name
         );
     }
-    let conn = table::open_local(&args.warehouse).map_err(anyhow::Error::msg)?;
     let source_tables = read_tables(&mut db, &schemas(&source))?;
     let options = Options {
         progress: !args.json && std::io::stderr().is_terminal(),
@@ -292,51 +296,129 @@ pub(crate) fn reconcile(
     };
     let settle = args.settle;
     let mut wait = || std::thread::sleep(settle);
+    let selected: Vec<&ferry_core::TableMapping> = source
+        .tables
+        .iter()
+        .filter(|t| {
+            args.table
+                .as_ref()
+                .is_none_or(|only| *only == t.source_table())
+        })
+        .collect();
+    let find = |t: &ferry_core::TableMapping| {
+        source_tables
+            .iter()
+            .find(|s| s.schema == t.schema && s.name == t.table)
+    };
     let mut reports = Vec::new();
-    for t in &source.tables {
-        if args
-            .table
-            .as_ref()
-            .is_some_and(|only| *only != t.source_table())
-        {
-            continue;
-        }
-        let report = match (
-            table::eligible(t),
-            source_tables
-                .iter()
-                .find(|s| s.schema == t.schema && s.name == t.table),
-        ) {
-            (Err(why), _) => TableReport::skipped(t, why),
-            (Ok(()), None) => TableReport::failed(t, "the table does not exist in the source"),
-            (Ok(()), Some(st)) => {
-                table::reconcile_local(&mut db, &conn, &source, t, st, options, &mut wait)
+    let bigquery = match &args.warehouse {
+        Some(path) => {
+            let conn = table::open_local(path).map_err(anyhow::Error::msg)?;
+            for t in selected {
+                let report = match (table::eligible(t), find(t)) {
+                    (Err(why), _) => TableReport::skipped(t, why),
+                    (Ok(()), None) => {
+                        TableReport::failed(t, "the table does not exist in the source")
+                    }
+                    (Ok(()), Some(st)) => {
+                        table::reconcile_local(&mut db, &conn, &source, t, st, options, &mut wait)
+                    }
+                };
+                table::record_local(&conn, &source.name, &report, now_micros())
+                    .map_err(anyhow::Error::msg)?;
+                print_report(&report, args.json, out)?;
+                reports.push(report);
             }
-        };
-        table::record_local(&conn, &source.name, &report, now_micros())
-            .map_err(anyhow::Error::msg)?;
-        print_report(&report, args.json, out)?;
-        reports.push(report);
-    }
+            None
+        }
+        None => {
+            let rt = tokio::runtime::Runtime::new()?;
+            let aws = rt.block_on(ferry_aws::config::load());
+            let auth = rt
+                .block_on(ferry_lambda::auth_from_env(&aws))
+                .map_err(anyhow::Error::msg)?;
+            let mut config = ferry_bigquery::ClientConfig::default();
+            if let Ok(url) = std::env::var("FERRY_BQ_BASE_URL") {
+                config.base_url = url;
+            }
+            let client = ferry_bigquery::Client::new(config, auth, &source.project)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            for t in selected {
+                let report = match (table::eligible(t), find(t)) {
+                    (Err(why), _) => TableReport::skipped(t, why),
+                    (Ok(()), None) => {
+                        TableReport::failed(t, "the table does not exist in the source")
+                    }
+                    (Ok(()), Some(st)) => table::reconcile_bigquery(
+                        &mut db,
+                        &client,
+                        rt.handle(),
+                        &source,
+                        t,
+                        st,
+                        options,
+                        &mut wait,
+                    ),
+                };
+                if let Err(e) =
+                    table::record_bigquery(&client, rt.handle(), &source, &report, now_micros())
+                {
+                    writeln!(err, "{}: could not record the result: {e}", report.table)?;
+                }
+                print_report(&report, args.json, out)?;
+                reports.push(report);
+            }
+            Some((rt, aws))
+        }
+    };
     let differ = reports
         .iter()
         .any(|r| matches!(r.status, "differ" | "error"));
     if args.repair && differ {
-        let bucket_dir = args.bucket_dir.clone().unwrap_or_default();
-        let repaired = repair_local(
-            &mut db,
-            &source,
-            &source_tables,
-            &reports,
-            &catalog,
-            &bucket_dir,
-            &args.warehouse,
-            err,
-        )?;
+        let objects = repair_objects(&mut db, &source, &source_tables, &reports, err)?;
+        let keys: usize = objects.iter().map(|o| o.2).sum();
+        match (&args.warehouse, &bigquery) {
+            (Some(warehouse), _) => {
+                let bucket_dir = args.bucket_dir.clone().unwrap_or_default();
+                for (key, bytes, _) in &objects {
+                    let path = bucket_dir.join(key);
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::write(&path, bytes)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                let pipeline =
+                    super::local::local_pipeline(catalog.clone(), &bucket_dir, warehouse)?;
+                let summary = super::local::run_with_progress(
+                    &pipeline,
+                    &ferry_local::RunOptions::default(),
+                    err,
+                )?;
+                anyhow::ensure!(
+                    summary.dead_lettered == 0,
+                    "{} objects were dead-lettered while loading the repair; see ferry dlq inspect",
+                    summary.dead_lettered
+                );
+            }
+            (None, Some((rt, aws))) => {
+                let s3 = ferry_aws::config::s3(aws);
+                for (key, bytes, _) in objects {
+                    rt.block_on(ferry_aws::s3::put_object(&s3, &source.bucket, &key, bytes))
+                        .map_err(anyhow::Error::msg)?;
+                    writeln!(
+                        err,
+                        "wrote s3://{}/{key}; the bucket's notification sends it to the loader",
+                        source.bucket
+                    )?;
+                }
+            }
+            (None, None) => {}
+        }
         if !args.json {
             writeln!(
                 out,
-                "repaired {repaired} keys; run ferry reconcile again to confirm"
+                "repaired {keys} keys; run ferry reconcile again to confirm"
             )?;
         }
     }
@@ -411,20 +493,15 @@ fn print_report(r: &TableReport, json: bool, out: &mut dyn Write) -> anyhow::Res
     Ok(())
 }
 
-/// Writes one repair object per differing table into the bucket folder and loads it with the
-/// local pipeline. Returns the keys repaired.
-#[allow(clippy::too_many_arguments)]
-fn repair_local(
+/// One repair object per differing table: its key, its bytes and how many keys it repairs.
+fn repair_objects(
     db: &mut MySql,
     source: &Source,
     source_tables: &[ferry_source::catalog::SourceTable],
     reports: &[TableReport],
-    catalog: &Catalog,
-    bucket_dir: &std::path::Path,
-    warehouse: &std::path::Path,
     err: &mut dyn Write,
-) -> anyhow::Result<usize> {
-    let mut repaired = 0;
+) -> anyhow::Result<Vec<(String, Vec<u8>, usize)>> {
+    let mut objects = Vec::new();
     for (serial, r) in reports.iter().filter(|r| r.status == "differ").enumerate() {
         let Some(t) = source.tables.iter().find(|t| t.source_table() == r.table) else {
             continue;
@@ -461,11 +538,6 @@ fn repair_local(
             .map_err(|e| anyhow::anyhow!("{}: {e}", r.table))?;
         let key =
             ferry_source::repair::object_key(source, st, at, u32::try_from(serial).unwrap_or(0));
-        let path = bucket_dir.join(&key);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
         writeln!(
             err,
             "{}: repair object {key} ({} rows, {} deletes)",
@@ -473,15 +545,7 @@ fn repair_local(
             rows.len(),
             deletes.len()
         )?;
-        repaired += rows.len() + deletes.len();
+        objects.push((key, bytes, rows.len() + deletes.len()));
     }
-    let pipeline = super::local::local_pipeline(catalog.clone(), bucket_dir, warehouse)?;
-    let summary =
-        super::local::run_with_progress(&pipeline, &ferry_local::RunOptions::default(), err)?;
-    anyhow::ensure!(
-        summary.dead_lettered == 0,
-        "{} objects were dead-lettered while loading the repair; see ferry dlq inspect",
-        summary.dead_lettered
-    );
-    Ok(repaired)
+    Ok(objects)
 }
