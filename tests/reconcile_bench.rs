@@ -135,7 +135,10 @@ fn main() {
         let mut s = if side == "source" {
             ferry_source::table::mysql_side(&mut r, st)
         } else {
-            ferry_source::table::sqlite_side(&conn, mapping)
+            ferry_source::table::sqlite_side(
+                ferry_source::table::open_local(Path::new(&w)).unwrap(),
+                mapping,
+            )
         };
         let sql = format!(
             "SELECT COUNT(*), SUM(p) FROM (SELECT {} AS p FROM {}) x",
@@ -166,7 +169,10 @@ fn main() {
         }
         let started = Instant::now();
         let mut s = ferry_source::table::mysql_side(&mut r, st);
-        let mut rep = ferry_source::table::sqlite_side(&conn, mapping);
+        let mut rep = ferry_source::table::sqlite_side(
+            ferry_source::table::open_local(Path::new(&w)).unwrap(),
+            mapping,
+        );
         let outcome = reconcile::compare(
             &mut s,
             &mut rep,

@@ -21,8 +21,25 @@ use serde::Serialize;
 
 use crate::canon::{self, Col, Dialect};
 
-/// A side's SQL executor: rows of text values.
-pub type Exec<'a> = Box<dyn FnMut(&str) -> Result<Vec<Vec<Option<String>>>, String> + 'a>;
+/// A side's SQL executor: rows of text values. `Send`, so that both sides run at once.
+pub type Exec<'a> = Box<dyn FnMut(&str) -> Result<Vec<Vec<Option<String>>>, String> + Send + 'a>;
+
+/// Runs `f` on both sides at once (each side is its own engine), source first in the result.
+fn both<T: Send>(
+    source: &mut Side<'_>,
+    replica: &mut Side<'_>,
+    f: impl Fn(&mut Side<'_>) -> Result<T, String> + Sync,
+) -> Result<(T, T), String> {
+    std::thread::scope(|scope| {
+        let f = &f;
+        let s = scope.spawn(move || f(source));
+        let r = f(replica);
+        let s = s
+            .join()
+            .map_err(|_| "the source side panicked".to_owned())?;
+        Ok((s?, r?))
+    })
+}
 
 /// One side of a comparison: a table in an engine.
 pub struct Side<'a> {
@@ -423,15 +440,17 @@ pub fn compare(
     progress: Progress<'_>,
     settle: &mut dyn FnMut(),
 ) -> Result<Outcome, String> {
+    let (source_rows, replica_rows) = both(source, replica, |side| side.count())?;
     let mut out = Outcome {
-        source_rows: source.count()?,
-        replica_rows: replica.count()?,
+        source_rows,
+        replica_rows,
         ..Outcome::default()
     };
     let total = out.source_rows.max(out.replica_rows);
     let chunks = total.div_ceil(options.chunk_rows.max(1)).max(1);
     let roots: Vec<Segment> = if shape.integer_lead {
-        let bounds = [source.bounds(shape)?, replica.bounds(shape)?];
+        let (sb, rb) = both(source, replica, |side| side.bounds(shape))?;
+        let bounds = [sb, rb];
         let lo = bounds.iter().flatten().map(|b| b.0).min();
         let hi = bounds.iter().flatten().map(|b| b.1).max();
         match (lo, hi) {
@@ -485,8 +504,7 @@ pub fn compare(
     candidates.sort();
     candidates.dedup();
     for batch in candidates.chunks(200) {
-        let s_rows = source.values(shape, batch)?;
-        let r_rows = replica.values(shape, batch)?;
+        let (s_rows, r_rows) = both(source, replica, |side| side.values(shape, batch))?;
         for key in batch {
             match (s_rows.get(key), r_rows.get(key)) {
                 (Some(_), None) => out.missing.push(named(shape, key)),
@@ -524,10 +542,10 @@ fn split_compare(
         }
         _ => Split::Prefix(seg),
     };
-    let sb = source.bucket(shape, &split);
-    let rb = replica.bucket(shape, &split);
-    let s_aggs = source.aggregates(shape, seg, &sb)?;
-    let r_aggs = replica.aggregates(shape, seg, &rb)?;
+    let (s_aggs, r_aggs) = both(source, replica, |side| {
+        let bucket = side.bucket(shape, &split);
+        side.aggregates(shape, seg, &bucket)
+    })?;
     let rows = |a: &BTreeMap<String, Agg>| a.values().map(|x| x.rows).sum::<u64>();
     let (s_rows, r_rows) = (rows(&s_aggs), rows(&r_aggs));
     let differing = split
@@ -550,8 +568,10 @@ fn leaf(
     seg: &Segment,
     out: &mut Vec<Key>,
 ) -> Result<(), String> {
-    let s = source.hashes(shape, &source.condition(shape, seg))?;
-    let r = replica.hashes(shape, &replica.condition(shape, seg))?;
+    let (s, r) = both(source, replica, |side| {
+        let cond = side.condition(shape, seg);
+        side.hashes(shape, &cond)
+    })?;
     for (k, h) in &s {
         if r.get(k) != Some(h) {
             out.push(k.clone());

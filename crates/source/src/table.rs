@@ -96,9 +96,9 @@ pub fn mysql_side<'a>(db: &'a mut MySql, table: &SourceTable) -> Side<'a> {
     }
 }
 
-/// The replica side of a table in the local warehouse (`conn` has [`canon::register_sqlite`]'s
-/// functions).
-pub fn sqlite_side<'a>(conn: &'a Connection, table: &TableMapping) -> Side<'a> {
+/// The replica side of a table in the local warehouse, on its own connection (from
+/// [`open_local`]: with [`canon::register_sqlite`]'s functions).
+pub fn sqlite_side(conn: Connection, table: &TableMapping) -> Side<'static> {
     let replica = table.replica.as_ref().unwrap_or(&table.changelog);
     Side {
         label: "replica",
@@ -113,7 +113,7 @@ pub fn sqlite_side<'a>(conn: &'a Connection, table: &TableMapping) -> Side<'a> {
                 canon::ident(Dialect::Sqlite, ferry_core::sql::DELETED)
             )
         }),
-        exec: Box::new(move |sql| sqlite_rows(conn, sql)),
+        exec: Box::new(move |sql| sqlite_rows(&conn, sql)),
     }
 }
 
@@ -242,8 +242,13 @@ pub fn reconcile_local(
         Err(e) => return TableReport::failed(table, e),
     };
     let loaded_through = local_loaded_through(conn, source, table);
+    let own = match conn.path().map(|p| open_local(std::path::Path::new(p))) {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => return TableReport::failed(table, e),
+        None => return TableReport::failed(table, "the warehouse connection has no file"),
+    };
     let mut s = mysql_side(db, source_table);
-    let mut r = sqlite_side(conn, table);
+    let mut r = sqlite_side(own, table);
     finish(
         table,
         reconcile::compare_with_bar(
