@@ -172,6 +172,15 @@ fn reserved_column_names_are_refused() {
         );
     }
     env.create("r", "`_ferry_op` STRING NOT NULL", "").unwrap();
+    // A reserved keyword is a column name only when quoted.
+    refused(
+        env.create("k", "at TIMESTAMP", ""),
+        400,
+        "invalidQuery",
+        "Unexpected keyword AT",
+    );
+    env.create("k", "`at` TIMESTAMP, checked_at TIMESTAMP", "")
+        .unwrap();
 }
 
 #[test]
@@ -525,4 +534,91 @@ fn view_statements_bigquery_rejects_are_refused_and_the_live_view_passes() {
         let sql = ferry_core::sql::live_view(table, &schema, Duration::from_secs(7200)).unwrap();
         env.query(&sql).unwrap_or_else(|e| panic!("{e}\n{sql}"));
     }
+}
+
+#[test]
+fn labels_bigquery_rejects_are_refused_and_loads_carry_ferry_labels() {
+    let env = env();
+    env.create("t", "`id` INT64", "").unwrap();
+    let data = || {
+        parquet(vec![(
+            "id",
+            Arc::new(Int64Array::from(vec![1])) as ArrayRef,
+        )])
+    };
+    let load_with = |id: &str, labels: Value| {
+        let configuration = json!({"load": {
+            "destinationTable": {"projectId": "ferry-test", "datasetId": "d", "tableId": "t"},
+            "sourceFormat": "PARQUET", "writeDisposition": "WRITE_APPEND", "createDisposition": "CREATE_NEVER"},
+            "labels": labels});
+        let data = Bytes::from(data());
+        env.rt.block_on(
+            env.client
+                .insert_load_job(id, None, &configuration, Upload::Bytes(&data)),
+        )
+    };
+    for (id, labels) in [
+        ("l1", json!({"Ferry_Table": "x"})),
+        ("l2", json!({"9lives": "x"})),
+        ("l3", json!({"ferry_table": "slots_game.spins"})),
+        ("l4", json!({"ferry_key": "k".repeat(64)})),
+        (
+            "l5",
+            Value::Object((0..65).map(|i| (format!("k{i}"), json!("v"))).collect()),
+        ),
+    ] {
+        let e = load_with(id, labels.clone()).expect_err("refused");
+        assert_eq!(e.status, Some(400), "{labels}: {e}");
+        assert!(e.message.contains("Invalid label"), "{e}");
+    }
+    assert!(
+        load_with(
+            "l6",
+            json!({"ferry_table": "slots_game_spins", "ferry_attempt": "0", "empty": ""})
+        )
+        .is_ok()
+    );
+    // ferry's own labels pass, and name the object and the attempt.
+    let dir = ferry_tests::TempDir::new("labels");
+    dir.write("slots-game.json", r#"{"source": {"name": "slots-game", "bucket": "dms", "folder": "cdc"},
+        "bigquery": {"project": "ferry-test", "dataset": "d"}, "tables": {"Slots.Spins": {"primary_key": ["id"]}}}"#);
+    let catalog = ferry_core::Catalog::load_dir(dir.path()).unwrap();
+    let source = catalog.source("slots-game").unwrap();
+    let table = &source.tables[0];
+    let object = source
+        .parse_key("cdc/Slots/Spins/20261201-101500123.parquet")
+        .unwrap();
+    let job_id = ferry_core::JobId::for_object("dms", &object, Some("etag"), &table.changelog, 0)
+        .next_attempt();
+    let schema = ferry_core::schema::TableSchema { fields: vec![] };
+    let file = ferry_pipeline::Converted::InMemory(Bytes::new());
+    let request = ferry_pipeline::LoadRequest {
+        job_id: &job_id,
+        source,
+        table,
+        object: &object,
+        bucket: "dms",
+        file_seq: "1",
+        schema: &schema,
+        added: &[],
+        file: &file,
+        rows: 0,
+        ops: Default::default(),
+        commit_ts_min: None,
+        commit_ts_max: None,
+    };
+    let configuration = ferry_bigquery::warehouse::load_configuration(&request, &schema);
+    let labels = &configuration["labels"];
+    assert_eq!(labels["ferry_source"], "slots-game");
+    assert_eq!(labels["ferry_table"], "slots_spins");
+    assert_eq!(labels["ferry_attempt"], "1");
+    assert_eq!(
+        labels["ferry_key"],
+        ferry_bigquery::warehouse::key_label("dms", &object.key)
+    );
+    assert_ne!(
+        labels["ferry_key"],
+        ferry_bigquery::warehouse::key_label("dms", "cdc/Slots/Spins/other.parquet")
+    );
+    ferry_tests::bqrules::labels(Some(labels)).unwrap();
 }

@@ -90,6 +90,43 @@ pub fn request_id(id: Option<&str>) -> Result<(), Refusal> {
     }
 }
 
+/// Job labels ("Adding labels to resources", Requirements): at most 64; keys and values at most
+/// 63 characters of lower-case letters, digits, underscores and dashes; keys start with a
+/// lower-case letter and are not empty. Refused labels fail the request (wording ours).
+pub fn labels(labels: Option<&serde_json::Value>) -> Result<(), Refusal> {
+    let Some(map) = labels.and_then(serde_json::Value::as_object) else {
+        return Ok(());
+    };
+    let bad = |what: String| {
+        Err(refuse(
+            400,
+            "invalid",
+            format!("Invalid label: {what} (wording ours)"),
+        ))
+    };
+    if map.len() > 64 {
+        return bad(format!("{} labels, more than 64", map.len()));
+    }
+    let allowed = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+    };
+    for (k, v) in map {
+        let v = v.as_str().unwrap_or("\u{0}not a string");
+        if k.is_empty()
+            || k.len() > 63
+            || !allowed(k)
+            || !k.starts_with(|c: char| c.is_ascii_lowercase())
+        {
+            return bad(format!("key {k:?}"));
+        }
+        if v.len() > 63 || !allowed(v) {
+            return bad(format!("value {v:?} of {k}"));
+        }
+    }
+    Ok(())
+}
+
 /// `jobs.get` / `getQueryResults`: "The geographic location of the job. Required except for US
 /// and EU" (discovery document, `location` parameter). Without it a job elsewhere is not found.
 pub fn job_location(
@@ -126,6 +163,106 @@ pub const RESERVED_PREFIXES: &[&str] = &[
     "_CHANGE_SEQUENCE_NUMBER",
     "_CHANGE_TYPE",
     "_CHANGE_TIMESTAMP",
+];
+
+/// GoogleSQL's reserved keywords ("Lexical structure and syntax", Reserved keywords).
+pub const RESERVED_KEYWORDS: &[&str] = &[
+    "ALL",
+    "AND",
+    "ANY",
+    "ARRAY",
+    "AS",
+    "ASC",
+    "ASSERT_ROWS_MODIFIED",
+    "AT",
+    "BETWEEN",
+    "BY",
+    "CASE",
+    "CAST",
+    "COLLATE",
+    "CONTAINS",
+    "CREATE",
+    "CROSS",
+    "CUBE",
+    "CURRENT",
+    "DEFAULT",
+    "DEFINE",
+    "DESC",
+    "DISTINCT",
+    "ELSE",
+    "END",
+    "ENUM",
+    "ESCAPE",
+    "EXCEPT",
+    "EXCLUDE",
+    "EXISTS",
+    "EXTRACT",
+    "FALSE",
+    "FETCH",
+    "FOLLOWING",
+    "FOR",
+    "FROM",
+    "FULL",
+    "GROUP",
+    "GROUPING",
+    "GROUPS",
+    "HASH",
+    "HAVING",
+    "IF",
+    "IGNORE",
+    "IN",
+    "INNER",
+    "INTERSECT",
+    "INTERVAL",
+    "INTO",
+    "IS",
+    "JOIN",
+    "LATERAL",
+    "LEFT",
+    "LIKE",
+    "LIMIT",
+    "LOOKUP",
+    "MERGE",
+    "NATURAL",
+    "NEW",
+    "NO",
+    "NOT",
+    "NULL",
+    "NULLS",
+    "OF",
+    "ON",
+    "OR",
+    "ORDER",
+    "OUTER",
+    "OVER",
+    "PARTITION",
+    "PRECEDING",
+    "PROTO",
+    "QUALIFY",
+    "RANGE",
+    "RECURSIVE",
+    "RESPECT",
+    "RIGHT",
+    "ROLLUP",
+    "ROWS",
+    "SELECT",
+    "SET",
+    "SOME",
+    "STRUCT",
+    "TABLESAMPLE",
+    "THEN",
+    "TO",
+    "TREAT",
+    "TRUE",
+    "UNBOUNDED",
+    "UNION",
+    "UNNEST",
+    "USING",
+    "WHEN",
+    "WHERE",
+    "WINDOW",
+    "WITH",
+    "WITHIN",
 ];
 
 /// Column types ferry may write, as DDL names them.
@@ -274,6 +411,16 @@ fn syntax(message: impl Into<String>) -> Refusal {
 /// "Schemas": "Invalid field name ... Field names starting with ... are reserved" (wording
 /// ours past the first words)).
 fn column_def(item: &[Tok]) -> Result<Column, Refusal> {
+    // Reserved keywords are identifiers only when quoted ("Lexical structure and syntax",
+    // Reserved keywords): `at TIMESTAMP` is a syntax error, `` `at` TIMESTAMP `` is not.
+    if let Some(Tok::Word(w)) = item.first()
+        && RESERVED_KEYWORDS.contains(&w.to_ascii_uppercase().as_str())
+    {
+        return Err(syntax(format!(
+            "Syntax error: Unexpected keyword {}",
+            w.to_ascii_uppercase()
+        )));
+    }
     let name =
         name_of(item.first()).ok_or_else(|| syntax("Syntax error: expected a column name"))?;
     let upper = name.to_ascii_uppercase();

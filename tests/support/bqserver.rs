@@ -568,6 +568,9 @@ fn create_job(
             &format!("Already Exists: Job {project}:{id}"),
         );
     }
+    if let Err(r) = bqrules::labels(resource.pointer("/configuration/labels")) {
+        return refusal(&mut st, r);
+    }
     let location = resource
         .pointer("/jobReference/location")
         .and_then(Value::as_str)

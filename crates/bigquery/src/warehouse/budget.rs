@@ -314,8 +314,17 @@ impl BigQueryWarehouse {
                 break;
             }
             let files: Vec<&Converted> = members.iter().map(|(i, _)| requests[*i].file).collect();
+            // A group load carries several objects: its labels name the group and its size.
+            let mut configuration = self.configuration_for(last);
+            if let Some(labels) = configuration
+                .get_mut("labels")
+                .and_then(Value::as_object_mut)
+            {
+                labels.insert("ferry_key".into(), Value::from("group"));
+                labels.insert("ferry_files".into(), Value::from(files.len().to_string()));
+            }
             let outcome = self
-                .load_combined(&group, location, &self.configuration_for(last), &files)
+                .load_combined(&group, location, &configuration, &files)
                 .await;
             let failed_retryably = match outcome {
                 Ok(outcome) => {

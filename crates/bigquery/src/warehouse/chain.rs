@@ -78,9 +78,16 @@ impl BigQueryWarehouse {
         let mut unseen = 0;
         loop {
             let name = id.to_string();
+            let mut labelled = configuration.clone();
+            if let Some(labels) = labelled.get_mut("labels").and_then(Value::as_object_mut) {
+                labels.insert(
+                    "ferry_attempt".into(),
+                    Value::from(id.attempt().to_string()),
+                );
+            }
             let Some(state) = self
                 .client
-                .insert_load_job(&name, location, configuration, data)
+                .insert_load_job(&name, location, &labelled, data)
                 .await?
             else {
                 // 409: this id was used before (a load of this object, or a claim by a group

@@ -38,7 +38,7 @@ use budget::*;
 use chain::*;
 
 pub use budget::{combines, over_budget};
-pub use tables::{load_configuration, missing_columns, schema_from_json};
+pub use tables::{key_label, load_configuration, missing_columns, schema_from_json};
 
 /// Settings of the warehouse.
 #[derive(Debug, Clone)]

@@ -47,11 +47,32 @@ pub fn load_configuration(request: &LoadRequest<'_>, table_schema: &TableSchema)
             "parquetOptions": { "enableListInference": true, "enumAsString": true },
             "decimalTargetTypes": ["NUMERIC", "BIGNUMERIC", "STRING"],
         },
+        // Enough to attribute a job without reading its configuration (INFORMATION_SCHEMA.JOBS
+        // has `labels`): source, table, the object (a stable hash of bucket and key) and the
+        // attempt, which `load_exactly_once` sets per job id. BigQuery's label rules ("Adding
+        // labels to resources", Requirements): at most 64 per resource; keys and values at most
+        // 63 characters of lower-case letters, digits, `_` and `-`; keys start with a letter.
         "labels": {
             "ferry_source": label(&request.source.name),
             "ferry_table": label(&request.table.source_table()),
+            "ferry_key": key_label(request.bucket, &request.object.key),
+            "ferry_attempt": request.job_id.attempt().to_string(),
         },
     })
+}
+
+/// The `ferry_key` label: FNV-1a (64 bits) of `bucket/key`, in hex; the same on every machine.
+pub fn key_label(bucket: &str, key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bucket
+        .bytes()
+        .chain(std::iter::once(b'/'))
+        .chain(key.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("k{h:016x}")
 }
 
 /// A `TableSchema` from the REST API's `schema.fields`.
