@@ -32,10 +32,12 @@ ensure_node_tools() {
   fi
 }
 
-# Debian packages the tests run for real (MariaDB as the MySQL source), installed when missing.
+# Debian packages the tests run for real (MariaDB as the MySQL source, Chromium for the status
+# page), installed when missing.
 ensure_debian_packages() {
   local missing=()
   command -v mariadbd >/dev/null 2>&1 || [[ -x /usr/sbin/mariadbd ]] || missing+=(mariadb-server mariadb-client)
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   ((${#missing[@]} == 0)) && return 0
   step "debian packages (${missing[*]})"
   local sudo=""

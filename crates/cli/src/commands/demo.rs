@@ -46,9 +46,12 @@ pub(crate) fn run(args: DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> a
     std::fs::create_dir_all(&bucket).with_context(|| format!("creating {}", bucket.display()))?;
 
     let started = Instant::now();
+    // The simulated history ends now, so that the status reads as a live system's would.
+    let base = args.size.options();
     let opts = SimOptions {
         manifest_rows: 0,
-        ..args.size.options()
+        start_micros: ferry_pipeline::now_micros() - i64::from(base.minutes + 1) * 60_000_000,
+        ..base
     };
     let manifest = simulate(&catalog, &opts, &bucket).context("simulating the DMS tree")?;
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest)?)?;
@@ -88,6 +91,17 @@ pub(crate) fn run(args: DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> a
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     writeln!(out)?;
     print_status(out, &status)?;
+    let page = dir.join("status.html");
+    std::fs::write(
+        &page,
+        super::html::page(
+            &status,
+            &pipeline.warehouse,
+            ferry_pipeline::now_micros(),
+            std::time::Duration::from_secs(900),
+        ),
+    )?;
+    writeln!(out, "status page: {}", page.display())?;
     writeln!(out)?;
     let bad: Vec<_> = checks.iter().filter(|c| !c.ok).collect();
     for c in &bad {

@@ -95,6 +95,44 @@ pub(crate) struct StatusArgs {
     /// JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only this table (`schema.table`).
+    #[arg(long, value_name = "SCHEMA.TABLE")]
+    table: Option<String>,
+    /// Exit 1 when an enabled table's newest loaded change is older than this (`15m`, `1h`,
+    /// `2d`), or it has none: for cron jobs and CI.
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    stale_after: Option<std::time::Duration>,
+    /// Also write the status as one self-contained HTML page (no server, no external assets).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+}
+
+/// `90s`, `15m`, `1h`, `2d`.
+pub(crate) fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration: use 90s, 15m, 1h or 2d");
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(bad()),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+/// Enabled tables whose newest loaded change is older than `limit` (or that have none).
+pub(crate) fn stale(
+    status: &Status,
+    limit: std::time::Duration,
+) -> Vec<&ferry_local::TableStatus> {
+    status
+        .tables
+        .iter()
+        .filter(|t| t.state == "mapped")
+        .filter(|t| t.lag_seconds.is_none_or(|lag| lag > limit.as_secs_f64()))
+        .collect()
 }
 
 pub(crate) fn run(
@@ -196,12 +234,50 @@ pub(crate) fn status(
         return Ok(EXIT_PROBLEMS);
     };
     let warehouse = open_existing(&args.warehouse)?;
-    let status = ferry_local::status(&warehouse, &catalog, ferry_pipeline::now_micros())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = ferry_pipeline::now_micros();
+    let mut status =
+        ferry_local::status(&warehouse, &catalog, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(t) = &args.table {
+        status.tables.retain(|s| s.table == *t);
+        anyhow::ensure!(
+            !status.tables.is_empty(),
+            "no table {t} in the mappings or the warehouse"
+        );
+    }
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&status)?)?;
     } else {
         print_status(out, &status)?;
+    }
+    if let Some(path) = &args.html {
+        let stale_after = args
+            .stale_after
+            .unwrap_or(std::time::Duration::from_secs(900));
+        std::fs::write(
+            path,
+            super::html::page(&status, &warehouse, now, stale_after),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        if !args.json {
+            writeln!(out, "status page: {}", path.display())?;
+        }
+    }
+    if let Some(limit) = args.stale_after {
+        let late = stale(&status, limit);
+        for t in &late {
+            writeln!(
+                err,
+                "stale: {} ({})",
+                t.table,
+                t.lag_seconds.map_or_else(
+                    || "nothing loaded".to_owned(),
+                    |l| format!("newest change {} old", human_seconds(l))
+                )
+            )?;
+        }
+        if !late.is_empty() {
+            return Ok(EXIT_PROBLEMS);
+        }
     }
     Ok(EXIT_OK)
 }
@@ -412,12 +488,12 @@ pub(crate) fn print_status(out: &mut dyn Write, status: &Status) -> std::io::Res
     writeln!(out, "dead-letter queue: {} messages", status.dead_letters)
 }
 
-fn iso(micros: i64) -> String {
+pub(crate) fn iso(micros: i64) -> String {
     // `YYYY-MM-DDTHH:MM:SS.ffffff` to the second, with a space.
     ferry_sim::values::datetime_text(micros)[..19].replace('T', " ")
 }
 
-fn human_seconds(s: f64) -> String {
+pub(crate) fn human_seconds(s: f64) -> String {
     match s {
         s if s < 120.0 => format!("{s:.0}s"),
         s if s < 7200.0 => format!("{:.0}m", s / 60.0),

@@ -4,6 +4,7 @@ pub(crate) mod bigquery;
 pub(crate) mod convert;
 pub(crate) mod demo;
 pub(crate) mod deploy;
+pub(crate) mod html;
 pub(crate) mod local;
 pub(crate) mod mappings;
 pub(crate) mod ops;

@@ -45,6 +45,10 @@ pub(crate) struct SimArgs {
     /// not their transfer time.
     #[arg(long)]
     task_start_timestamps: bool,
+    /// End the simulated history now (default: it starts at 2026-11-26T00:00Z, so that the same
+    /// seed writes the same files).
+    #[arg(long)]
+    ends_now: bool,
 }
 
 /// How much to simulate; shared by `ferry sim` and `ferry demo`.
@@ -89,6 +93,11 @@ pub(crate) fn run(args: SimArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
         add_column: !args.no_added_column,
         hard_cases: !args.no_hard_cases,
         task_start_timestamps: args.task_start_timestamps,
+        start_micros: if args.ends_now {
+            ferry_pipeline::now_micros() - i64::from(args.size.minutes + 1) * 60_000_000
+        } else {
+            SimOptions::default().start_micros
+        },
         ..args.size.options()
     };
     let started = Instant::now();
