@@ -247,40 +247,52 @@ pub fn reconcile_local(
         Some(Err(e)) => return TableReport::failed(table, e),
         None => return TableReport::failed(table, "the warehouse connection has no file"),
     };
-    let mut s = mysql_side(db, source_table);
     let mut r = sqlite_side(own, table);
-    finish(
-        table,
-        reconcile::compare_with_bar(
-            &mut s,
-            &mut r,
-            &shape,
-            options,
-            &table.source_table(),
-            settle,
-        ),
+    let run = Run {
+        shape,
+        options,
         loaded_through,
         started,
-    )
+    };
+    run.finish(table, &mut mysql_side(db, source_table), &mut r, settle)
 }
 
-/// The report of a finished comparison.
-pub fn finish(
-    table: &TableMapping,
-    result: Result<Outcome, String>,
+/// A comparison about to run, with what its report needs.
+struct Run {
+    shape: Shape,
+    options: Options,
     loaded_through: Option<i64>,
     started: Instant,
-) -> TableReport {
-    match result {
-        Ok(outcome) => TableReport {
-            table: table.source_table(),
-            status: if outcome.matches() { "match" } else { "differ" },
-            reason: None,
-            outcome,
-            loaded_through,
-            seconds: started.elapsed().as_secs_f64(),
-        },
-        Err(e) => TableReport::failed(table, e),
+}
+
+impl Run {
+    /// Compares the two sides and reports.
+    fn finish(
+        self,
+        table: &TableMapping,
+        source: &mut Side<'_>,
+        replica: &mut Side<'_>,
+        settle: &mut dyn FnMut(),
+    ) -> TableReport {
+        let result = reconcile::compare_with_bar(
+            source,
+            replica,
+            &self.shape,
+            self.options,
+            &table.source_table(),
+            settle,
+        );
+        match result {
+            Ok(outcome) => TableReport {
+                table: table.source_table(),
+                status: if outcome.matches() { "match" } else { "differ" },
+                reason: None,
+                outcome,
+                loaded_through: self.loaded_through,
+                seconds: self.started.elapsed().as_secs_f64(),
+            },
+            Err(e) => TableReport::failed(table, e),
+        }
     }
 }
 
@@ -404,21 +416,14 @@ pub fn reconcile_bigquery(
         Err(e) => return TableReport::failed(table, e),
     };
     let loaded_through = bigquery_loaded_through(client, rt, table, location).unwrap_or(None);
-    let mut s = mysql_side(db, source_table);
     let mut r = bigquery_side(client, rt, table, location);
-    finish(
-        table,
-        reconcile::compare_with_bar(
-            &mut s,
-            &mut r,
-            &shape,
-            options,
-            &table.source_table(),
-            settle,
-        ),
+    let run = Run {
+        shape,
+        options,
         loaded_through,
         started,
-    )
+    };
+    run.finish(table, &mut mysql_side(db, source_table), &mut r, settle)
 }
 
 /// The BigQuery table reconcile results are kept in: `ferry_reconcile` in the source's dataset,

@@ -123,10 +123,7 @@ pub(crate) fn parse_age(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Enabled tables whose newest loaded change is older than `limit` (or that have none).
-pub(crate) fn stale(
-    status: &Status,
-    limit: std::time::Duration,
-) -> Vec<&ferry_local::TableStatus> {
+pub(crate) fn stale(status: &Status, limit: std::time::Duration) -> Vec<&ferry_local::TableStatus> {
     status
         .tables
         .iter()
