@@ -709,3 +709,170 @@ fn bqemulator_live_view_soft_deletes_composite_key() {
 fn bqemulator_live_view_json_columns() {
     live_view_story("live_json", "profiles", 1);
 }
+
+#[test]
+fn bqemulator_status_views_report_freshness_counts_failures_and_verification() {
+    let server = BqServer::start(Some(bqemulator().to_owned()));
+    let config = ClientConfig {
+        base_url: server.url.clone(),
+        initial_backoff: Duration::from_millis(50),
+        ..ClientConfig::default()
+    };
+    let client = Client::new(config, Auth::None, "ferry-test").unwrap();
+    let rt = ferry_tests::runtime();
+    for d in ["arcade", "ferry_status", "info"] {
+        rt.block_on(client.ensure_dataset("ferry-test", d, None))
+            .unwrap();
+    }
+    let dir = TempDir::new("status-views");
+    std::fs::write(
+        dir.path().join("arcade.json"),
+        r#"{"source": {"name": "arcade", "bucket": "dms", "folder": "cdc"},
+            "bigquery": {"project": "ferry-test", "dataset": "arcade"},
+            "tables": {"arcade.players": {"primary_key": ["id"]}, "arcade.spins": {"primary_key": ["id"]},
+                       "arcade.payouts": {"primary_key": ["id"], "enabled": false}}}"#,
+    )
+    .unwrap();
+    let catalog = Catalog::load_dir(dir.path()).unwrap();
+    // The stand-in of INFORMATION_SCHEMA.JOBS (its documented columns) is set up on bqemulator
+    // directly: the strict server's DDL rule knows only the types ferry writes.
+    let direct = Client::new(
+        ClientConfig {
+            base_url: bqemulator().to_owned(),
+            ..ClientConfig::default()
+        },
+        Auth::None,
+        "ferry-test",
+    )
+    .unwrap();
+    let mut n = 0;
+    let run = |c: &Client, sql: &str, n: &mut u64| -> Vec<Vec<Option<String>>> {
+        *n += 1;
+        let r = rt
+            .block_on(c.query(
+                sql,
+                None,
+                &format!("status-views-{n}"),
+                Duration::from_secs(30),
+            ))
+            .unwrap_or_else(|e| panic!("{e}\n{sql}"));
+        r.rows
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .collect()
+    };
+    let q = |sql: &str, n: &mut u64| run(&client, sql, n);
+    let setup = |sql: &str, n: &mut u64| run(&direct, sql, n);
+    // A scripted history: change logs, load jobs (as INFORMATION_SCHEMA.JOBS shows them, with
+    // ferry's labels) and a reconcile result.
+    for t in ["players", "spins"] {
+        q(
+            &format!(
+                "CREATE TABLE `ferry-test`.`arcade`.`{t}_changelog` (`id` INT64, `_ferry_commit_ts` TIMESTAMP)"
+            ),
+            &mut n,
+        );
+    }
+    q("INSERT INTO `ferry-test`.`arcade`.`players_changelog` (`id`, `_ferry_commit_ts`) VALUES
+       (1, TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 10 MINUTE)), (2, TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 10 MINUTE)),
+       (3, TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 150 MINUTE)), (4, TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 3 DAY))", &mut n);
+    q(
+        "INSERT INTO `ferry-test`.`arcade`.`spins_changelog` (`id`, `_ferry_commit_ts`) VALUES (1, TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 5 HOUR))",
+        &mut n,
+    );
+    setup("CREATE TABLE `ferry-test`.`info`.`jobs` (`creation_time` TIMESTAMP, `job_id` STRING, `job_type` STRING, `state` STRING,
+       `error_result` STRUCT<reason STRING, message STRING>, `labels` ARRAY<STRUCT<key STRING, value STRING>>, `total_bytes_processed` INT64)", &mut n);
+    let labels = |table: &str| {
+        format!(
+            "[STRUCT('ferry_source' AS key, 'arcade' AS value), STRUCT('ferry_table' AS key, '{table}' AS value)]"
+        )
+    };
+    setup(&format!("INSERT INTO `ferry-test`.`info`.`jobs` VALUES
+       (TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 9 MINUTE), 'ferry_players_2', 'LOAD', 'DONE', NULL, {p}, 100),
+       (TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 149 MINUTE), 'ferry_players_1', 'LOAD', 'DONE', NULL, {p}, 50),
+       (TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 3 DAY), 'ferry_players_0', 'LOAD', 'DONE', NULL, {p}, 50),
+       (TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 1 HOUR), 'ferry_spins_9', 'LOAD', 'DONE', STRUCT('invalid' AS reason, 'bad file' AS message), {s}, 0),
+       (TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL 1 HOUR), 'query_1', 'QUERY', 'DONE', NULL, {s}, 10)",
+        p = labels("arcade_players"), s = labels("arcade_spins")), &mut n);
+    q(
+        "CREATE TABLE `ferry-test`.`arcade`.`ferry_reconcile` (source STRING, table_name STRING, status STRING, checked_at TIMESTAMP, verified_through TIMESTAMP)",
+        &mut n,
+    );
+    q("INSERT INTO `ferry-test`.`arcade`.`ferry_reconcile` VALUES
+       ('arcade', 'arcade.players', 'match', TIMESTAMP '2026-11-30 00:00:00+00', TIMESTAMP '2026-11-29 23:50:00+00'),
+       ('arcade', 'arcade.players', 'match', TIMESTAMP '2026-12-01 00:00:00+00', TIMESTAMP '2026-11-30 23:55:00+00'),
+       ('arcade', 'arcade.spins', 'differ', TIMESTAMP '2026-12-01 00:00:00+00', NULL)", &mut n);
+
+    let exists = |t: &ferry_core::TableRef| t.table != "payouts_changelog";
+    for sql in ferry_bigquery::status::statements(
+        &catalog,
+        "ferry-test",
+        "`ferry-test`.`info`.`jobs`",
+        &exists,
+    ) {
+        q(&sql, &mut n);
+    }
+    let rows = q("SELECT table_name, state, last_job, freshness_seconds, loads_24h, rows_24h, failed_loads_24h, reconcile, CAST(verified_through AS STRING)
+                  FROM `ferry-test`.`ferry_status`.`table_status` ORDER BY table_name", &mut n);
+    let by = |t: &str| {
+        rows.iter()
+            .find(|r| r[0].as_deref() == Some(t))
+            .unwrap_or_else(|| panic!("{t}: {rows:?}"))
+            .clone()
+    };
+    let num = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<f64>().ok());
+    let players = by("arcade.players");
+    assert_eq!(players[1].as_deref(), Some("enabled"));
+    assert_eq!(
+        players[2].as_deref(),
+        Some("ferry_players_2"),
+        "the newest successful load"
+    );
+    let fresh = num(&players[3]).unwrap();
+    assert!((590.0..=720.0).contains(&fresh), "freshness {fresh}");
+    assert_eq!(
+        num(&players[4]),
+        Some(2.0),
+        "loads in the last day: {players:?}"
+    );
+    assert_eq!(
+        num(&players[5]),
+        Some(3.0),
+        "rows committed in the last day"
+    );
+    assert_eq!(num(&players[6]), Some(0.0));
+    assert_eq!(players[7].as_deref(), Some("match"));
+    assert!(
+        players[8]
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("2026-11-30 23:55:00"),
+        "{players:?}"
+    );
+    let spins = by("arcade.spins");
+    assert_eq!(num(&spins[6]), Some(1.0), "the failed load: {spins:?}");
+    assert_eq!(spins[7].as_deref(), Some("differ"));
+    assert_eq!(spins[8], None);
+    let payouts = by("arcade.payouts");
+    assert_eq!(payouts[1].as_deref(), Some("disabled"));
+    assert_eq!((payouts[3].clone(), num(&payouts[5])), (None, Some(0.0)));
+    let hourly = q(
+        "SELECT table_name, row_count, loads, failed_loads FROM `ferry-test`.`ferry_status`.`table_status_hourly` ORDER BY table_name, hour",
+        &mut n,
+    );
+    let players_hours: Vec<_> = hourly
+        .iter()
+        .filter(|r| r[0].as_deref() == Some("arcade.players"))
+        .collect();
+    assert_eq!(players_hours.len(), 2, "{hourly:?}");
+    assert!(
+        hourly
+            .iter()
+            .any(|r| r[0].as_deref() == Some("arcade.spins") && r[3].as_deref() == Some("1")),
+        "{hourly:?}"
+    );
+}

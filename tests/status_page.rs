@@ -238,3 +238,38 @@ fn the_status_page_renders_in_chromium_and_marks_the_stale_table() {
         open(&page, Some(Path::new(&target)));
     }
 }
+
+#[test]
+fn the_status_views_are_printed_for_review() {
+    let m = ferry_tests::mappings_dir().display().to_string();
+    let (code, out, err) = ferry(&["bigquery", "status-views", "--mappings", &m]);
+    assert_eq!(code, 0, "{err}");
+    for view in [
+        "load_jobs_hourly",
+        "changes_hourly",
+        "table_status",
+        "table_status_hourly",
+    ] {
+        assert!(
+            out.contains(&format!(
+                "CREATE OR REPLACE VIEW `acme-casino-analytics`.`ferry_status`.`{view}` AS"
+            )),
+            "{view}: {out}"
+        );
+    }
+    // The committed mappings' region (asia-northeast3) holds the jobs view.
+    assert!(
+        out.contains("`region-asia-northeast3`.INFORMATION_SCHEMA.JOBS_BY_PROJECT"),
+        "{out}"
+    );
+    // Every mapped table is listed, disabled ones too, each with its state.
+    let tables = out.matches(" AS table_name, ").count();
+    assert!(
+        out.contains("'baccarat_account.players' AS table_name"),
+        "{out}"
+    );
+    assert!(
+        tables >= 68,
+        "one mapped row and one change-log branch per table: {tables}"
+    );
+}

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod status;
 pub mod warehouse;
 
 pub use auth::Auth;

@@ -361,8 +361,17 @@ impl Side<'_> {
                 .iter()
                 .zip(k)
                 .map(|(c, v)| {
-                    let expr = if d == Dialect::MySql && raw_comparable(c) {
-                        // The raw column, so the source uses its primary-key index.
+                    let raw = match d {
+                        Dialect::MySql => raw_comparable(c),
+                        // INTEGER and TEXT columns compare with their canonical text as stored.
+                        Dialect::Sqlite => matches!(
+                            c.bq,
+                            ferry_core::bqtype::BqType::Int64 | ferry_core::bqtype::BqType::String
+                        ),
+                        Dialect::BigQuery => false,
+                    };
+                    let expr = if raw {
+                        // The raw column, so the engine uses its primary-key index.
                         canon::ident(d, &c.name)
                     } else {
                         canon::value(d, c)
@@ -503,7 +512,13 @@ pub fn compare(
     // Read the differing keys again, in batches, and classify what still differs.
     candidates.sort();
     candidates.dedup();
-    for batch in candidates.chunks(200) {
+    // Per statement: index lookups on the source; in BigQuery each statement scans the
+    // compared columns, so it takes many keys at once (well under the 1 MB query limit).
+    let per_statement = match replica.dialect {
+        Dialect::BigQuery => 5000,
+        _ => 200,
+    };
+    for batch in candidates.chunks(per_statement) {
         let (s_rows, r_rows) = both(source, replica, |side| side.values(shape, batch))?;
         for key in batch {
             match (s_rows.get(key), r_rows.get(key)) {

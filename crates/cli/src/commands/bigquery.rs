@@ -20,6 +20,20 @@ pub(crate) enum BigqueryCommand {
     /// (dataset, change log, replica, tombstones, column additions), derived from the table's
     /// DMS files in a local folder (a `ferry sim` tree, or files copied from S3).
     Ddl(DdlArgs),
+    /// The `ferry_status` views (table_status, table_status_hourly, load_jobs_hourly,
+    /// changes_hourly) over INFORMATION_SCHEMA.JOBS, the change logs and the reconcile results:
+    /// printed, or created with --apply (the Lambda's credentials; run again after tables are
+    /// added, since a view names only tables that exist).
+    StatusViews(StatusViewsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusViewsArgs {
+    #[command(flatten)]
+    mappings: MappingsDir,
+    /// Create the dataset and the views in BigQuery instead of printing them.
+    #[arg(long)]
+    apply: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,7 +53,10 @@ pub(crate) fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    let BigqueryCommand::Ddl(args) = cmd;
+    let args = match cmd {
+        BigqueryCommand::Ddl(args) => args,
+        BigqueryCommand::StatusViews(args) => return status_views(args, out, err),
+    };
     let Some(catalog) = load_catalog(&args.mappings, err)? else {
         return Ok(EXIT_PROBLEMS);
     };
@@ -166,4 +183,58 @@ fn key_of(bucket_dir: &Path, path: &Path) -> String {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect::<Vec<_>>()
         .join("/")
+}
+
+fn status_views(
+    args: StatusViewsArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let Some(catalog) = load_catalog(&args.mappings, err)? else {
+        return Ok(EXIT_PROBLEMS);
+    };
+    let first = catalog
+        .sources()
+        .first()
+        .context("the mappings are empty")?
+        .clone();
+    let jobs = ferry_bigquery::status::jobs_source(&first.project, first.location.as_deref());
+    if !args.apply {
+        for sql in ferry_bigquery::status::statements(&catalog, &first.project, &jobs, &|_| true) {
+            writeln!(out, "{sql};\n")?;
+        }
+        return Ok(EXIT_OK);
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    let aws = rt.block_on(ferry_aws::config::load());
+    let auth = rt
+        .block_on(ferry_lambda::auth_from_env(&aws))
+        .map_err(anyhow::Error::msg)?;
+    let mut config = ferry_bigquery::ClientConfig::default();
+    if let Ok(url) = std::env::var("FERRY_BQ_BASE_URL") {
+        config.base_url = url;
+    }
+    let client = ferry_bigquery::Client::new(config, auth, &first.project)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let location = first.location.as_deref();
+    rt.block_on(client.ensure_dataset(&first.project, ferry_bigquery::status::DATASET, location))
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let exists = |t: &ferry_core::TableRef| {
+        rt.block_on(client.get_table_fields(&t.project, &t.dataset, &t.table))
+            .is_ok_and(|f| f.is_some())
+    };
+    let statements = ferry_bigquery::status::statements(&catalog, &first.project, &jobs, &exists);
+    for (i, sql) in statements.iter().enumerate() {
+        let id = format!("ferry-status-views-{}-{i}", std::process::id());
+        rt.block_on(client.query(sql, location, &id, std::time::Duration::from_secs(120)))
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    writeln!(
+        out,
+        "created {} views in {}.{}",
+        statements.len(),
+        first.project,
+        ferry_bigquery::status::DATASET
+    )?;
+    Ok(EXIT_OK)
 }
