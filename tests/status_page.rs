@@ -273,3 +273,47 @@ fn the_status_views_are_printed_for_review() {
         "one mapped row and one change-log branch per table: {tables}"
     );
 }
+
+#[test]
+fn the_dead_letter_queue_summary_shows_its_depth_and_oldest_reason_on_moto() {
+    use ferry_pipeline::DeadLetters;
+    let rt = ferry_tests::runtime();
+    let (_, sqs) = rt.block_on(ferry_tests::stand_ins::moto_clients());
+    let url = rt
+        .block_on(sqs.create_queue().queue_name("status-dlq").send())
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let empty = rt
+        .block_on(ferry_aws::sqs::dlq_summary(&sqs, &url))
+        .unwrap();
+    assert_eq!((empty.depth, empty.oldest), (0, None));
+    let dlq = ferry_aws::sqs::SqsDeadLetters::new(sqs.clone(), rt.handle().clone(), url.clone());
+    let message = |id: &str| ferry_core::event::SqsMessage {
+        message_id: id.into(),
+        receipt_handle: String::new(),
+        body: "{}".into(),
+        attributes: Default::default(),
+        event_source_arn: String::new(),
+    };
+    dlq.send(&message("m1"), "cdc/a/b/x.parquet: not a parquet file")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    dlq.send(&message("m2"), "type conflict on column level")
+        .unwrap();
+    let summary = rt
+        .block_on(ferry_aws::sqs::dlq_summary(&sqs, &url))
+        .unwrap();
+    assert_eq!(summary.depth, 2);
+    let oldest = summary.oldest.unwrap();
+    assert!(oldest.reason.contains("not a parquet file"), "{oldest:?}");
+    // Summarising removes nothing: the messages are visible again (at once on SQS; moto keeps
+    // them hidden for the 1 s receive timeout).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        rt.block_on(ferry_aws::sqs::dlq_summary(&sqs, &url))
+            .unwrap()
+            .depth,
+        2
+    );
+}

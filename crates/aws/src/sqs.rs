@@ -373,3 +373,38 @@ pub async fn enqueue(client: &Client, queue_url: &str, bodies: &[String]) -> Res
     }
     Ok(sent)
 }
+
+/// A dead-letter queue at a glance: its depth and its oldest message (among up to 100 read
+/// without removing them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DlqSummary {
+    /// `ApproximateNumberOfMessages`.
+    pub depth: u64,
+    /// The oldest message seen, with its reason.
+    pub oldest: Option<DeadLetter>,
+}
+
+/// Reads a dead-letter queue's depth and oldest message; the messages stay.
+pub async fn dlq_summary(client: &Client, dlq_url: &str) -> Result<DlqSummary, String> {
+    let attrs = client
+        .get_queue_attributes()
+        .queue_url(dlq_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .map_err(|e| format!("GetQueueAttributes {dlq_url}: {}", describe(&e)))?;
+    let depth = attrs
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let oldest = if depth == 0 {
+        None
+    } else {
+        inspect(client, dlq_url, 100, 0)
+            .await?
+            .into_iter()
+            .min_by_key(|d| d.sent_at_millis.unwrap_or(i64::MAX))
+    };
+    Ok(DlqSummary { depth, oldest })
+}

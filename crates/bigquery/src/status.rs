@@ -184,3 +184,74 @@ WHERE NOT EXISTS (SELECT 1 FROM {changes_hourly} AS c
         ),
     ]
 }
+
+/// One row of `table_status`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StatusRow {
+    /// Source.
+    pub source: String,
+    /// `schema.table`.
+    pub table: String,
+    /// `enabled` or `disabled`.
+    pub state: String,
+    /// The newest successful load job (its id names the table and the file's stamp).
+    pub last_job: Option<String>,
+    /// The newest commit time in the change log's last day, µs.
+    pub last_commit_micros: Option<i64>,
+    /// Now minus that, seconds.
+    pub freshness_seconds: Option<f64>,
+    /// Successful load jobs in the last 24 h.
+    pub loads_24h: u64,
+    /// Change-log rows committed in the last 24 h.
+    pub rows_24h: u64,
+    /// Failed load jobs in the last 24 h.
+    pub failed_loads_24h: u64,
+    /// The last reconcile's status.
+    pub reconcile: Option<String>,
+    /// The newest time a reconcile verified the replica through, µs.
+    pub verified_through_micros: Option<i64>,
+}
+
+/// Reads `ferry_status.table_status` (one row per mapped table).
+pub async fn read(
+    client: &crate::Client,
+    project: &str,
+    location: Option<&str>,
+    request_id: &str,
+) -> Result<Vec<StatusRow>, crate::BqError> {
+    let sql = format!(
+        "SELECT source, table_name, state, last_job, UNIX_MICROS(last_commit), freshness_seconds, loads_24h, rows_24h, failed_loads_24h, reconcile, UNIX_MICROS(verified_through) FROM {} ORDER BY source, table_name",
+        view(project, "table_status")
+    );
+    let result = client
+        .query(
+            &sql,
+            location,
+            request_id,
+            std::time::Duration::from_secs(120),
+        )
+        .await?;
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+    let int = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<i64>().ok());
+    Ok(result
+        .rows
+        .iter()
+        .map(|r| {
+            let get = |i: usize| r.get(i).unwrap_or(&serde_json::Value::Null);
+            let count = |i: usize| int(get(i)).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+            StatusRow {
+                source: text(get(0)).unwrap_or_default(),
+                table: text(get(1)).unwrap_or_default(),
+                state: text(get(2)).unwrap_or_default(),
+                last_job: text(get(3)),
+                last_commit_micros: int(get(4)),
+                freshness_seconds: get(5).as_str().and_then(|s| s.parse().ok()),
+                loads_24h: count(6),
+                rows_24h: count(7),
+                failed_loads_24h: count(8),
+                reconcile: text(get(9)),
+                verified_through_micros: int(get(10)),
+            }
+        })
+        .collect())
+}

@@ -30,13 +30,16 @@ struct Hours {
     lag: Vec<Option<f64>>,
 }
 
-fn hours(warehouse: &SqliteWarehouse, t: &TableStatus, now: i64) -> Hours {
+fn hours(warehouse: Option<&SqliteWarehouse>, t: &TableStatus, now: i64) -> Hours {
     let start = now - 24 * HOUR;
     let mut h = Hours {
         rows: vec![0; 24],
         files: vec![0; 24],
         failures: vec![0; 24],
         lag: vec![None; 24],
+    };
+    let Some(warehouse) = warehouse else {
+        return h;
     };
     let _ = warehouse.with_conn(|c| {
         let bucket = |at: i64| usize::try_from((at - start) / HOUR).ok().filter(|b| *b < 24);
@@ -142,10 +145,12 @@ fn is_stale(t: &TableStatus, stale_after: f64) -> bool {
     t.state == "mapped" && t.lag_seconds.is_none_or(|l| l > stale_after)
 }
 
-/// The page.
+/// The page. `warehouse` (local mode) adds the 24-hour charts and the failures; `dlq_oldest`
+/// (production) names the dead-letter queue's oldest message.
 pub(crate) fn page(
     status: &Status,
-    warehouse: &SqliteWarehouse,
+    warehouse: Option<&SqliteWarehouse>,
+    dlq_oldest: Option<(i64, String)>,
     now: i64,
     stale_after: Duration,
 ) -> String {
@@ -204,7 +209,16 @@ pub(crate) fn page(
     }
     let mut dlq = String::new();
     let mut failures = String::new();
-    let _ = warehouse.with_conn(|c| {
+    if let Some((at, reason)) = &dlq_oldest {
+        let _ = write!(
+            dlq,
+            "<tr><td>{}</td><td>oldest of {}</td><td>{}</td></tr>",
+            esc(&iso(*at)),
+            status.dead_letters,
+            esc(reason)
+        );
+    }
+    let _ = warehouse.map(|w| w.with_conn(|c| {
         if let Ok(mut s) = c.prepare("SELECT at, reason, repeats FROM _ferry_dlq ORDER BY at DESC LIMIT 50")
             && let Ok(r) = s.query_map([], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
@@ -241,7 +255,7 @@ pub(crate) fn page(
             }
         }
         Ok(())
-    });
+    }));
     let empty = |s: &str, cols: usize, what: &str| {
         if s.is_empty() {
             format!("<tr><td colspan=\"{cols}\">{what}</td></tr>")

@@ -89,9 +89,14 @@ pub(crate) struct VerifyArgs {
 pub(crate) struct StatusArgs {
     #[command(flatten)]
     mappings: MappingsDir,
-    /// The SQLite warehouse file.
+    /// The SQLite warehouse file (local mode). Without it, the status is read from BigQuery's
+    /// `ferry_status.table_status` view (see `ferry bigquery status-views`) with the Lambda's
+    /// credentials, and from the dead-letter queue.
     #[arg(long, value_name = "FILE")]
-    warehouse: PathBuf,
+    warehouse: Option<PathBuf>,
+    /// The loader's dead-letter queue (production): its depth and oldest message.
+    #[arg(long, env = "FERRY_DLQ_URL", value_name = "URL")]
+    dlq_url: Option<String>,
     /// JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -230,10 +235,19 @@ pub(crate) fn status(
     let Some(catalog) = load_catalog(&args.mappings, err)? else {
         return Ok(EXIT_PROBLEMS);
     };
-    let warehouse = open_existing(&args.warehouse)?;
     let now = ferry_pipeline::now_micros();
-    let mut status =
-        ferry_local::status(&warehouse, &catalog, now).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut status, warehouse, dlq_oldest) = match &args.warehouse {
+        Some(path) => {
+            let warehouse = open_existing(path)?;
+            let status = ferry_local::status(&warehouse, &catalog, now)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            (status, Some(warehouse), None)
+        }
+        None => {
+            let (status, oldest) = production_status(&catalog, args.dlq_url.as_deref(), err)?;
+            (status, None, oldest)
+        }
+    };
     if let Some(t) = &args.table {
         status.tables.retain(|s| s.table == *t);
         anyhow::ensure!(
@@ -252,7 +266,13 @@ pub(crate) fn status(
             .unwrap_or(std::time::Duration::from_secs(900));
         std::fs::write(
             path,
-            super::html::page(&status, &warehouse, now, stale_after),
+            super::html::page(
+                &status,
+                warehouse.as_ref(),
+                dlq_oldest.clone(),
+                now,
+                stale_after,
+            ),
         )
         .with_context(|| format!("writing {}", path.display()))?;
         if !args.json {
@@ -277,6 +297,94 @@ pub(crate) fn status(
         }
     }
     Ok(EXIT_OK)
+}
+
+/// The status in production: BigQuery's `ferry_status.table_status` and the dead-letter queue.
+/// Returns the status and the queue's oldest message (time, reason).
+#[allow(clippy::type_complexity)]
+fn production_status(
+    catalog: &Catalog,
+    dlq_url: Option<&str>,
+    err: &mut dyn Write,
+) -> anyhow::Result<(Status, Option<(i64, String)>)> {
+    let first = catalog
+        .sources()
+        .first()
+        .context("the mappings are empty")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let aws = rt.block_on(ferry_aws::config::load());
+    let auth = rt
+        .block_on(ferry_lambda::auth_from_env(&aws))
+        .map_err(anyhow::Error::msg)?;
+    let mut config = ferry_bigquery::ClientConfig::default();
+    if let Ok(url) = std::env::var("FERRY_BQ_BASE_URL") {
+        config.base_url = url;
+    }
+    let client = ferry_bigquery::Client::new(config, auth, &first.project)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let id = format!(
+        "ferry-status-{}-{}",
+        std::process::id(),
+        ferry_pipeline::now_micros() % 1_000_000_000
+    );
+    let rows = rt
+        .block_on(ferry_bigquery::status::read(
+            &client,
+            &first.project,
+            first.location.as_deref(),
+            &id,
+        ))
+        .map_err(|e| {
+            anyhow::anyhow!("{e} (create the views with: ferry bigquery status-views --apply)")
+        })?;
+    let mut status = status_of(&rows);
+    let mut oldest = None;
+    match dlq_url {
+        Some(url) => {
+            let sqs = ferry_aws::config::sqs(&aws);
+            let summary = rt
+                .block_on(ferry_aws::sqs::dlq_summary(&sqs, url))
+                .map_err(anyhow::Error::msg)?;
+            status.dead_letters = summary.depth;
+            oldest = summary
+                .oldest
+                .map(|d| (d.sent_at_millis.unwrap_or(0) * 1000, d.reason));
+        }
+        None => writeln!(
+            err,
+            "dead-letter queue not read: pass --dlq-url or set FERRY_DLQ_URL"
+        )?,
+    }
+    Ok((status, oldest))
+}
+
+/// The production rows in the local status's shape (an enabled table is `mapped`).
+pub(crate) fn status_of(rows: &[ferry_bigquery::status::StatusRow]) -> Status {
+    Status {
+        tables: rows
+            .iter()
+            .map(|r| ferry_local::TableStatus {
+                source: r.source.clone(),
+                table: r.table.clone(),
+                state: if r.state == "enabled" {
+                    "mapped"
+                } else {
+                    "disabled"
+                }
+                .into(),
+                last_file: r.last_job.clone(),
+                last_commit_micros: r.last_commit_micros,
+                lag_seconds: r.freshness_seconds,
+                files_24h: r.loads_24h,
+                rows_24h: r.rows_24h,
+                failures_24h: r.failed_loads_24h,
+                reconcile: r.reconcile.clone(),
+                verified_through_micros: r.verified_through_micros,
+                ..ferry_local::TableStatus::default()
+            })
+            .collect(),
+        dead_letters: 0,
+    }
 }
 
 /// The local pipeline for a bucket folder and warehouse file.
