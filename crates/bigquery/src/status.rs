@@ -17,6 +17,8 @@ use ferry_core::mapping::{Catalog, TableRef};
 use ferry_core::schema::meta;
 use ferry_core::sql::{ident, string_literal, table_path};
 
+use crate::warehouse::label;
+
 /// The status dataset's name.
 pub const DATASET: &str = "ferry_status";
 
@@ -36,22 +38,6 @@ fn view(project: &str, name: &str) -> String {
         dataset: DATASET.to_owned(),
         table: name.to_owned(),
     })
-}
-
-/// The label ferry gives a value (see `warehouse::label`).
-fn label(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(63)
-        .collect()
 }
 
 /// The `CREATE OR REPLACE VIEW` statements, in order. `exists` says which change logs and

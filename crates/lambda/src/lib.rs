@@ -127,6 +127,20 @@ pub async fn auth_from_env(aws: &ferry_aws::config::SdkConfig) -> Result<Auth, S
     }
 }
 
+/// A BigQuery client for `project` with the credentials of [`auth_from_env`] and
+/// `FERRY_BQ_BASE_URL` (test servers and emulators), as the CLI's BigQuery commands use it.
+pub async fn bigquery_client_from_env(
+    aws: &ferry_aws::config::SdkConfig,
+    project: &str,
+) -> Result<Client, String> {
+    let auth = auth_from_env(aws).await?;
+    let mut config = ClientConfig::default();
+    if let Some(url) = env("FERRY_BQ_BASE_URL") {
+        config.base_url = url;
+    }
+    Client::new(config, auth, project).map_err(|e| e.to_string())
+}
+
 /// What a [`Loader`] is built from.
 pub struct LoaderParts {
     /// The validated mappings.

@@ -137,7 +137,7 @@ fn port_error(e: BqError) -> PortError {
 }
 
 /// A label value BigQuery accepts: lowercase letters, digits, `_` and `-`, at most 63.
-fn label(value: &str) -> String {
+pub(crate) fn label(value: &str) -> String {
     value
         .chars()
         .map(|c| {

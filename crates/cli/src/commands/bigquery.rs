@@ -207,15 +207,9 @@ fn status_views(
     }
     let rt = tokio::runtime::Runtime::new()?;
     let aws = rt.block_on(ferry_aws::config::load());
-    let auth = rt
-        .block_on(ferry_lambda::auth_from_env(&aws))
+    let client = rt
+        .block_on(ferry_lambda::bigquery_client_from_env(&aws, &first.project))
         .map_err(anyhow::Error::msg)?;
-    let mut config = ferry_bigquery::ClientConfig::default();
-    if let Ok(url) = std::env::var("FERRY_BQ_BASE_URL") {
-        config.base_url = url;
-    }
-    let client = ferry_bigquery::Client::new(config, auth, &first.project)
-        .map_err(|e| anyhow::anyhow!(e))?;
     let location = first.location.as_deref();
     rt.block_on(client.ensure_dataset(&first.project, ferry_bigquery::status::DATASET, location))
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -313,15 +313,9 @@ fn production_status(
         .context("the mappings are empty")?;
     let rt = tokio::runtime::Runtime::new()?;
     let aws = rt.block_on(ferry_aws::config::load());
-    let auth = rt
-        .block_on(ferry_lambda::auth_from_env(&aws))
+    let client = rt
+        .block_on(ferry_lambda::bigquery_client_from_env(&aws, &first.project))
         .map_err(anyhow::Error::msg)?;
-    let mut config = ferry_bigquery::ClientConfig::default();
-    if let Ok(url) = std::env::var("FERRY_BQ_BASE_URL") {
-        config.base_url = url;
-    }
-    let client = ferry_bigquery::Client::new(config, auth, &first.project)
-        .map_err(|e| anyhow::anyhow!(e))?;
     let id = format!(
         "ferry-status-{}-{}",
         std::process::id(),

@@ -231,15 +231,12 @@ pub(crate) fn backfill(
         return Ok(EXIT_OK);
     }
     // --direct: the Lambda's pipeline, in this process.
-    let auth = rt
-        .block_on(ferry_lambda::auth_from_env(&config))
+    let client = rt
+        .block_on(ferry_lambda::bigquery_client_from_env(
+            &config,
+            &source.project,
+        ))
         .map_err(anyhow::Error::msg)?;
-    let mut bq = ferry_bigquery::ClientConfig::default();
-    if let Ok(url) = std::env::var("FERRY_BQ_BASE_URL") {
-        bq.base_url = url;
-    }
-    let client =
-        ferry_bigquery::Client::new(bq, auth, &source.project).map_err(|e| anyhow::anyhow!(e))?;
     let pipeline = ferry_pipeline::Pipeline {
         catalog: std::sync::Arc::new(catalog.clone()),
         store,
