@@ -1100,11 +1100,12 @@ fn reconcile_against_a_bigquery_replica_on_the_strict_server_names_the_differenc
     assert!(report.outcome.segments > 1, "bisected in BigQuery SQL: {v}");
 
     // The result is kept where the status views read it.
+    ferry_source::table::ensure_results_bigquery(&client, rt.handle(), source).unwrap();
     ferry_source::table::record_bigquery(
         &client,
         rt.handle(),
         source,
-        &report,
+        std::slice::from_ref(&report),
         1_790_000_000_000_000,
     )
     .unwrap();

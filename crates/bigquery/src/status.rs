@@ -22,6 +22,9 @@ use crate::warehouse::label;
 /// The status dataset's name.
 pub const DATASET: &str = "ferry_status";
 
+/// The table in each source's dataset that `ferry reconcile` appends its results to.
+pub const RESULTS_TABLE: &str = "ferry_reconcile";
+
 /// `INFORMATION_SCHEMA.JOBS_BY_PROJECT` of the region the datasets live in.
 pub fn jobs_source(project: &str, location: Option<&str>) -> String {
     let region = format!("region-{}", location.unwrap_or("us").to_ascii_lowercase());
@@ -52,22 +55,16 @@ pub fn statements(
     let ts = ident(meta::COMMIT_TS);
     let mut mapped = Vec::new();
     let mut changes = Vec::new();
-    let mut reconciles = Vec::new();
+    // Sources sharing a dataset share its results table.
+    let mut results_tables = std::collections::BTreeSet::new();
     for source in catalog.sources() {
         let results = TableRef {
             project: source.project.clone(),
             dataset: source.dataset.clone(),
-            table: "ferry_reconcile".into(),
+            table: RESULTS_TABLE.into(),
         };
-        if exists(&results)
-            && !reconciles
-                .iter()
-                .any(|r: &String| r.contains(&table_path(&results)))
-        {
-            reconciles.push(format!(
-                "SELECT source, table_name, status, checked_at, verified_through FROM {}",
-                table_path(&results)
-            ));
+        if exists(&results) {
+            results_tables.insert(results);
         }
         for t in &source.tables {
             mapped.push(format!(
@@ -101,10 +98,19 @@ pub fn statements(
     } else {
         changes.join("\nUNION ALL\n")
     };
-    let reconciles = if reconciles.is_empty() {
+    let reconciles = if results_tables.is_empty() {
         empty_reconcile.to_owned()
     } else {
-        reconciles.join("\nUNION ALL\n")
+        results_tables
+            .iter()
+            .map(|t| {
+                format!(
+                    "SELECT source, table_name, status, checked_at, verified_through FROM {}",
+                    table_path(t)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\nUNION ALL\n")
     };
     let (jobs_hourly, changes_hourly) = (
         view(project, "load_jobs_hourly"),

@@ -96,9 +96,6 @@ pub fn run(
                     &mut || std::thread::sleep(settle),
                 ),
             };
-            if let Err(e) = table::record_bigquery(client, rt, source, &report, now_micros()) {
-                tracing::error!(table = %report.table, error = %e, "could not record the reconcile result");
-            }
             tracing::info!(
                 source = %name,
                 table = %report.table,
@@ -110,6 +107,11 @@ pub fn run(
                 "reconciled"
             );
             reports.push(report);
+        }
+        let recorded = table::ensure_results_bigquery(client, rt, source)
+            .and_then(|()| table::record_bigquery(client, rt, source, &reports, now_micros()));
+        if let Err(e) = recorded {
+            tracing::error!(source = %name, error = %e, "could not record the reconcile results");
         }
         summary.reports.insert(name.clone(), reports);
     }

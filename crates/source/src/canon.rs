@@ -191,9 +191,12 @@ pub fn sha256(d: Dialect, text: &str) -> String {
     }
 }
 
-/// Hex digits of the row hash that segment sums add up: 40 bits, so a segment of up to 2^23
-/// rows sums within a signed 64-bit integer on every engine.
+/// Hex digits of the row hash that segment sums add up: 40 bits, so a segment of fewer than
+/// [`MAX_SEGMENT_ROWS`] rows sums within a signed 64-bit integer on every engine.
 pub const PIECE_DIGITS: u32 = 10;
+
+/// Rows a summarised segment may hold: 2^23 (2^23 x 2^40 = 2^63).
+pub const MAX_SEGMENT_ROWS: u64 = 1 << 23;
 
 /// The integer of the first [`PIECE_DIGITS`] hex digits of hex expression `h`.
 pub fn hex_piece(d: Dialect, h: &str) -> String {
@@ -354,8 +357,9 @@ mod tests {
 
     #[test]
     fn floats_render_as_mysql_casts_them() {
-        // Each pair was read off MariaDB 10.11:
-        // TRIM(... CAST(CAST(CAST(x AS DOUBLE) AS DECIMAL(65,20)) AS CHAR)).
+        // MariaDB's rule, TRIM(... CAST(CAST(CAST(x AS DOUBLE) AS DECIMAL(65,20)) AS CHAR)):
+        // 0.1, 0.1f32, -0, 1e-7, 1e300 and the half-way case were read off MariaDB 10.11; the
+        // reconcile test compares FLOAT and DOUBLE edge values with MariaDB end to end.
         assert_eq!(float_text(0.1), "0.1");
         assert_eq!(float_text(f64::from(0.1f32)), "0.10000000149011612");
         // Half way between two shortest forms: the even one, as MariaDB prints it.

@@ -96,7 +96,8 @@ impl Shape {
 pub struct Options {
     /// Segments this small (on the larger side) are listed key by key.
     pub leaf_rows: u64,
-    /// Rows per top-level segment, the unit of progress and of one statement's work.
+    /// Rows per top-level key range (integer keys), the unit of progress and of one
+    /// statement's work.
     pub chunk_rows: u64,
     /// Draw a progress bar (rows and rows per second) on stderr.
     pub progress: bool,
@@ -456,8 +457,10 @@ pub fn compare(
         ..Outcome::default()
     };
     let total = out.source_rows.max(out.replica_rows);
-    let chunks = total.div_ceil(options.chunk_rows.max(1)).max(1);
     let roots: Vec<Segment> = if shape.integer_lead {
+        // Key ranges are index range scans: roots of about a chunk each, for progress and
+        // short statements.
+        let chunks = total.div_ceil(options.chunk_rows.max(1)).max(1);
         let (sb, rb) = both(source, replica, |side| side.bounds(shape))?;
         let bounds = [sb, rb];
         let lo = bounds.iter().flatten().map(|b| b.0).min();
@@ -466,23 +469,24 @@ pub fn compare(
             (Some(lo), Some(hi)) => split_range(lo, hi, chunks),
             _ => Vec::new(),
         }
-    } else if chunks > 1 {
-        // Enough hash prefixes that each holds about a chunk.
-        let mut len = 1u32;
-        while 16u64.saturating_pow(len) < chunks {
+    } else {
+        // A hash prefix is no index: every segment's statement reads the whole table. So the
+        // table is one root (summarised cut in 16, one scan), unless its 16ths would be too
+        // big to sum exactly (canon::MAX_SEGMENT_ROWS).
+        let mut len = 0u32;
+        while total / 16u64.saturating_pow(len + 1) >= canon::MAX_SEGMENT_ROWS {
             len += 1;
         }
         (0..16u64.pow(len))
             .map(|i| Segment {
                 range: None,
-                prefix: format!("{i:0w$x}", w = len as usize),
+                prefix: if len == 0 {
+                    String::new()
+                } else {
+                    format!("{i:0w$x}", w = len as usize)
+                },
             })
             .collect()
-    } else {
-        vec![Segment {
-            range: None,
-            prefix: String::new(),
-        }]
     };
     let mut candidates: Vec<Key> = Vec::new();
     let mut done = 0u64;

@@ -236,24 +236,16 @@ pub fn reconcile_local(
     }) else {
         return TableReport::skipped(table, "nothing loaded yet");
     };
-    let cols = columns(source_table, &fields);
-    let shape = match Shape::new(cols, &table.primary_key) {
-        Ok(s) => s,
+    let run = match Run::new(table, source_table, &fields, options, started) {
+        Ok(run) => run.loaded_through(local_loaded_through(conn, source, table)),
         Err(e) => return TableReport::failed(table, e),
     };
-    let loaded_through = local_loaded_through(conn, source, table);
     let own = match conn.path().map(|p| open_local(std::path::Path::new(p))) {
         Some(Ok(c)) => c,
         Some(Err(e)) => return TableReport::failed(table, e),
         None => return TableReport::failed(table, "the warehouse connection has no file"),
     };
     let mut r = sqlite_side(own, table);
-    let run = Run {
-        shape,
-        options,
-        loaded_through,
-        started,
-    };
     run.finish(table, &mut mysql_side(db, source_table), &mut r, settle)
 }
 
@@ -266,6 +258,31 @@ struct Run {
 }
 
 impl Run {
+    /// The comparison of the columns both sides have, or why there is none.
+    fn new(
+        table: &TableMapping,
+        source_table: &SourceTable,
+        replica: &[BqField],
+        options: Options,
+        started: Instant,
+    ) -> Result<Run, String> {
+        let shape = Shape::new(columns(source_table, replica), &table.primary_key)?;
+        Ok(Run {
+            shape,
+            options,
+            loaded_through: None,
+            started,
+        })
+    }
+
+    /// With the newest commit time ferry had loaded when the comparison started.
+    fn loaded_through(self, loaded_through: Option<i64>) -> Run {
+        Run {
+            loaded_through,
+            ..self
+        }
+    }
+
     /// Compares the two sides and reports.
     fn finish(
         self,
@@ -368,7 +385,11 @@ pub fn bigquery_fields(
         .block_on(client.get_table_fields(&replica.project, &replica.dataset, &replica.table))
         .map_err(|e| e.to_string())?;
     fields
-        .map(|f| serde_json::from_value::<Vec<BqField>>(f).map_err(|e| e.to_string()))
+        .map(|f| {
+            ferry_bigquery::warehouse::schema_from_json(replica, &f)
+                .map(|s| s.fields)
+                .map_err(|e| e.to_string())
+        })
         .transpose()
 }
 
@@ -411,18 +432,13 @@ pub fn reconcile_bigquery(
         Ok(None) => return TableReport::skipped(table, "the replica does not exist yet"),
         Err(e) => return TableReport::failed(table, e),
     };
-    let shape = match Shape::new(columns(source_table, &fields), &table.primary_key) {
-        Ok(s) => s,
+    let run = match Run::new(table, source_table, &fields, options, started) {
+        Ok(run) => {
+            run.loaded_through(bigquery_loaded_through(client, rt, table, location).unwrap_or(None))
+        }
         Err(e) => return TableReport::failed(table, e),
     };
-    let loaded_through = bigquery_loaded_through(client, rt, table, location).unwrap_or(None);
     let mut r = bigquery_side(client, rt, table, location);
-    let run = Run {
-        shape,
-        options,
-        loaded_through,
-        started,
-    };
     run.finish(table, &mut mysql_side(db, source_table), &mut r, settle)
 }
 
@@ -432,57 +448,77 @@ pub fn results_table(source: &Source) -> ferry_core::TableRef {
     ferry_core::TableRef {
         project: source.project.clone(),
         dataset: source.dataset.clone(),
-        table: "ferry_reconcile".into(),
+        table: ferry_bigquery::status::RESULTS_TABLE.into(),
     }
 }
 
-/// Appends a table's result to [`results_table`] (created when missing). `verified_through`
-/// is set only for a match: the newest verified time is the maximum over the table's rows.
-pub fn record_bigquery(
+/// Creates [`results_table`] when missing; once per source and run, before
+/// [`record_bigquery`].
+pub fn ensure_results_bigquery(
     client: &ferry_bigquery::Client,
     rt: &tokio::runtime::Handle,
     source: &Source,
-    report: &TableReport,
-    now_micros: i64,
 ) -> Result<(), String> {
-    if !matches!(report.status, "match" | "differ") {
-        return Ok(());
-    }
     let path = ferry_core::sql::table_path(&results_table(source));
-    let location = source.location.as_deref();
-    let mut n = 0;
     bigquery_rows(
         client,
         rt,
         &format!(
             "CREATE TABLE IF NOT EXISTS {path} (source STRING NOT NULL, table_name STRING NOT NULL, status STRING NOT NULL, checked_at TIMESTAMP NOT NULL, source_rows INT64, replica_rows INT64, missing INT64, extra INT64, different INT64, verified_through TIMESTAMP) PARTITION BY DATE(checked_at) CLUSTER BY table_name"
         ),
-        location,
-        &mut n,
-    )?;
-    let o = &report.outcome;
-    let verified = match (report.status, report.loaded_through) {
-        ("match", Some(t)) => format!("TIMESTAMP_MICROS({t})"),
-        ("match", None) => format!("TIMESTAMP_MICROS({now_micros})"),
-        _ => "NULL".into(),
-    };
+        source.location.as_deref(),
+        &mut 0,
+    )
+    .map(drop)
+}
+
+/// Appends a run's results to [`results_table`], one row per compared table, in one statement.
+/// `verified_through` is set only for a match: the newest verified time is the maximum over
+/// the table's rows.
+pub fn record_bigquery(
+    client: &ferry_bigquery::Client,
+    rt: &tokio::runtime::Handle,
+    source: &Source,
+    reports: &[TableReport],
+    now_micros: i64,
+) -> Result<(), String> {
     let lit = ferry_core::sql::string_literal;
+    let rows: Vec<String> = reports
+        .iter()
+        .filter(|r| matches!(r.status, "match" | "differ"))
+        .map(|report| {
+            let o = &report.outcome;
+            let verified = match (report.status, report.loaded_through) {
+                ("match", Some(t)) => format!("TIMESTAMP_MICROS({t})"),
+                ("match", None) => format!("TIMESTAMP_MICROS({now_micros})"),
+                _ => "NULL".into(),
+            };
+            format!(
+                "({}, {}, {}, TIMESTAMP_MICROS({now_micros}), {}, {}, {}, {}, {}, {verified})",
+                lit(&source.name),
+                lit(&report.table),
+                lit(report.status),
+                o.source_rows,
+                o.replica_rows,
+                o.missing.len(),
+                o.extra.len(),
+                o.different.len()
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     bigquery_rows(
         client,
         rt,
         &format!(
-            "INSERT INTO {path} (source, table_name, status, checked_at, source_rows, replica_rows, missing, extra, different, verified_through) VALUES ({}, {}, {}, TIMESTAMP_MICROS({now_micros}), {}, {}, {}, {}, {}, {verified})",
-            lit(&source.name),
-            lit(&report.table),
-            lit(report.status),
-            o.source_rows,
-            o.replica_rows,
-            o.missing.len(),
-            o.extra.len(),
-            o.different.len()
+            "INSERT INTO {} (source, table_name, status, checked_at, source_rows, replica_rows, missing, extra, different, verified_through) VALUES {}",
+            ferry_core::sql::table_path(&results_table(source)),
+            rows.join(", ")
         ),
-        location,
-        &mut n,
+        source.location.as_deref(),
+        &mut 0,
     )
     .map(drop)
 }

@@ -105,26 +105,11 @@ pub(crate) struct StatusArgs {
     table: Option<String>,
     /// Exit 1 when an enabled table's newest loaded change is older than this (`15m`, `1h`,
     /// `2d`), or it has none: for cron jobs and CI.
-    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_duration)]
     stale_after: Option<std::time::Duration>,
     /// Also write the status as one self-contained HTML page (no server, no external assets).
     #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
-}
-
-/// `90s`, `15m`, `1h`, `2d`.
-pub(crate) fn parse_age(s: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("{s:?} is not a duration: use 90s, 15m, 1h or 2d");
-    let (n, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(bad()),
-    };
-    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// Enabled tables whose newest loaded change is older than `limit` (or that have none).

@@ -44,3 +44,30 @@ pub(crate) fn print_problems(problems: &[Problem], err: &mut dyn Write) -> std::
         if n == 1 { "" } else { "s" }
     )
 }
+
+/// A duration on the command line: `0`, `90s`, `15m`, `1h`, `2d`.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration: use 0, 90s, 15m, 1h or 2d");
+    if s == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    match s.strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .ok()
+            .and_then(|d| d.checked_mul(86_400))
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(bad),
+        None => ferry_core::mapping::parse_interval(s).ok_or_else(bad),
+    }
+}
+
+/// The catalog's source names, for messages.
+pub(crate) fn source_names(catalog: &Catalog) -> String {
+    catalog
+        .sources()
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -157,12 +157,7 @@ pub(crate) fn backfill(
             "no source {:?} in {}; sources: {}",
             args.source,
             args.mappings.dir.display(),
-            catalog
-                .sources()
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            super::source_names(&catalog)
         );
     };
     if let Some(t) = &args.table

@@ -83,25 +83,16 @@ pub(crate) struct ReconcileArgs {
     #[arg(long)]
     repair: bool,
     /// Wait before keys that differ are read again (changes in flight): `0s`, `30s`, `2m`.
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration, value_name = "DURATION")]
     settle: Duration,
-}
-
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    ferry_core::mapping::parse_interval(s)
-        .ok_or_else(|| format!("{s:?} is not a duration: use 0, 30s, 2m or 1h"))
 }
 
 fn connect(args: &SourceArgs, catalog: &Catalog) -> anyhow::Result<(Source, MySql)> {
     let source = catalog.source(&args.source).cloned().with_context(|| {
-        let names: Vec<&str> = catalog.sources().iter().map(|s| s.name.as_str()).collect();
         format!(
             "no source {:?} in the mappings (sources: {})",
             args.source,
-            names.join(", ")
+            super::source_names(catalog)
         )
     })?;
     let url = SourceUrl::resolve(&source.name, args.url.as_deref())?;
@@ -229,12 +220,7 @@ pub(crate) fn check_against(
         None if catalog.sources().len() == 1 => catalog.sources().iter().collect(),
         None => anyhow::bail!(
             "--against reads one MySQL server: name its source with --source (sources: {})",
-            catalog
-                .sources()
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            super::source_names(catalog)
         ),
     };
     let mut problems = 0;
@@ -357,13 +343,15 @@ pub(crate) fn reconcile(
                         &mut wait,
                     ),
                 };
-                if let Err(e) =
-                    table::record_bigquery(&client, rt.handle(), &source, &report, now_micros())
-                {
-                    writeln!(err, "{}: could not record the result: {e}", report.table)?;
-                }
                 print_report(&report, args.json, out)?;
                 reports.push(report);
+            }
+            let recorded =
+                table::ensure_results_bigquery(&client, rt.handle(), &source).and_then(|()| {
+                    table::record_bigquery(&client, rt.handle(), &source, &reports, now_micros())
+                });
+            if let Err(e) = recorded {
+                writeln!(err, "could not record the results: {e}")?;
             }
             Some((rt, aws))
         }
