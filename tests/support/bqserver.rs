@@ -98,6 +98,8 @@ pub struct Job {
     pub query: Option<String>,
     /// Creation time, ms since the epoch.
     pub created_millis: i64,
+    /// `configuration.labels`, as INFORMATION_SCHEMA.JOBS lists them.
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -192,6 +194,7 @@ impl State {
             kind: "QUERY",
             query: Some(sql.to_owned()),
             created_millis,
+            labels: Vec::new(),
         });
     }
 }
@@ -571,6 +574,15 @@ fn create_job(
     if let Err(r) = bqrules::labels(resource.pointer("/configuration/labels")) {
         return refusal(&mut st, r);
     }
+    let labels = resource
+        .pointer("/configuration/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
     let location = resource
         .pointer("/jobReference/location")
         .and_then(Value::as_str)
@@ -668,6 +680,7 @@ fn create_job(
         kind,
         query,
         created_millis: now_millis(),
+        labels,
     };
     let body = job_json(&job, &project);
     st.jobs.push(job);

@@ -44,6 +44,38 @@ pub fn ferry(args: &[&str]) -> (u8, String, String) {
     )
 }
 
+/// Runs `ferry` as a process: `ferry_process!(&[args], &[(name, value)])`. See
+/// [`ferry_process_at`].
+#[macro_export]
+macro_rules! ferry_process {
+    ($args:expr, $env:expr) => {
+        $crate::ferry_process_at(env!("CARGO_BIN_EXE_ferry-under-test"), $args, $env)
+    };
+}
+
+/// Runs the `ferry` binary at `bin` with `env` added to the test's environment (AWS_*,
+/// FERRY_* and GOOGLE_* variables of the test's own environment are removed first, so that
+/// nothing leaks in); returns (exit code, stdout, stderr).
+pub fn ferry_process_at(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = std::process::Command::new(bin);
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        if n.starts_with("AWS_") || n.starts_with("FERRY_") || n.starts_with("GOOGLE_") {
+            command.env_remove(&name);
+        }
+    }
+    let output = command
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the ferry-under-test binary runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
 

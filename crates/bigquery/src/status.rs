@@ -247,3 +247,69 @@ pub async fn read(
         })
         .collect())
 }
+
+/// One row of `table_status_hourly`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HourRow {
+    /// Source.
+    pub source: String,
+    /// `schema.table`.
+    pub table: String,
+    /// The hour's start, µs.
+    pub hour_micros: i64,
+    /// Change-log rows committed in the hour.
+    pub rows: u64,
+    /// The newest commit time in the hour, µs.
+    pub newest_commit_micros: Option<i64>,
+    /// Successful load jobs.
+    pub loads: u64,
+    /// Failed load jobs.
+    pub failed_loads: u64,
+}
+
+/// Reads `ferry_status.table_status_hourly` (the last day, per table and hour).
+pub async fn read_hourly(
+    client: &crate::Client,
+    project: &str,
+    location: Option<&str>,
+    request_id: &str,
+) -> Result<Vec<HourRow>, crate::BqError> {
+    let sql = format!(
+        "SELECT source, table_name, UNIX_MICROS(hour), row_count, UNIX_MICROS(newest_commit), loads, failed_loads FROM {} ORDER BY source, table_name, hour",
+        view(project, "table_status_hourly")
+    );
+    let result = client
+        .query(
+            &sql,
+            location,
+            request_id,
+            std::time::Duration::from_secs(120),
+        )
+        .await?;
+    let int = |v: Option<&serde_json::Value>| {
+        v.and_then(serde_json::Value::as_str)
+            .and_then(|s| s.parse::<i64>().ok())
+    };
+    let count =
+        |v: Option<&serde_json::Value>| int(v).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+    let text = |v: Option<&serde_json::Value>| {
+        v.and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Ok(result
+        .rows
+        .iter()
+        .filter_map(|r| {
+            Some(HourRow {
+                source: text(r.first()),
+                table: text(r.get(1)),
+                hour_micros: int(r.get(2))?,
+                rows: count(r.get(3)),
+                newest_commit_micros: int(r.get(4)),
+                loads: count(r.get(5)),
+                failed_loads: count(r.get(6)),
+            })
+        })
+        .collect())
+}

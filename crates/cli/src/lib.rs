@@ -90,6 +90,14 @@ pub(crate) struct MappingsDir {
     pub(crate) dir: PathBuf,
 }
 
+/// The `ferry` process: [`run`] over the process's arguments and standard streams.
+pub fn main() -> std::process::ExitCode {
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let code = run(std::env::args_os(), &mut stdout.lock(), &mut stderr.lock());
+    std::process::ExitCode::from(code)
+}
+
 /// Runs ferry with `args` (the first is the program name), writing to `out` and `err`, and
 /// returns the process exit code.
 pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8

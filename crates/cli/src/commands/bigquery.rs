@@ -34,6 +34,10 @@ pub(crate) struct StatusViewsArgs {
     /// Create the dataset and the views in BigQuery instead of printing them.
     #[arg(long)]
     apply: bool,
+    /// The table the views read load jobs from (default: the mappings' region's
+    /// `INFORMATION_SCHEMA.JOBS_BY_PROJECT`; `JOBS_BY_FOLDER` or a copy of the jobs work too).
+    #[arg(long, value_name = "TABLE")]
+    jobs_source: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -198,7 +202,9 @@ fn status_views(
         .first()
         .context("the mappings are empty")?
         .clone();
-    let jobs = ferry_bigquery::status::jobs_source(&first.project, first.location.as_deref());
+    let jobs = args.jobs_source.clone().unwrap_or_else(|| {
+        ferry_bigquery::status::jobs_source(&first.project, first.location.as_deref())
+    });
     if !args.apply {
         for sql in ferry_bigquery::status::statements(&catalog, &first.project, &jobs, &|_| true) {
             writeln!(out, "{sql};\n")?;

@@ -96,7 +96,7 @@ pub(crate) fn run(args: DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> a
         &page,
         super::html::page(
             &status,
-            Some(&pipeline.warehouse),
+            &super::html::History::Local(&pipeline.warehouse),
             None,
             ferry_pipeline::now_micros(),
             std::time::Duration::from_secs(900),

@@ -30,7 +30,15 @@ struct Hours {
     lag: Vec<Option<f64>>,
 }
 
-fn hours(warehouse: Option<&SqliteWarehouse>, t: &TableStatus, now: i64) -> Hours {
+/// Where the page's hourly history comes from.
+pub(crate) enum History<'a> {
+    /// Local mode's warehouse: its event and load ledgers.
+    Local(&'a SqliteWarehouse),
+    /// Production: `ferry_status.table_status_hourly`.
+    Production(&'a [ferry_bigquery::status::HourRow]),
+}
+
+fn hours(history: &History<'_>, t: &TableStatus, now: i64) -> Hours {
     let start = now - 24 * HOUR;
     let mut h = Hours {
         rows: vec![0; 24],
@@ -38,11 +46,42 @@ fn hours(warehouse: Option<&SqliteWarehouse>, t: &TableStatus, now: i64) -> Hour
         failures: vec![0; 24],
         lag: vec![None; 24],
     };
-    let Some(warehouse) = warehouse else {
-        return h;
+    let bucket = |at: i64| {
+        usize::try_from((at - start) / HOUR)
+            .ok()
+            .filter(|b| *b < 24)
+    };
+    let warehouse = match history {
+        History::Local(w) => *w,
+        History::Production(rows) => {
+            let mine: Vec<_> = rows
+                .iter()
+                .filter(|r| r.source == t.source && r.table == t.table)
+                .collect();
+            for r in &mine {
+                // An hour that began before the window still ends inside it.
+                if let Some(b) = bucket(r.hour_micros.max(start)) {
+                    h.rows[b] += r.rows;
+                    h.files[b] += r.loads;
+                    h.failures[b] += r.failed_loads;
+                }
+            }
+            for (i, lag) in h.lag.iter_mut().enumerate() {
+                let end = (start + (i as i64 + 1) * HOUR).min(now);
+                let newest = mine
+                    .iter()
+                    .filter_map(|r| r.newest_commit_micros)
+                    .filter(|c| *c <= end)
+                    .max();
+                #[allow(clippy::cast_precision_loss)]
+                {
+                    *lag = newest.map(|n| ((end - n).max(0)) as f64 / 1e6);
+                }
+            }
+            return h;
+        }
     };
     let _ = warehouse.with_conn(|c| {
-        let bucket = |at: i64| usize::try_from((at - start) / HOUR).ok().filter(|b| *b < 24);
         if let Ok(mut stmt) = c.prepare(
             "SELECT at, kind, rows FROM _ferry_events WHERE source = ?1 AND table_name = ?2 AND at >= ?3",
         ) && let Ok(rows) = stmt.query_map(rusqlite::params![t.source, t.table, start], |r| {
@@ -145,11 +184,11 @@ fn is_stale(t: &TableStatus, stale_after: f64) -> bool {
     t.state == "mapped" && t.lag_seconds.is_none_or(|l| l > stale_after)
 }
 
-/// The page. `warehouse` (local mode) adds the 24-hour charts and the failures; `dlq_oldest`
-/// (production) names the dead-letter queue's oldest message.
+/// The page. `history` gives the 24-hour charts (and, in local mode, the dead letters and the
+/// failures); `dlq_oldest` (production) names the dead-letter queue's oldest message.
 pub(crate) fn page(
     status: &Status,
-    warehouse: Option<&SqliteWarehouse>,
+    history: &History<'_>,
     dlq_oldest: Option<(i64, String)>,
     now: i64,
     stale_after: Duration,
@@ -171,7 +210,7 @@ pub(crate) fn page(
     let mut rows = String::new();
     for t in &tables {
         let stale = is_stale(t, limit);
-        let h = hours(warehouse, t, now);
+        let h = hours(history, t, now);
         let lag = t
             .lag_seconds
             .map_or_else(|| "nothing loaded".to_owned(), human_seconds);
@@ -218,6 +257,10 @@ pub(crate) fn page(
             esc(reason)
         );
     }
+    let warehouse = match history {
+        History::Local(w) => Some(*w),
+        History::Production(_) => None,
+    };
     let _ = warehouse.map(|w| w.with_conn(|c| {
         if let Ok(mut s) = c.prepare("SELECT at, reason, repeats FROM _ferry_dlq ORDER BY at DESC LIMIT 50")
             && let Ok(r) = s.query_map([], |r| {

@@ -221,16 +221,16 @@ pub(crate) fn status(
         return Ok(EXIT_PROBLEMS);
     };
     let now = ferry_pipeline::now_micros();
-    let (mut status, warehouse, dlq_oldest) = match &args.warehouse {
+    let (mut status, warehouse, dlq_oldest, hourly) = match &args.warehouse {
         Some(path) => {
             let warehouse = open_existing(path)?;
             let status = ferry_local::status(&warehouse, &catalog, now)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            (status, Some(warehouse), None)
+            (status, Some(warehouse), None, Vec::new())
         }
         None => {
-            let (status, oldest) = production_status(&catalog, args.dlq_url.as_deref(), err)?;
-            (status, None, oldest)
+            let p = production_status(&catalog, args.dlq_url.as_deref(), args.html.is_some(), err)?;
+            (p.status, None, p.dlq_oldest, p.hourly)
         }
     };
     if let Some(t) = &args.table {
@@ -241,9 +241,19 @@ pub(crate) fn status(
         );
     }
     if args.json {
-        writeln!(out, "{}", serde_json::to_string(&status)?)?;
+        let mut doc = serde_json::to_value(&status)?;
+        if let (Some((at, reason)), Some(map)) = (&dlq_oldest, doc.as_object_mut()) {
+            map.insert(
+                "dead_letter_oldest".into(),
+                serde_json::json!({"sent_at": iso(*at), "reason": reason}),
+            );
+        }
+        writeln!(out, "{doc}")?;
     } else {
         print_status(out, &status)?;
+        if let Some((at, reason)) = &dlq_oldest {
+            writeln!(out, "oldest dead letter: {} {reason}", iso(*at))?;
+        }
     }
     if let Some(path) = &args.html {
         let stale_after = args
@@ -253,7 +263,10 @@ pub(crate) fn status(
             path,
             super::html::page(
                 &status,
-                warehouse.as_ref(),
+                &match &warehouse {
+                    Some(w) => super::html::History::Local(w),
+                    None => super::html::History::Production(&hourly),
+                },
                 dlq_oldest.clone(),
                 now,
                 stale_after,
@@ -284,14 +297,23 @@ pub(crate) fn status(
     Ok(EXIT_OK)
 }
 
-/// The status in production: BigQuery's `ferry_status.table_status` and the dead-letter queue.
-/// Returns the status and the queue's oldest message (time, reason).
-#[allow(clippy::type_complexity)]
+/// What production status reads.
+struct ProductionStatus {
+    status: Status,
+    /// The dead-letter queue's oldest message: µs, reason.
+    dlq_oldest: Option<(i64, String)>,
+    /// `table_status_hourly`, when asked for (the page's charts).
+    hourly: Vec<ferry_bigquery::status::HourRow>,
+}
+
+/// The status in production: BigQuery's `ferry_status.table_status` (and, with `hourly`,
+/// `table_status_hourly`) and the dead-letter queue.
 fn production_status(
     catalog: &Catalog,
     dlq_url: Option<&str>,
+    hourly: bool,
     err: &mut dyn Write,
-) -> anyhow::Result<(Status, Option<(i64, String)>)> {
+) -> anyhow::Result<ProductionStatus> {
     let first = catalog
         .sources()
         .first()
@@ -334,7 +356,22 @@ fn production_status(
             "dead-letter queue not read: pass --dlq-url or set FERRY_DLQ_URL"
         )?,
     }
-    Ok((status, oldest))
+    let hourly = if hourly {
+        rt.block_on(ferry_bigquery::status::read_hourly(
+            &client,
+            &first.project,
+            first.location.as_deref(),
+            &format!("{id}-hourly"),
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    } else {
+        Vec::new()
+    };
+    Ok(ProductionStatus {
+        status,
+        dlq_oldest: oldest,
+        hourly,
+    })
 }
 
 /// The production rows in the local status's shape (an enabled table is `mapped`).
