@@ -42,38 +42,111 @@ fn mappings_check_lists_every_problem_one_per_line_and_exits_1() {
             "bigquery": {"project": "acme-analytics", "dataset": "bad-ds"},
             "tables": {"db.t": {}, "db.u": {"mode": "changelog", "cluster_by": ["a","b","c","d","e"]}}}"#,
     );
-    dir.write("two.json", r#"{"source": {"name": "two", "bucket": "acme-dms"}, "bigquery": {"project": "acme-analytics", "dataset": "x"}, "tables": {"db.t": {"primry_key": ["id"]}}}"#);
-    let (code, out, err) = ferry(&["mappings", "check", dir.path().to_str().expect("utf-8")]);
+    // An unknown field no longer hides the file's other problems: the missing folder (which
+    // overlaps one.json's) is reported too.
+    dir.write("two.json", r#"{"source": {"name": "two", "bucket": "acme-dms"}, "bigquery": {"project": "acme-analytics", "dataset": "x"}, "tables": {"db.t": {"mode": "changelog", "primry_key": ["id"]}}}"#);
+    let d = dir.path().to_str().expect("utf-8");
+    let (code, out, err) = ferry(&["mappings", "check", "--mappings", d]);
     assert_eq!(code, 1);
     assert_eq!(out, "");
     let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 5, "{err}");
+    assert_eq!(lines.len(), 6, "{err}");
+    assert!(lines[..5].iter().all(|l| l.contains("; fix: ")), "{err}");
     assert!(
-        lines[..4]
-            .iter()
-            .all(|l| l.contains(".json: $") && l.contains("; fix: ")),
+        lines[0].contains("one.json:2:55: $.bigquery.dataset"),
         "{err}"
     );
-    assert!(lines[..3].iter().all(|l| l.contains("one.json")), "{err}");
     assert!(
-        lines[3].contains("two.json: $.tables[\"db.t\"].primry_key"),
+        lines[1].contains("one.json:3:24: $.tables[\"db.t\"].primary_key"),
         "{err}"
     );
-    assert_eq!(lines[4], "4 problems in the mapping files");
+    assert!(
+        lines[2].contains("one.json:3:66: $.tables[\"db.u\"].cluster_by"),
+        "{err}"
+    );
+    assert!(lines[3].contains("two.json:1:2: $.source.folder"), "{err}");
+    assert!(
+        lines[4].contains("two.json:1:151: $.tables[\"db.t\"].primry_key")
+            && lines[4].contains("did you mean `primary_key`?"),
+        "{err}"
+    );
+    assert_eq!(lines[5], "5 problems in the mapping files");
 
-    let (code, out, _) = ferry(&[
-        "mappings",
-        "check",
-        "--github",
-        dir.path().to_str().expect("utf-8"),
-    ]);
+    // The old spelling (the folder as an argument) still works, and annotations carry lines.
+    let (code, out, _) = ferry(&["mappings", "check", "--github", d]);
     assert_eq!(code, 1);
-    assert_eq!(
-        out.lines()
-            .filter(|l| l.starts_with("::error file="))
-            .count(),
-        4,
+    let annotations: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("::error file="))
+        .collect();
+    assert_eq!(annotations.len(), 5, "{out}");
+    assert!(
+        annotations[0].contains("one.json,line=2,col=55::$.bigquery.dataset"),
         "{out}"
+    );
+}
+
+/// The issue's acceptance case: one file with five different problems, all reported, each
+/// with its line, in text, GitHub annotations and JSON.
+#[test]
+fn mappings_check_reports_five_problems_in_one_file_with_their_lines() {
+    let dir = TempDir::new("cli-check-five");
+    dir.write(
+        "five.json",
+        r#"{
+  "source": {"name": "five", "bucket": "acme-dms", "folder": "five", "colour": "blue"},
+  "bigquery": {"project": "acme-analytics", "dataset": "bad-ds"},
+  "tables": {
+    "db.a": {"primary_key": ["id"], "mode": "sometimes"},
+    "db.b": {"primary_key": ["id"], "cluster_by": ["a", "b", "c", "d", "e"]},
+    "db.c": {"primry_key": ["id"], "mode": "changelog"}
+  }
+}
+"#,
+    );
+    let d = dir.path().to_str().expect("utf-8");
+    let (code, _, err) = ferry(&["mappings", "check", "--mappings", d]);
+    assert_eq!(code, 1, "{err}");
+    let expected = [
+        ("five.json:2:70: $.source.colour", "unknown field `colour`"),
+        ("five.json:3:45: $.bigquery.dataset", "not '-'"),
+        (
+            "five.json:5:37: $.tables[\"db.a\"].mode",
+            "unknown variant `sometimes`",
+        ),
+        ("five.json:6:37: $.tables[\"db.b\"].cluster_by", "at most 4"),
+        (
+            "five.json:7:14: $.tables[\"db.c\"].primry_key",
+            "did you mean `primary_key`",
+        ),
+    ];
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), expected.len() + 1, "{err}");
+    for (line, (at, what)) in lines.iter().zip(expected) {
+        assert!(
+            line.contains(at) && line.contains(what),
+            "{at} {what}: {err}"
+        );
+    }
+    let (_, out, _) = ferry(&["mappings", "check", "--mappings", d, "--github"]);
+    let lines: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.split("line=").nth(1)?.split(',').next()?.parse().ok())
+        .collect();
+    assert_eq!(lines, [2, 3, 5, 6, 7], "{out}");
+    let (code, out, _) = ferry(&["mappings", "check", "--mappings", d, "--json"]);
+    assert_eq!(code, 1);
+    let doc: Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(doc["ok"], false);
+    let problems = doc["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 5, "{doc}");
+    assert_eq!(problems[2]["line"], 5);
+    assert_eq!(problems[2]["col"], 37);
+    assert_eq!(problems[2]["path"], "$.tables[\"db.a\"].mode");
+    assert!(
+        problems
+            .iter()
+            .all(|p| p["fix"].as_str().is_some_and(|f| !f.is_empty()))
     );
 }
 

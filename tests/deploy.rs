@@ -120,7 +120,7 @@ fn committed_generated_files_are_fresh() {
         "table-mappings",
         "--mappings",
         m.to_str().unwrap(),
-        "--out",
+        "--out-dir",
         root.join("infra/dms").to_str().unwrap(),
         "--check",
     ]);
@@ -151,6 +151,7 @@ fn a_mapping_change_makes_the_generated_files_stale_until_regenerated() {
             "table-mappings".into(),
             "--mappings".into(),
             maps.display().to_string(),
+            // The old spelling of --out-dir, kept as an alias for one release.
             "--out".into(),
             out.display().to_string(),
         ];

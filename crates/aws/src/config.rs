@@ -7,7 +7,20 @@ pub use aws_config::SdkConfig;
 
 /// Shared SDK configuration from the environment.
 pub async fn load() -> aws_config::SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    load_with(None, None).await
+}
+
+/// Shared SDK configuration from the environment, with the region and the named profile given
+/// on the command line (`--region`, `--profile`) taking precedence.
+pub async fn load_with(region: Option<&str>, profile: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    if let Some(profile) = profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    loader.load().await
 }
 
 /// An S3 client; path-style when an endpoint override is set.

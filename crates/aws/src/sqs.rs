@@ -139,7 +139,8 @@ pub struct DeadLetter {
     pub body: String,
 }
 
-fn objects_of(body: &str) -> Vec<String> {
+/// The objects an SQS body names, as `s3://bucket/key`.
+pub fn objects_of(body: &str) -> Vec<String> {
     match ferry_core::event::parse_body(body) {
         Ok(n) => n
             .objects

@@ -13,8 +13,6 @@
 //! - `commands::bigquery`: `ferry bigquery ddl`.
 //! - `commands::source`: `ferry source check`, `ferry mappings sync`, `ferry reconcile`.
 
-mod commands;
-
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,8 +23,42 @@ use clap::{Parser, Subcommand};
 pub const EXIT_OK: u8 = 0;
 /// Exit code: the command ran and found problems (invalid mappings, stale files).
 pub const EXIT_PROBLEMS: u8 = 1;
-/// Exit code: the command could not run (bad arguments, unreadable files).
+/// Exit code: the command was called wrongly (unknown flags, names that the mappings do not
+/// hold, paths that do not exist, flags that need another).
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the environment or a service failed (credentials, network, AWS, BigQuery, MySQL,
+/// files that cannot be read or written).
+pub const EXIT_RUNTIME: u8 = 3;
+
+/// An error in how the command was called: exit [`EXIT_USAGE`].
+#[derive(Debug)]
+pub(crate) struct Usage(pub(crate) String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// Returns a usage error (exit 2) from the function: `usage_bail!("no source {name}")`.
+macro_rules! usage_bail {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::Usage(format!($($arg)*))))
+    };
+}
+
+/// A usage error (exit 2) unless `cond` holds.
+macro_rules! usage_ensure {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            usage_bail!($($arg)*);
+        }
+    };
+}
+
+mod commands;
 
 /// ferry carries MySQL/Aurora changes captured by AWS DMS from S3 into BigQuery.
 #[derive(Debug, Parser)]
@@ -98,6 +130,24 @@ pub fn main() -> std::process::ExitCode {
     std::process::ExitCode::from(code)
 }
 
+/// Where AWS is used: `--region` and `--profile` over the SDK's environment and files.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct AwsArgs {
+    /// The AWS region (default: the SDK's, from AWS_REGION or the profile).
+    #[arg(long, value_name = "REGION")]
+    pub(crate) region: Option<String>,
+    /// The named AWS profile (default: AWS_PROFILE, else `default`).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) profile: Option<String>,
+}
+
+impl AwsArgs {
+    /// The SDK configuration.
+    pub(crate) async fn load(&self) -> ferry_aws::config::SdkConfig {
+        ferry_aws::config::load_with(self.region.as_deref(), self.profile.as_deref()).await
+    }
+}
+
 /// Runs ferry with `args` (the first is the program name), writing to `out` and `err`, and
 /// returns the process exit code.
 pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
@@ -137,11 +187,24 @@ where
     };
     match result {
         Ok(code) => code,
+        // A reader that went away (`ferry … | head`) is not an error.
+        Err(e) if is_broken_pipe(&e) => EXIT_OK,
         Err(e) => {
             let _ = writeln!(err, "error: {e:#}");
-            EXIT_USAGE
+            if e.downcast_ref::<Usage>().is_some() {
+                EXIT_USAGE
+            } else {
+                EXIT_RUNTIME
+            }
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 #[cfg(test)]

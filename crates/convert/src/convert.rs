@@ -101,6 +101,12 @@ pub struct ConvertOutcome {
     /// The mapping names a DMS timestamp column (`source.dms.timestamp_column`) that this file
     /// does not have: every row took the file's time. A misconfigured endpoint or mapping.
     pub timestamp_column_missing: bool,
+    /// Excluded columns (`exclude`) the file carried anyway and the loader dropped: the DMS
+    /// task's table mappings are older than the mapping.
+    pub excluded_arrived: Vec<String>,
+    /// Hinted columns (`columns`) the file does not have: a misspelt hint, or a column the
+    /// source dropped.
+    pub hints_unused: Vec<String>,
     /// Bytes read from the input.
     pub bytes_read: u64,
     /// Bytes written to the output.
@@ -137,6 +143,8 @@ pub struct Conversion {
     ts_leaf: Option<usize>,
     cs_leaf: Option<usize>,
     limits: Limits,
+    excluded_arrived: Vec<String>,
+    hints_unused: Vec<String>,
 }
 
 impl Conversion {
@@ -179,6 +187,8 @@ impl Conversion {
         let mut ts_leaf = None;
         let mut cs_leaf = None;
         let mut file_columns: Vec<(String, BqType, Out)> = Vec::new();
+        let mut excluded_arrived = Vec::new();
+        let mut seen_columns: Vec<String> = Vec::new();
         for (leaf, field) in arrow_schema.fields().iter().enumerate() {
             let col = descr.column(leaf);
             let name = field.name().as_str();
@@ -206,8 +216,32 @@ impl Conversion {
                 column: name.to_owned(),
                 reason,
             })?;
+            if req.table.excludes(name) {
+                excluded_arrived.push(name.to_owned());
+                continue;
+            }
+            seen_columns.push(name.to_owned());
             let hint = req.table.hint(name);
             let parquet = describe(&col);
+            if req.table.hashes(name) {
+                if !transform::hashable(field.data_type()) {
+                    return Err(ConvertError::UnsupportedType {
+                        column: name.to_owned(),
+                        parquet: format!("{parquet} (hash takes text, binary and integer columns)"),
+                    });
+                }
+                if req.source.hash_key.is_none() {
+                    return Err(ConvertError::NoHashKey {
+                        column: name.to_owned(),
+                    });
+                }
+                file_columns.push((
+                    name.to_owned(),
+                    BqType::String,
+                    Out::Transform(leaf, Transform::KeyedHash),
+                ));
+                continue;
+            }
             let (bq, action) =
                 plan_column(&col, field.data_type(), hint).map_err(|p| match (p, hint) {
                     (PlanProblem::HintMismatch, Some(hint)) => ConvertError::HintMismatch {
@@ -318,6 +352,15 @@ impl Conversion {
             ts_leaf,
             cs_leaf,
             limits,
+            hints_unused: req
+                .table
+                .columns
+                .iter()
+                .map(|(c, _)| c)
+                .filter(|c| !seen_columns.iter().any(|s| s.eq_ignore_ascii_case(c)))
+                .cloned()
+                .collect(),
+            excluded_arrived,
         })
     }
 
@@ -573,6 +616,8 @@ impl Conversion {
             lob_columns: lob_counts.into_keys().collect(),
             timestamp_column_missing: req.source.timestamp_column.is_some()
                 && self.ts_leaf.is_none(),
+            excluded_arrived: self.excluded_arrived,
+            hints_unused: self.hints_unused,
             bytes_read: input.bytes_fetched(),
             bytes_written,
             columns_copied: copied,
@@ -690,6 +735,23 @@ impl Conversion {
                     (row_base..row_base + n as u64).map(|r| r as i64),
                 )),
                 Out::Meta(_) => return Err(ConvertError::write("metadata column without a value")),
+                Out::Transform(leaf, Transform::KeyedHash) => {
+                    let input = leaf_array(*leaf)
+                        .ok_or_else(|| ConvertError::corrupt("decoded column missing"))?;
+                    let key =
+                        req.source
+                            .hash_key
+                            .as_ref()
+                            .ok_or_else(|| ConvertError::NoHashKey {
+                                column: name.clone(),
+                            })?;
+                    transform::keyed_hash(key, input.as_ref()).ok_or_else(|| {
+                        ConvertError::UnsupportedType {
+                            column: name.clone(),
+                            parquet: "a type hash does not take".into(),
+                        }
+                    })?
+                }
                 Out::Transform(leaf, t) => {
                     let input = leaf_array(*leaf)
                         .ok_or_else(|| ConvertError::corrupt("decoded column missing"))?;

@@ -45,6 +45,9 @@ pub(crate) enum Transform {
     StringToDatetime,
     /// `YYYY-MM-DD HH:MM:SS[.f]` text to TIMESTAMP (UTC).
     StringToTimestamp,
+    /// A text, binary or integer value to the hex HMAC-SHA256 under the deployment's hash key
+    /// (a `hash` column): STRING.
+    KeyedHash,
     /// A timestamp BigQuery cannot read as stored (INT96, nanoseconds) to microseconds;
     /// `utc` false makes it a DATETIME.
     TimestampToMicros {
@@ -63,6 +66,7 @@ impl Transform {
                 DataType::Decimal128(20, 0)
             }
             Transform::StringToTime => DataType::Time64(ArrowTimeUnit::Microsecond),
+            Transform::KeyedHash => DataType::Utf8,
             Transform::StringToDatetime | Transform::TimestampToMicros { utc: false } => {
                 DataType::Timestamp(ArrowTimeUnit::Microsecond, None)
             }

@@ -19,6 +19,14 @@ pub enum ConvertError {
         /// The I/O error.
         message: String,
     },
+    /// The mapping hashes a column and the loader was given no hash key.
+    #[error(
+        "column {column:?} is hashed (\"hash\" in the mapping) but no hash key is configured: set FERRY_HASH_KEY_SECRET (the Lambda: a Secrets Manager secret) or pass --hash-key-file (local mode)"
+    )]
+    NoHashKey {
+        /// The column.
+        column: String,
+    },
     /// A column whose parquet type ferry has no BigQuery type for.
     #[error("column {column:?}: parquet type {parquet} has no BigQuery type ferry can load")]
     UnsupportedType {
@@ -41,7 +49,7 @@ pub enum ConvertError {
     },
     /// A column this file has with another type than the table.
     #[error(
-        "column {column:?}: the table has it as {table_type}, this file as {file_type}; BigQuery cannot change a column's type on load"
+        "column {column:?}: the table has it as {table_type}, this file as {file_type}; BigQuery cannot change a column's type on load. Fix: if a hint was added or corrected after the table was created, drop the column's table and backfill it (ferry backfill --source S --table T --direct); if the source's type really changed, set \"on_type_change\": \"new_column\" to continue in {column}__<type>"
     )]
     SchemaConflict {
         /// The column.

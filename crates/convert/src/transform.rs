@@ -8,8 +8,8 @@ use arrow_array::types::{
     TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 use arrow_array::{
-    Array, ArrayRef, BooleanArray, Decimal128Array, Int64Array, Time64MicrosecondArray,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, Decimal128Array, Int64Array, StringArray,
+    Time64MicrosecondArray, TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, TimeUnit};
 
@@ -82,6 +82,47 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Whether a `hash` column of this type can be hashed: text, binary and integers.
+pub(crate) fn hashable(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::FixedSizeBinary(_)
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}
+
+/// The hex HMAC-SHA256 of each value under `key`: text and binary by their bytes, integers by
+/// their decimal digits (so `42` hashes alike whatever its width). NULL stays NULL. `None` for
+/// a type [`hashable`] refuses.
+pub(crate) fn keyed_hash(
+    key: &ferry_core::hashkey::HashKey,
+    array: &dyn Array,
+) -> Option<ArrayRef> {
+    let out: StringArray = if let Some(values) = strings(array) {
+        values
+            .map(|v| v.map(|s| key.hmac_hex(s.as_bytes())))
+            .collect()
+    } else if let Some(values) = byte_values(array) {
+        values.map(|v| v.map(|b| key.hmac_hex(b))).collect()
+    } else {
+        integers(array)?
+            .map(|v| v.map(|n| key.hmac_hex(n.to_string().as_bytes())))
+            .collect()
+    };
+    Some(Arc::new(out))
+}
+
 /// Applies `t` to `array`. The result has the same length and the same NULLs.
 pub(crate) fn apply(t: Transform, array: &dyn Array) -> Result<ArrayRef, BadValue> {
     let unsupported = || BadValue {
@@ -90,6 +131,8 @@ pub(crate) fn apply(t: Transform, array: &dyn Array) -> Result<ArrayRef, BadValu
         reason: "unexpected input type",
     };
     let out: ArrayRef = match t {
+        // Keyed: applied by `keyed_hash`, which is given the key.
+        Transform::KeyedHash => return Err(unsupported()),
         Transform::IntToBool => Arc::new(
             integers(array)
                 .ok_or_else(unsupported)?

@@ -55,6 +55,41 @@ pub fn dms_table_mappings(source: &Source) -> Value {
             })
         }))
         .collect();
+    // Excluded columns are removed by DMS itself: their values never reach S3.
+    let mut removed: Vec<(&str, &str, &str)> = source
+        .tables
+        .iter()
+        .filter(|t| t.enabled)
+        .flat_map(|t| {
+            t.exclude
+                .iter()
+                .map(move |c| (t.schema.as_str(), t.table.as_str(), c.as_str()))
+        })
+        .collect();
+    removed.sort_unstable();
+    let first = rules.len();
+    let rules: Vec<Value> = rules
+        .into_iter()
+        .chain(
+            removed
+                .iter()
+                .enumerate()
+                .map(|(i, (schema, table, column))| {
+                    json!({
+                        "rule-type": "transformation",
+                        "rule-id": (first + i + 1).to_string(),
+                        "rule-name": format!("ferry-exclude-{schema}-{table}-{column}"),
+                        "rule-target": "column",
+                        "object-locator": {
+                            "schema-name": crate::names::dms_literal(schema),
+                            "table-name": crate::names::dms_literal(table),
+                            "column-name": crate::names::dms_literal(column),
+                        },
+                        "rule-action": "remove-column",
+                    })
+                }),
+        )
+        .collect();
     json!({ "rules": rules })
 }
 

@@ -22,6 +22,7 @@ pub mod bqtype;
 pub mod civil;
 pub mod deploy;
 pub mod event;
+pub mod hashkey;
 pub mod jobid;
 pub mod key;
 pub mod mapping;

@@ -12,6 +12,8 @@
 //!   `FERRY_GCP_CREDENTIALS_FILE` or `GOOGLE_APPLICATION_CREDENTIALS`
 //!   (a credential file, e.g. the packaged workload-identity `external_account` configuration,
 //!   which holds no secret), `FERRY_BQ_TOKEN` (a bearer token, for emulators; `none` sends none).
+//! - `FERRY_HASH_KEY_SECRET`: the Secrets Manager secret holding the key of the mappings'
+//!   `hash` columns (required when a mapping hashes one).
 //! - `FERRY_BQ_BASE_URL`: BigQuery endpoint override (test servers, emulators).
 //! - `FERRY_BQ_PROJECT`: the project load jobs run in (default: the first mapping's project).
 //! - `FERRY_MAX_PARALLEL` (tables at once, default 4), `FERRY_WORK_DIR` (default `/tmp/ferry`).
@@ -127,6 +129,26 @@ pub async fn auth_from_env(aws: &ferry_aws::config::SdkConfig) -> Result<Auth, S
     }
 }
 
+/// The key for the mappings' `hash` columns: the Secrets Manager secret
+/// `FERRY_HASH_KEY_SECRET`, read when a mapping hashes a column. A mapping that hashes without
+/// a configured key fails cold start, rather than dead-lettering every file of the table.
+pub async fn hash_key_from_env(
+    aws: &ferry_aws::config::SdkConfig,
+    catalog: &Catalog,
+) -> Result<Option<ferry_core::hashkey::HashKey>, String> {
+    if !catalog.hashes_columns() {
+        return Ok(None);
+    }
+    let secret = env("FERRY_HASH_KEY_SECRET").ok_or(
+        "a mapping hashes columns but FERRY_HASH_KEY_SECRET (the Secrets Manager secret holding the hash key) is not set",
+    )?;
+    let client = ferry_aws::config::secrets(aws);
+    let value = ferry_aws::config::secret_string(&client, &secret).await?;
+    ferry_core::hashkey::HashKey::new(value.trim_end().as_bytes())
+        .map(Some)
+        .map_err(|e| format!("secret {secret}: {e}"))
+}
+
 /// A BigQuery client for `project` with the credentials of [`auth_from_env`] and
 /// `FERRY_BQ_BASE_URL` (test servers and emulators), as the CLI's BigQuery commands use it.
 pub async fn bigquery_client_from_env(
@@ -217,8 +239,11 @@ impl Loader {
 
     /// Cold start: mappings, AWS clients, BigQuery client, from the environment.
     pub async fn from_env() -> Result<Loader, String> {
-        let catalog = load_catalog(&mappings_dir())?;
+        let mut catalog = load_catalog(&mappings_dir())?;
         let aws = ferry_aws::config::load().await;
+        if let Some(key) = hash_key_from_env(&aws, &catalog).await? {
+            catalog = catalog.with_hash_key(key);
+        }
         let dlq_url = env("FERRY_DLQ_URL").ok_or("FERRY_DLQ_URL is not set")?;
         let lock_table = env("FERRY_LOCK_TABLE").ok_or(
             "FERRY_LOCK_TABLE is not set: the DynamoDB table that makes replica applies one writer at a time",

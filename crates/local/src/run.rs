@@ -39,7 +39,7 @@ impl Default for RunOptions {
 }
 
 /// What a run did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RunSummary {
     /// Objects under the folder.
     pub objects: u64,
@@ -139,7 +139,12 @@ pub fn run(
             break;
         }
         let mut queue = LocalQueue::new(options.max_receives);
-        for (_, _, bucket, size, key) in chunk {
+        // With a limit, only as many as are left are queued: the limit is exact, not rounded
+        // up to a batch.
+        let left = limit.map_or(usize::MAX, |l| {
+            usize::try_from(l.saturating_sub(processed.get())).unwrap_or(usize::MAX)
+        });
+        for (_, _, bucket, size, key) in chunk.iter().take(left) {
             queue.send(s3_event_body(
                 bucket,
                 key,
@@ -236,11 +241,13 @@ fn apply_touched(pipeline: &LocalPipeline, touched: &mut BTreeSet<(String, Strin
     ok
 }
 
-/// Runs the handler on one captured SQS event and returns its response.
-pub fn invoke(pipeline: &LocalPipeline, event: &SqsEvent) -> SqsBatchResponse {
+/// Runs the handler on one captured SQS event; returns its response and the number of
+/// messages it dead-lettered.
+pub fn invoke(pipeline: &LocalPipeline, event: &SqsEvent) -> (SqsBatchResponse, usize) {
     let options = HandlerOptions {
         max_parallel: 2,
         ..HandlerOptions::default()
     };
-    handle_batch(pipeline, pipeline.warehouse.as_ref(), event, options).response
+    let report = handle_batch(pipeline, pipeline.warehouse.as_ref(), event, options);
+    (report.response, report.dead_lettered.len())
 }

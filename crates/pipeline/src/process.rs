@@ -483,6 +483,18 @@ fn conversion_warnings(source: &Source, outcome: &ConvertOutcome) -> Vec<String>
             source.lob_max_size_kb
         ));
     }
+    if !outcome.excluded_arrived.is_empty() {
+        out.push(format!(
+            "excluded_arrived: excluded column(s) {} reached S3 and were dropped; the DMS task's table mappings are older than the mapping: apply infra/dms (infra/apply-generated.sh)",
+            outcome.excluded_arrived.join(", ")
+        ));
+    }
+    if !outcome.hints_unused.is_empty() {
+        out.push(format!(
+            "hint_unused: the mapping hints column(s) {} that this file does not have; a misspelt hint leaves the real column's type to the data (check the names, or run ferry mappings check --against)",
+            outcome.hints_unused.join(", ")
+        ));
+    }
     out
 }
 

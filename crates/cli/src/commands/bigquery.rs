@@ -38,6 +38,8 @@ pub(crate) struct StatusViewsArgs {
     /// `INFORMATION_SCHEMA.JOBS_BY_PROJECT`; `JOBS_BY_FOLDER` or a copy of the jobs work too).
     #[arg(long, value_name = "TABLE")]
     jobs_source: Option<String>,
+    #[command(flatten)]
+    aws: crate::AwsArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,7 +66,7 @@ pub(crate) fn run(
     let Some(catalog) = load_catalog(&args.mappings, err)? else {
         return Ok(EXIT_PROBLEMS);
     };
-    anyhow::ensure!(
+    usage_ensure!(
         args.bucket_dir.is_dir(),
         "bucket folder {} does not exist",
         args.bucket_dir.display()
@@ -150,7 +152,7 @@ pub(crate) fn run(
         && printed == 0
         && problems == 0
     {
-        anyhow::bail!(
+        usage_bail!(
             "{t}: not a mapped table with files under {}",
             args.bucket_dir.display()
         );
@@ -212,7 +214,7 @@ fn status_views(
         return Ok(EXIT_OK);
     }
     let rt = tokio::runtime::Runtime::new()?;
-    let aws = rt.block_on(ferry_aws::config::load());
+    let aws = rt.block_on(args.aws.load());
     let client = rt
         .block_on(ferry_lambda::bigquery_client_from_env(&aws, &first.project))
         .map_err(anyhow::Error::msg)?;

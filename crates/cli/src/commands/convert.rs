@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ferry_convert::{ConvertRequest, RangeReader, convert};
 use ferry_core::plan_object;
 use ferry_core::schema::TableSchema;
@@ -18,7 +18,7 @@ use crate::{EXIT_OK, EXIT_PROBLEMS, MappingsDir};
 pub(crate) struct ConvertArgs {
     #[command(flatten)]
     mappings: MappingsDir,
-    /// The object's S3 key (decoded), which tells the source and table.
+    /// The object's S3 key (decoded) or `s3://bucket/key`, which tells the source and table.
     #[arg(long)]
     key: String,
     /// The table's current schema (a JSON list of BigQuery fields, as `--schema-json` writes):
@@ -45,10 +45,11 @@ pub(crate) fn run(
     let Some(catalog) = load_catalog(&args.mappings, err)? else {
         return Ok(EXIT_PROBLEMS);
     };
-    let plan = plan_object(&catalog, None, &args.key, None);
+    let (bucket, key) = super::split_s3_uri(&args.key);
+    let plan = plan_object(&catalog, bucket, key, None);
     let (Some(source), Some(object), Some(table)) = (plan.source, plan.object.as_ref(), plan.table)
     else {
-        bail!(
+        usage_bail!(
             "{}: not loaded: {}",
             args.key,
             plan.skip.map(|s| s.to_string()).unwrap_or_default()

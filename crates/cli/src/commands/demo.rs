@@ -38,7 +38,7 @@ pub(crate) fn run(args: DemoArgs, out: &mut dyn Write, err: &mut dyn Write) -> a
     let warehouse = dir.join("warehouse.sqlite");
     let manifest_path = dir.join("manifest.json");
     if bucket.exists() || warehouse.exists() {
-        anyhow::bail!(
+        usage_bail!(
             "{} already holds a demo; pass another --dir or remove it",
             dir.display()
         );

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ferry_core::deploy::{
     bucket_notification, deploy_config, dms_table_mappings, merge_bucket_notification,
 };
@@ -22,11 +22,13 @@ pub(crate) enum DmsCommand {
         /// Only this source.
         #[arg(long)]
         source: Option<String>,
-        /// Write `<source>.table-mappings.json` files here instead of printing.
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// With --out: change nothing, fail if a file is missing or differs.
-        #[arg(long, requires = "out")]
+        /// Write `<source>.table-mappings.json` files into this folder instead of printing
+        /// one JSON object per source and line (`{"source", "table_mappings"}`). `--out`, the
+        /// old spelling, still works.
+        #[arg(long, value_name = "DIR", alias = "out")]
+        out_dir: Option<PathBuf>,
+        /// With --out-dir: change nothing, fail if a file is missing or differs.
+        #[arg(long, requires = "out_dir")]
         check: bool,
     },
 }
@@ -116,7 +118,7 @@ pub(crate) fn dms(cmd: DmsCommand, out: &mut dyn Write, err: &mut dyn Write) -> 
     let DmsCommand::TableMappings {
         mappings,
         source,
-        out: dir,
+        out_dir: dir,
         check,
     } = cmd;
     let Some(catalog) = super::load_catalog(&mappings, err)? else {
@@ -130,15 +132,14 @@ pub(crate) fn dms(cmd: DmsCommand, out: &mut dyn Write, err: &mut dyn Write) -> 
     if let Some(name) = &source
         && sources.is_empty()
     {
-        bail!("no source {name:?} in {}", mappings.dir.display());
+        usage_bail!("no source {name:?} in {}", mappings.dir.display());
     }
     match dir {
         None => {
             for s in sources {
-                if source.is_none() {
-                    writeln!(out, "// {}", s.name)?;
-                }
-                out.write_all(pretty(&dms_table_mappings(s))?.as_bytes())?;
+                let doc =
+                    serde_json::json!({"source": s.name, "table_mappings": dms_table_mappings(s)});
+                writeln!(out, "{doc}")?;
             }
             Ok(EXIT_OK)
         }
@@ -154,7 +155,7 @@ pub(crate) fn dms(cmd: DmsCommand, out: &mut dyn Write, err: &mut dyn Write) -> 
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let stale = emit(&files, check)?;
             let regen = format!(
-                "ferry dms table-mappings --mappings {} --out {}",
+                "ferry dms table-mappings --mappings {} --out-dir {}",
                 mappings.dir.display(),
                 dir.display()
             );
@@ -209,10 +210,10 @@ pub(crate) fn deploy(
                 return Ok(EXIT_PROBLEMS);
             };
             if !catalog.sources().iter().any(|s| s.bucket == bucket) {
-                bail!("no mapping uses bucket {bucket}");
+                usage_bail!("no mapping uses bucket {bucket}");
             }
             if ferry_core::names::check_source_name(&stage).is_err() {
-                bail!("stage {stage:?}: use lowercase letters, digits and '-'");
+                usage_bail!("stage {stage:?}: use lowercase letters, digits and '-'");
             }
             let Some(current) = current else {
                 let doc = bucket_notification(&catalog, &bucket, &stage, &queue_arn);

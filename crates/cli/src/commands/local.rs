@@ -40,6 +40,11 @@ pub(crate) struct Stand {
     /// The SQLite warehouse file (created if missing).
     #[arg(long, value_name = "FILE")]
     warehouse: PathBuf,
+    /// The key for the mappings' `hash` columns: a file holding it (at least 16 bytes; a
+    /// trailing newline is ignored). The Lambda reads it from Secrets Manager instead
+    /// (FERRY_HASH_KEY_SECRET).
+    #[arg(long, value_name = "FILE", env = "FERRY_HASH_KEY_FILE")]
+    hash_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +57,10 @@ pub(crate) struct RunArgs {
     /// Deliveries before a failing message goes to the dead-letter queue (SQS maxReceiveCount).
     #[arg(long, default_value_t = 3)]
     max_receives: u32,
+    /// One JSON object: objects, loaded_before, queued, loaded, rows, already_loaded, skipped,
+    /// failures, dead_lettered.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +92,9 @@ pub(crate) struct VerifyArgs {
     /// The SQLite warehouse file.
     #[arg(long, value_name = "FILE")]
     warehouse: PathBuf,
+    /// One JSON object per table and line: table, target, ok, detail.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,9 +112,14 @@ pub(crate) struct StatusArgs {
     /// JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only this source's tables.
+    #[arg(long, value_name = "NAME")]
+    source: Option<String>,
     /// Only this table (`schema.table`).
     #[arg(long, value_name = "SCHEMA.TABLE")]
     table: Option<String>,
+    #[command(flatten)]
+    aws: crate::AwsArgs,
     /// Exit 1 when an enabled table's newest loaded change is older than this (`15m`, `1h`,
     /// `2d`), or it has none: for cron jobs and CI.
     #[arg(long, value_name = "DURATION", value_parser = super::parse_duration)]
@@ -138,19 +155,32 @@ pub(crate) fn run(
                 ..RunOptions::default()
             };
             let summary = run_with_progress(&pipeline, &options, err)?;
-            writeln!(
-                out,
-                "{} objects: {} loaded before, {} queued; loaded {} ({} rows), already loaded {}, skipped {}, failed deliveries {}, dead-lettered {}",
-                summary.objects,
-                summary.loaded_before,
-                summary.queued,
-                summary.loaded,
-                summary.rows,
-                summary.already_loaded,
-                summary.skipped,
-                summary.failures,
-                summary.dead_lettered
-            )?;
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string(&summary)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} objects: {} loaded before, {} queued; loaded {} ({} rows), already loaded {}, skipped {}, failed deliveries {}, dead-lettered {}",
+                    summary.objects,
+                    summary.loaded_before,
+                    summary.queued,
+                    summary.loaded,
+                    summary.rows,
+                    summary.already_loaded,
+                    summary.skipped,
+                    summary.failures,
+                    summary.dead_lettered
+                )?;
+            }
+            if summary.dead_lettered > 0 {
+                writeln!(
+                    err,
+                    "{} object(s) dead-lettered: see ferry dlq inspect --warehouse {}",
+                    summary.dead_lettered,
+                    args.stand.warehouse.display()
+                )?;
+                return Ok(EXIT_PROBLEMS);
+            }
             Ok(EXIT_OK)
         }
         LocalCommand::Invoke(args) => {
@@ -161,9 +191,21 @@ pub(crate) fn run(
                 .with_context(|| format!("reading {}", args.event.display()))?;
             let event: SqsEvent = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not an SQS event", args.event.display()))?;
-            let response = ferry_local::invoke(&pipeline, &event);
+            let (response, dead_lettered) = ferry_local::invoke(&pipeline, &event);
             writeln!(out, "{}", serde_json::to_string(&response)?)?;
-            Ok(EXIT_OK)
+            if dead_lettered > 0 {
+                writeln!(
+                    err,
+                    "{dead_lettered} message(s) dead-lettered: ferry status shows why"
+                )?;
+            }
+            Ok(
+                if dead_lettered > 0 || !response.batch_item_failures.is_empty() {
+                    EXIT_PROBLEMS
+                } else {
+                    EXIT_OK
+                },
+            )
         }
         LocalCommand::Query(args) => {
             let warehouse = open_existing(&args.warehouse)?;
@@ -194,6 +236,20 @@ pub(crate) fn run(
             let warehouse = open_existing(&args.warehouse)?;
             let checks = verify(&warehouse, &args.manifest)?;
             let bad: Vec<&TableCheck> = checks.iter().filter(|c| !c.ok).collect();
+            if args.json {
+                for c in &checks {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"table": c.table, "target": c.target, "ok": c.ok, "detail": c.detail})
+                    )?;
+                }
+                return Ok(if bad.is_empty() {
+                    EXIT_OK
+                } else {
+                    EXIT_PROBLEMS
+                });
+            }
             for c in &bad {
                 writeln!(err, "{} ({}): {}", c.table, c.target, c.detail)?;
             }
@@ -229,13 +285,27 @@ pub(crate) fn status(
             (status, Some(warehouse), None, Vec::new())
         }
         None => {
-            let p = production_status(&catalog, args.dlq_url.as_deref(), args.html.is_some(), err)?;
+            let p = production_status(
+                &catalog,
+                args.dlq_url.as_deref(),
+                args.html.is_some(),
+                &args.aws,
+                err,
+            )?;
             (p.status, None, p.dlq_oldest, p.hourly)
         }
     };
+    if let Some(name) = &args.source {
+        usage_ensure!(
+            catalog.source(name).is_some(),
+            "no source {name:?} in the mappings; sources: {}",
+            super::source_names(&catalog)
+        );
+        status.tables.retain(|s| s.source == *name);
+    }
     if let Some(t) = &args.table {
         status.tables.retain(|s| s.table == *t);
-        anyhow::ensure!(
+        usage_ensure!(
             !status.tables.is_empty(),
             "no table {t} in the mappings or the warehouse"
         );
@@ -312,6 +382,7 @@ fn production_status(
     catalog: &Catalog,
     dlq_url: Option<&str>,
     hourly: bool,
+    aws: &crate::AwsArgs,
     err: &mut dyn Write,
 ) -> anyhow::Result<ProductionStatus> {
     let first = catalog
@@ -319,7 +390,7 @@ fn production_status(
         .first()
         .context("the mappings are empty")?;
     let rt = tokio::runtime::Runtime::new()?;
-    let aws = rt.block_on(ferry_aws::config::load());
+    let aws = rt.block_on(aws.load());
     let client = rt
         .block_on(ferry_lambda::bigquery_client_from_env(&aws, &first.project))
         .map_err(anyhow::Error::msg)?;
@@ -408,9 +479,16 @@ pub(crate) fn pipeline(
     stand: &Stand,
     err: &mut dyn Write,
 ) -> anyhow::Result<Option<LocalPipeline>> {
-    let Some(catalog) = load_catalog(&stand.mappings, err)? else {
+    let Some(mut catalog) = load_catalog(&stand.mappings, err)? else {
         return Ok(None);
     };
+    if let Some(path) = &stand.hash_key_file {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let trimmed = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let key = ferry_core::hashkey::HashKey::new(trimmed)
+            .map_err(|e| crate::Usage(format!("--hash-key-file {}: {e}", path.display())))?;
+        catalog = catalog.with_hash_key(key);
+    }
     Ok(Some(local_pipeline(
         catalog,
         &stand.bucket_dir,
@@ -423,7 +501,7 @@ pub(crate) fn local_pipeline(
     bucket_dir: &Path,
     warehouse: &Path,
 ) -> anyhow::Result<LocalPipeline> {
-    anyhow::ensure!(
+    usage_ensure!(
         bucket_dir.is_dir(),
         "bucket folder {} does not exist",
         bucket_dir.display()
@@ -439,8 +517,8 @@ pub(crate) fn local_pipeline(
     })
 }
 
-fn open_existing(path: &Path) -> anyhow::Result<SqliteWarehouse> {
-    anyhow::ensure!(
+pub(crate) fn open_existing(path: &Path) -> anyhow::Result<SqliteWarehouse> {
+    usage_ensure!(
         path.is_file(),
         "warehouse {} does not exist (ferry local run creates it)",
         path.display()

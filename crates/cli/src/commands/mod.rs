@@ -71,3 +71,14 @@ pub(crate) fn source_names(catalog: &Catalog) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// `s3://bucket/key` as (bucket, key); anything else is a key without a bucket.
+pub(crate) fn split_s3_uri(arg: &str) -> (Option<&str>, &str) {
+    match arg.strip_prefix("s3://") {
+        Some(rest) => match rest.split_once('/') {
+            Some((bucket, key)) => (Some(bucket), key),
+            None => (Some(rest), ""),
+        },
+        None => (None, arg),
+    }
+}

@@ -33,19 +33,13 @@ pub(crate) struct PlanArgs {
 
 pub(crate) fn run(args: PlanArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<u8> {
     if args.etag.is_some() && args.keys.len() > 1 {
-        anyhow::bail!("--etag names one object's version: give a single KEY with it");
+        usage_bail!("--etag names one object's version: give a single KEY with it");
     }
     let Some(catalog) = load_catalog(&args.mappings, err)? else {
         return Ok(EXIT_PROBLEMS);
     };
     for arg in &args.keys {
-        let (bucket, key) = match arg.strip_prefix("s3://") {
-            Some(rest) => match rest.split_once('/') {
-                Some((bucket, key)) => (Some(bucket), key),
-                None => (Some(rest), ""),
-            },
-            None => (None, arg.as_str()),
-        };
+        let (bucket, key) = super::split_s3_uri(arg);
         let decode = args.encoded || (!args.raw && key::looks_event_encoded(key));
         let decoded = if decode {
             key::decode_event_key(key)

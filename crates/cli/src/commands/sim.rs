@@ -14,10 +14,11 @@ use crate::{EXIT_OK, EXIT_PROBLEMS, MappingsDir};
 pub(crate) struct SimArgs {
     #[command(flatten)]
     mappings: MappingsDir,
-    /// The folder standing for the bucket: keys are paths below it.
-    #[arg(long)]
-    out: PathBuf,
-    /// Where to write the manifest (default: next to OUT, `<OUT>.manifest.json`).
+    /// The folder standing for the bucket: keys are paths below it (`--out`, the old
+    /// spelling, still works).
+    #[arg(long, value_name = "DIR", alias = "out")]
+    bucket_dir: PathBuf,
+    /// Where to write the manifest (default: next to DIR, `<DIR>.manifest.json`).
     #[arg(long, value_name = "FILE")]
     manifest: Option<PathBuf>,
     #[command(flatten)]
@@ -31,9 +32,15 @@ pub(crate) struct SimArgs {
     /// GZIP-compressed parquet pages (DMS CompressionType=GZIP).
     #[arg(long)]
     gzip: bool,
-    /// Only this source (by name) or table (schema.table); repeatable.
-    #[arg(long = "only", value_name = "NAME")]
-    only: Vec<String>,
+    /// Only this source's tables; repeatable.
+    #[arg(long, value_name = "NAME")]
+    source: Vec<String>,
+    /// Only this table (`schema.table`); repeatable (`--only`, the old spelling, still works).
+    #[arg(long, value_name = "SCHEMA.TABLE", alias = "only")]
+    table: Vec<String>,
+    /// One JSON object: files, rows, bytes, tables, seconds, manifest.
+    #[arg(long)]
+    json: bool,
     /// No column added mid-stream.
     #[arg(long)]
     no_added_column: bool,
@@ -89,7 +96,7 @@ pub(crate) fn run(args: SimArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
         row_group_rows: args.row_group.max(1),
         load_file_rows: args.load_file_rows.max(1),
         gzip: args.gzip,
-        only: args.only.clone(),
+        only: args.source.iter().chain(&args.table).cloned().collect(),
         add_column: !args.no_added_column,
         hard_cases: !args.no_hard_cases,
         task_start_timestamps: args.task_start_timestamps,
@@ -101,24 +108,38 @@ pub(crate) fn run(args: SimArgs, out: &mut dyn Write, err: &mut dyn Write) -> an
         ..args.size.options()
     };
     let started = Instant::now();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let manifest = simulate(&catalog, &opts, &args.out)
-        .with_context(|| format!("writing under {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.bucket_dir)
+        .with_context(|| format!("creating {}", args.bucket_dir.display()))?;
+    let manifest = simulate(&catalog, &opts, &args.bucket_dir)
+        .with_context(|| format!("writing under {}", args.bucket_dir.display()))?;
     if manifest.tables.is_empty() {
-        anyhow::bail!("--only {:?} matches no mapped source or table", args.only);
+        usage_bail!(
+            "--source {:?} --table {:?} match no mapped table",
+            args.source,
+            args.table
+        );
     }
     let path = args.manifest.unwrap_or_else(|| {
         let mut name = args
-            .out
+            .bucket_dir
             .file_name()
             .map(|n| n.to_os_string())
             .unwrap_or_default();
         name.push(".manifest.json");
-        args.out.with_file_name(name)
+        args.bucket_dir.with_file_name(name)
     });
     std::fs::write(&path, serde_json::to_vec(&manifest)?)
         .with_context(|| format!("writing {}", path.display()))?;
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"files": manifest.files, "rows": manifest.rows, "bytes": manifest.bytes,
+                "tables": manifest.tables.len(), "seconds": started.elapsed().as_secs_f64(),
+                "manifest": path.display().to_string()})
+        )?;
+        return Ok(EXIT_OK);
+    }
     writeln!(
         out,
         "wrote {} files, {} rows, {} bytes for {} tables in {:.1} s; manifest {}",

@@ -63,6 +63,8 @@ pub(crate) struct SyncArgs {
 pub(crate) struct ReconcileArgs {
     #[command(flatten)]
     source: SourceArgs,
+    #[command(flatten)]
+    aws: crate::AwsArgs,
     /// Only this table (`schema.table`).
     #[arg(long, value_name = "SCHEMA.TABLE")]
     table: Option<String>,
@@ -218,7 +220,7 @@ pub(crate) fn check_against(
                 .with_context(|| format!("no source {name:?} in the mappings"))?,
         ],
         None if catalog.sources().len() == 1 => catalog.sources().iter().collect(),
-        None => anyhow::bail!(
+        None => usage_bail!(
             "--against reads one MySQL server: name its source with --source (sources: {})",
             super::source_names(catalog)
         ),
@@ -255,13 +257,13 @@ pub(crate) fn reconcile(
         return Ok(EXIT_PROBLEMS);
     };
     if let Some(w) = &args.warehouse {
-        anyhow::ensure!(
+        usage_ensure!(
             w.is_file(),
             "warehouse {} does not exist (ferry local run creates it)",
             w.display()
         );
         if args.repair {
-            anyhow::ensure!(
+            usage_ensure!(
                 args.bucket_dir.is_some(),
                 "--repair in local mode writes the repair objects into the bucket folder: pass --bucket-dir"
             );
@@ -269,7 +271,7 @@ pub(crate) fn reconcile(
     }
     let (source, mut db) = connect(&args.source, &catalog)?;
     if let Some(t) = &args.table {
-        anyhow::ensure!(
+        usage_ensure!(
             source.tables.iter().any(|m| m.source_table() == *t),
             "{t} is not a table of source {}",
             source.name
@@ -319,7 +321,7 @@ pub(crate) fn reconcile(
         }
         None => {
             let rt = tokio::runtime::Runtime::new()?;
-            let aws = rt.block_on(ferry_aws::config::load());
+            let aws = rt.block_on(args.aws.load());
             let client = rt
                 .block_on(ferry_lambda::bigquery_client_from_env(
                     &aws,

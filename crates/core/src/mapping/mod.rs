@@ -9,8 +9,10 @@
 //! - [`hint`]: per-column MySQL type hints.
 //! - [`model`]: the validated types the rest of ferry uses.
 //! - `validate`: the checks, per file and across files.
+//! - `locate`: a problem's line and column in its file.
 
 pub mod hint;
+mod locate;
 pub mod model;
 pub mod raw;
 mod validate;
@@ -46,6 +48,7 @@ impl Catalog {
             path: "$".into(),
             message,
             fix: fix.into(),
+            at: None,
         };
         let entries = std::fs::read_dir(dir).map_err(|e| {
             vec![problem(
@@ -81,6 +84,7 @@ impl Catalog {
                     path: "$".into(),
                     message: format!("cannot read the file: {e}"),
                     fix: "make it a readable UTF-8 JSON file".into(),
+                    at: None,
                 }),
             }
         }
@@ -113,11 +117,36 @@ impl Catalog {
             sources.extend(source);
         }
         problems.extend(validate::check_across(&sources));
+        for p in &mut problems {
+            if p.at.is_none()
+                && let Some(file) = files.iter().find(|f| f.path == p.file)
+            {
+                p.at = locate::locate(&file.text, &p.path);
+            }
+        }
+        // In each file, in the order of the text.
+        problems.sort_by(|a, b| a.file.cmp(&b.file).then(a.at.cmp(&b.at)));
         if problems.is_empty() {
             Ok(Catalog { sources })
         } else {
             Err(problems)
         }
+    }
+
+    /// The catalog with the deployment's key for hashed columns set on every source.
+    pub fn with_hash_key(mut self, key: crate::hashkey::HashKey) -> Catalog {
+        for s in &mut self.sources {
+            s.hash_key = Some(key.clone());
+        }
+        self
+    }
+
+    /// Whether any enabled table hashes a column (the loader then needs a hash key).
+    pub fn hashes_columns(&self) -> bool {
+        self.sources
+            .iter()
+            .flat_map(|s| &s.tables)
+            .any(|t| t.enabled && !t.hash.is_empty())
     }
 
     /// The sources, in file-name order.

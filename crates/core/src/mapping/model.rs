@@ -59,6 +59,11 @@ pub struct Source {
     pub location: Option<String>,
     /// The mapped tables, in file order.
     pub tables: Vec<TableMapping>,
+    /// The table (`schema.table`) the source updates every minute, if any.
+    pub heartbeat: Option<String>,
+    /// The key hashed columns are hashed with (from the secret store; see
+    /// [`crate::mapping::Catalog::with_hash_key`]). `None` until set.
+    pub hash_key: Option<crate::hashkey::HashKey>,
 }
 
 impl Source {
@@ -122,12 +127,26 @@ pub struct TableMapping {
     pub columns: Vec<(String, ColumnHint)>,
     /// Table description.
     pub description: Option<String>,
+    /// Columns DMS removes at the source (and the loader drops, should one arrive).
+    pub exclude: Vec<String>,
+    /// Columns stored as a keyed hash (HMAC-SHA256, hex).
+    pub hash: Vec<String>,
 }
 
 impl TableMapping {
     /// `schema.table`.
     pub fn source_table(&self) -> String {
         format!("{}.{}", self.schema, self.table)
+    }
+
+    /// Whether DMS removes this column (MySQL column names are case-insensitive).
+    pub fn excludes(&self, column: &str) -> bool {
+        self.exclude.iter().any(|c| c.eq_ignore_ascii_case(column))
+    }
+
+    /// Whether this column is stored as a keyed hash.
+    pub fn hashes(&self, column: &str) -> bool {
+        self.hash.iter().any(|c| c.eq_ignore_ascii_case(column))
     }
 
     /// The hint for a column, if the mapping gives one.

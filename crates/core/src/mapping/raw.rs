@@ -54,6 +54,12 @@ pub struct RawSource {
     /// here, so the task and the loader cannot disagree.
     #[serde(default)]
     pub dms: RawDms,
+    /// A mapped table (`schema.table`) that the source updates every minute (a MySQL event
+    /// writing the time into one row), so that an idle source can be told from a stalled
+    /// pipeline: the deployment alarms when its changes stop arriving. DMS has no heartbeat of
+    /// its own for MySQL sources.
+    #[serde(default)]
+    pub heartbeat: Option<String>,
 }
 
 /// DMS S3 endpoint settings that change what ferry reads.
@@ -286,6 +292,17 @@ pub struct RawTable {
     /// Table description shown in BigQuery.
     #[serde(default)]
     pub description: Option<String>,
+    /// Columns that must never leave the source (KYC documents, card numbers): DMS drops them
+    /// (a `remove-column` transformation rule generated into the task's table mappings), so
+    /// the values never reach S3. Should one arrive anyway, the loader drops it and counts it
+    /// as a warning.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Columns analysts may join on but must not read (e-mail, phone): stored as the hex
+    /// HMAC-SHA256 of the value under the deployment's hash key (a secret, never in the
+    /// mappings), as STRING. The same value hashes the same in every table and file.
+    #[serde(default)]
+    pub hash: Vec<String>,
 }
 
 /// A column's MySQL type, as `SHOW CREATE TABLE` prints it, for the types parquet blurs.

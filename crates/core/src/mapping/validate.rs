@@ -26,15 +26,17 @@ pub struct Problem {
     pub message: String,
     /// What to do about it.
     pub fix: String,
+    /// Line and column (1-based) in the file, when the path leads into it.
+    pub at: Option<(usize, usize)>,
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}: {}; fix: {}",
-            self.file, self.path, self.message, self.fix
-        )
+        match self.at {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: ", self.file)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        write!(f, "{}: {}; fix: {}", self.path, self.message, self.fix)
     }
 }
 
@@ -86,6 +88,7 @@ impl Report<'_> {
             path: json_path(segs),
             message: message.into(),
             fix: fix.into(),
+            at: None,
         });
     }
 
@@ -109,27 +112,77 @@ pub(crate) fn validate_file(file: &str, stem: &str, text: &str) -> (Option<Sourc
         file,
         problems: Vec::new(),
     };
-    let raw: RawMappingFile = match parse_json(text) {
-        Ok(raw) => raw,
-        Err((path, message, fix)) => {
-            report.problems.push(Problem {
-                file: file.to_owned(),
-                path,
-                message,
-                fix,
-            });
-            return (None, report.problems);
-        }
+    let (raw, found) = parse_json(text);
+    for (path, message, fix, at) in found {
+        report.problems.push(Problem {
+            file: file.to_owned(),
+            path,
+            message,
+            fix,
+            at,
+        });
+    }
+    let Some(raw) = raw else {
+        return (None, report.problems);
     };
     // The source is returned with its problems too (minus the tables that failed), so that the
     // checks across files still see its folder and targets.
-    (Some(validate_raw(&mut report, stem, raw)), report.problems)
+    let shapes = report.problems.len();
+    let source = validate_raw(&mut report, stem, raw);
+    // A member cut out for its shape is not reported again as missing; a table with a
+    // malformed value (not merely an unknown field) is not checked further, since the defaults
+    // standing in for the value would raise problems of their own.
+    let cut: Vec<String> = report.problems[..shapes]
+        .iter()
+        .map(|p| match p.path.strip_prefix("$.tables[") {
+            Some(rest) if !p.message.starts_with("unknown field") => rest.find("\"]").map_or_else(
+                || p.path.clone(),
+                |end| format!("$.tables[{}\"]", &rest[..end]),
+            ),
+            _ => p.path.clone(),
+        })
+        .collect();
+    let under = |p: &str, c: &str| {
+        p == c || p.starts_with(&format!("{c}.")) || p.starts_with(&format!("{c}["))
+    };
+    let mut i = 0;
+    report.problems.retain(|p| {
+        i += 1;
+        i <= shapes || !cut.iter().any(|c| under(&p.path, c))
+    });
+    (Some(source), report.problems)
 }
 
-fn parse_json(text: &str) -> Result<RawMappingFile, (String, String, String)> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let result: Result<RawMappingFile, _> = serde_path_to_error::deserialize(&mut de);
-    let raw = result.map_err(|err| {
+/// A problem found while parsing: path, message, fix, and the line and column when known.
+type ParseProblem = (String, String, String, Option<(usize, usize)>);
+
+/// Parses a mapping file, reporting every member of the wrong shape, not only the first: each
+/// unknown or malformed member is reported and cut out of the text, and the rest is parsed
+/// again (from text, so that duplicate keys are still seen). The file is returned (without
+/// those members) unless its JSON does not parse or its root is malformed.
+fn parse_json(text: &str) -> (Option<RawMappingFile>, Vec<ParseProblem>) {
+    let mut problems = Vec::new();
+    let mut current = text.to_owned();
+    // Each round cuts one member out, so the rounds are bounded by the file's size.
+    for _ in 0..1000 {
+        let mut de = serde_json::Deserializer::from_str(&current);
+        let result: Result<RawMappingFile, _> = serde_path_to_error::deserialize(&mut de);
+        let err = match result {
+            Ok(raw) => {
+                // Trailing content after the object is rejected by `end`.
+                if let Err(e) = de.end() {
+                    problems.push((
+                        "$".to_owned(),
+                        e.to_string(),
+                        "remove what follows the closing brace".to_owned(),
+                        None,
+                    ));
+                    return (None, problems);
+                }
+                return (Some(raw), problems);
+            }
+            Err(err) => err,
+        };
         let segs: Vec<String> = err
             .path()
             .iter()
@@ -142,30 +195,48 @@ fn parse_json(text: &str) -> Result<RawMappingFile, (String, String, String)> {
             .collect();
         let segs: Vec<Seg<'_>> = segs
             .iter()
-            .map(|s| match s.strip_prefix('\u{0}').and_then(|i| i.parse().ok()) {
-                Some(i) => Seg::Index(i),
-                None => Seg::Key(s),
-            })
+            .map(
+                |s| match s.strip_prefix('\u{0}').and_then(|i| i.parse().ok()) {
+                    Some(i) => Seg::Index(i),
+                    None => Seg::Key(s),
+                },
+            )
             .collect();
         let inner = err.inner();
-        let fix = if inner.is_syntax() || inner.is_eof() {
-            "fix the JSON syntax there (a missing comma, quote or bracket is the usual cause)".to_owned()
-        } else if let Some(suggestion) = did_you_mean(&inner.to_string()) {
-            format!("did you mean `{suggestion}`? (fields are listed in mappings/schema/ferry-mapping.schema.json)")
+        let path = json_path(&segs);
+        if inner.is_syntax() || inner.is_eof() {
+            // Only the first round can meet one (cutting members keeps the syntax valid).
+            problems.push((
+                path,
+                inner.to_string(),
+                "fix the JSON syntax there (a missing comma, quote or bracket is the usual cause)"
+                    .to_owned(),
+                Some((inner.line(), inner.column())),
+            ));
+            return (None, problems);
+        }
+        // serde appends " at line L column C" of the text it read, which after a cut is not
+        // the file's: the location is computed from the file instead.
+        let message = inner.to_string();
+        let message = match message.rfind(" at line ") {
+            Some(i) => message[..i].to_owned(),
+            None => message,
+        };
+        let fix = if let Some(suggestion) = did_you_mean(&message) {
+            format!(
+                "did you mean `{suggestion}`? (fields are listed in mappings/schema/ferry-mapping.schema.json)"
+            )
         } else {
             "see mappings/schema/ferry-mapping.schema.json for the expected shape".to_owned()
         };
-        (json_path(&segs), inner.to_string(), fix)
-    })?;
-    // Trailing content after the object is rejected by `end`.
-    de.end().map_err(|e| {
-        (
-            "$".to_owned(),
-            e.to_string(),
-            "remove what follows the closing brace".to_owned(),
-        )
-    })?;
-    Ok(raw)
+        let rest = super::locate::without(&current, &path);
+        problems.push((path, message, fix, None));
+        match rest {
+            Some(rest) => current = rest,
+            None => return (None, problems),
+        }
+    }
+    (None, problems)
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`" (or "unknown variant"), the
@@ -285,6 +356,22 @@ fn validate_raw(r: &mut Report<'_>, stem: &str, raw: RawMappingFile) -> Source {
         );
     }
 
+    if let Some(h) = &src.heartbeat {
+        let mapped = raw.tables.0.iter().find(|(n, _)| n.eq_ignore_ascii_case(h));
+        match mapped {
+            None => r.add(
+                &[Key("source"), Key("heartbeat")],
+                format!("heartbeat table {h:?} is not mapped in this file"),
+                format!("map it under tables (\"{h}\": {{\"primary_key\": [\"id\"]}}), or remove heartbeat"),
+            ),
+            Some((_, t)) if t.enabled == Some(false) => r.add(
+                &[Key("source"), Key("heartbeat")],
+                format!("heartbeat table {h:?} is disabled"),
+                "enable it: its changes are what the heartbeat alarm watches",
+            ),
+            Some(_) => {}
+        }
+    }
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
     let mut tables = Vec::new();
     for (name, table) in &raw.tables.0 {
@@ -318,6 +405,8 @@ fn validate_raw(r: &mut Report<'_>, stem: &str, raw: RawMappingFile) -> Source {
         project: bq.project.clone(),
         dataset: bq.dataset.clone(),
         location: bq.location.clone(),
+        heartbeat: src.heartbeat.clone(),
+        hash_key: None,
         tables,
     }
 }
@@ -434,6 +523,7 @@ fn validate_table(
         );
     }
     check_columns(r, "primary_key", &primary_key);
+    check_column_controls(r, name, t, &primary_key);
 
     let cluster_by = match &t.cluster_by {
         Some(cols) => {
@@ -596,7 +686,73 @@ fn validate_table(
         enabled: t.enabled.unwrap_or(true),
         columns: hints,
         description: t.description.clone(),
+        exclude: t.exclude.clone(),
+        hash: t.hash.clone(),
     })
+}
+
+/// `exclude` and `hash`: real column names, each once, never a key, partition or clustering
+/// column, never both, and no hint on an excluded column (it never arrives).
+fn check_column_controls(r: &mut Report<'_>, name: &str, t: &RawTable, keys: &[String]) {
+    use Seg::{Index, Key};
+    for (field, cols) in [("exclude", &t.exclude), ("hash", &t.hash)] {
+        for (i, c) in cols.iter().enumerate() {
+            let path = [Key("tables"), Key(name), Key(field), Index(i)];
+            if !r.check(
+                &path,
+                names::check_column(c),
+                "use the column's name as in MySQL",
+            ) {
+                continue;
+            }
+            if cols[..i].iter().any(|o| o.eq_ignore_ascii_case(c)) {
+                r.add(
+                    &path,
+                    format!("column {c:?} is listed twice"),
+                    "list each column once",
+                );
+            }
+            let used_as = if keys.iter().any(|k| k.eq_ignore_ascii_case(c)) {
+                Some("primary_key")
+            } else if t
+                .cluster_by
+                .iter()
+                .flatten()
+                .any(|k| k.eq_ignore_ascii_case(c))
+            {
+                Some("cluster_by")
+            } else if t
+                .partition_by
+                .as_deref()
+                .is_some_and(|p| p.eq_ignore_ascii_case(c))
+            {
+                Some("partition_by")
+            } else {
+                None
+            };
+            if let Some(role) = used_as {
+                r.add(
+                    &path,
+                    format!("column {c:?} is in {role}; a {field} column cannot be"),
+                    format!("remove {c:?} from {field} or from {role}"),
+                );
+            }
+            if field == "hash" && t.exclude.iter().any(|e| e.eq_ignore_ascii_case(c)) {
+                r.add(
+                    &path,
+                    format!("column {c:?} is both excluded and hashed"),
+                    "keep it in one of the two lists: exclude drops it at the source, hash keeps a joinable digest",
+                );
+            }
+            if field == "exclude" && t.columns.0.iter().any(|(h, _)| h.eq_ignore_ascii_case(c)) {
+                r.add(
+                    &path,
+                    format!("column {c:?} is excluded but has a type hint"),
+                    format!("remove the hint for {c:?} from columns"),
+                );
+            }
+        }
+    }
 }
 
 /// `90s`, `15m`, `1h`: a whole number of seconds, minutes or hours.
@@ -622,6 +778,7 @@ pub(crate) fn check_across(sources: &[Source]) -> Vec<Problem> {
             path: json_path(segs),
             message,
             fix,
+            at: None,
         });
     };
     for (i, b) in sources.iter().enumerate() {
