@@ -733,7 +733,14 @@ fn check_column_controls(r: &mut Report<'_>, name: &str, t: &RawTable, keys: &[S
             if let Some(role) = used_as {
                 r.add(
                     &path,
-                    format!("column {c:?} is in {role}; a {field} column cannot be"),
+                    format!(
+                        "column {c:?} is in {role}; {} column cannot be",
+                        if field == "exclude" {
+                            "an excluded"
+                        } else {
+                            "a hashed"
+                        }
+                    ),
                     format!("remove {c:?} from {field} or from {role}"),
                 );
             }
