@@ -35,6 +35,69 @@ def mapped_prefixes():
     return out
 
 
+def enabled_tables():
+    """{source name: ([enabled schema.table], heartbeat table or None)}, from the mapping files."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "mappings", "*.json"))):
+        with open(path) as f:
+            doc = json.load(f)
+        enabled = [t for t, m in doc["tables"].items() if m.get("enabled", True)]
+        out[doc["source"]["name"]] = (enabled, doc["source"].get("heartbeat"))
+    return out
+
+
+def alarm_problems(t):
+    """Alarms that reach someone: one SNS topic, every alarm notifying it, a freshness alarm per
+    enabled table (idle tables stay OK), a heartbeat alarm per source that names one."""
+    problems = []
+    topics = resources_of(t, "AWS::SNS::Topic")
+    if len(topics) != 1:
+        return [f"no alarm topic: expected one SNS topic, found {sorted(topics)}"]
+    topic = next(iter(topics))
+    alarms = resources_of(t, "AWS::CloudWatch::Alarm")
+    for name, a in sorted(alarms.items()):
+        actions = [ref_name(x) for x in as_list(a["Properties"].get("AlarmActions", []))]
+        if topic not in actions:
+            problems.append(f"alarm {name} notifies no one (its AlarmActions lack {topic})")
+    lag = [a["Properties"] for a in alarms.values()
+           if a["Properties"].get("MetricName") == "LagMs" and a["Properties"].get("Namespace") == "ferry"]
+    fresh = {p["Dimensions"][0]["Value"] for p in lag if p.get("TreatMissingData") == "notBreaching"}
+    beats = {p["Dimensions"][0]["Value"] for p in lag if p.get("TreatMissingData") == "breaching"}
+    for source, (tables, heartbeat) in enabled_tables().items():
+        missing = sorted(set(tables) - fresh)
+        if missing:
+            problems.append(f"no freshness alarm for {source}: {missing[:3]}")
+        if heartbeat and heartbeat not in beats:
+            problems.append(f"no heartbeat alarm for {source} ({heartbeat})")
+    for s in active_subscriptions(t):
+        if ref_name(s.get("TopicArn")) != topic:
+            problems.append("an alarm subscription is not on the alarm topic")
+    return problems
+
+
+def active_subscriptions(t):
+    """The SNS subscriptions the stack creates: those without a condition, and those whose
+    condition `!Not [!Equals [!Ref P, ""]]` holds for parameter P's default."""
+    out = []
+    for s in resources_of(t, "AWS::SNS::Subscription").values():
+        cond = s.get("Condition")
+        if cond is not None:
+            expr = t.get("Conditions", {}).get(cond, {})
+            try:
+                param = expr["Fn::Not"][0]["Fn::Equals"][0]["Ref"]
+            except (KeyError, IndexError, TypeError):
+                out.append(s["Properties"])
+                continue
+            if t.get("Parameters", {}).get(param, {}).get("Default", "") == "":
+                continue
+        props = dict(s["Properties"])
+        endpoint = props.get("Endpoint")
+        if ref_name(endpoint):
+            props["Endpoint"] = t.get("Parameters", {}).get(ref_name(endpoint), {}).get("Default")
+        out.append(props)
+    return out
+
+
 def resources_of(template, kind):
     return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
 
@@ -60,6 +123,7 @@ def template_problems(t, reconcile_enabled=False):
     if set(functions) != {"LoaderLambdaFunction", "ReconcileLambdaFunction"}:
         return [f"expected the loader and reconcile functions, found {sorted(functions)}"]
     problems += reconcile_problems(t, reconcile_enabled)
+    problems += alarm_problems(t)
     fn = functions["LoaderLambdaFunction"]
     p = fn["Properties"]
     if p.get("Runtime") != "provided.al2023":
@@ -394,6 +458,9 @@ def mutations(t):
         ("role is not ReconcileRole", lambda x: x["Resources"]["ReconcileLambdaFunction"]["Properties"].update(Role={"Fn::GetAtt": ["IamRoleLambdaExecution", "Arn"]})),
         ("reconcile runs may overlap", lambda x: x["Resources"]["ReconcileLambdaFunction"]["Properties"].pop("ReservedConcurrentExecutions")),
         ("FERRY_APPLY_EVERY", lambda x: fn(x)["Environment"]["Variables"].pop("FERRY_APPLY_EVERY")),
+        ("notifies no one", lambda x: x["Resources"]["DeadLetterQueueNotEmptyAlarm"]["Properties"].pop("AlarmActions")),
+        ("no alarm topic", lambda x: x["Resources"].pop("AlarmTopic")),
+        ("no freshness alarm", lambda x: x["Resources"].pop(next(k for k in x["Resources"] if k.startswith("Freshness")))),
         ("wake-ups to its own queue", lambda x: [st.update(Resource=[r for r in as_list(st["Resource"]) if ref_name(r) != "LoaderQueue"] or ["arn:aws:sqs:us-east-1:0:other"])
                                                 for role in resources_of(x, "AWS::IAM::Role").values()
                                                 for policy in role["Properties"]["Policies"]
@@ -441,6 +508,8 @@ def main():
             template = package(stage, "--stage", stage)
             if template is None:
                 continue
+            if active_subscriptions(template):
+                failures.append(f"{stage}: an alarm subscription exists although alarmEmail is empty")
             if stage == "dev":
                 for name, broken in mutations(template):
                     found = template_problems(broken)
@@ -449,6 +518,13 @@ def main():
             if stage == "dev" and bucket_event_rules(template):
                 failures.append("dev: an EventBridge rule exists although eventSource is notifications")
             print(f"ok: serverless package --stage {stage}, cfn-lint, invariants")
+        # An e-mail subscription, when an address is given (none by default).
+        template = package("alarm e-mail", "--stage", "dev", "--param=alarmEmail=oncall@example.com")
+        if template is not None:
+            subs = active_subscriptions(template)
+            if [(s.get("Protocol"), s.get("Endpoint")) for s in subs] != [("email", "oncall@example.com")]:
+                failures.append(f"alarm e-mail: expected one e-mail subscription, found {subs}")
+            print("ok: serverless package --param alarmEmail=... (alarms reach the address)")
         # The reconcile schedule, turned on.
         template = package("reconcile on", "--stage", "dev", "--param=reconcileEnabled=true", reconcile_enabled=True)
         if template is not None:

@@ -130,7 +130,111 @@ pub fn deploy_config(catalog: &Catalog) -> Value {
         "s3BucketArns": buckets.iter().map(|b| format!("arn:aws:s3:::{b}")).collect::<Vec<_>>(),
         "s3ListPrefixes": list_prefixes,
         "notifications": notifications,
+        "alarms": { "Resources": table_alarms(catalog) },
     })
+}
+
+/// A table's freshness alarm fires when its newest loaded change stays older than this.
+pub const FRESHNESS_ALARM_SECONDS: u64 = 900;
+
+/// A source's heartbeat alarm fires when no heartbeat change was loaded for this long.
+pub const HEARTBEAT_ALARM_SECONDS: u64 = 600;
+
+/// The per-table alarms serverless.yml adds to the stack (`alarms` in deploy.json), each
+/// notifying the stage's alarm topic:
+/// - one freshness alarm per enabled table, on the loader's `LagMs` (age of the newest change
+///   loaded, per table). Its *minimum* over 5 minutes, three periods running, above
+///   [`FRESHNESS_ALARM_SECONDS`]: changes arrive late. A table with no files sends no data
+///   point and stays OK (idle is not stale); a backfill of old files does not fire it while
+///   fresh files keep arriving.
+/// - one heartbeat alarm per source that names a `heartbeat` table: missing data breaches, so
+///   a pipeline that stopped (DMS task, bucket events, loader) fires it even when every other
+///   table is idle.
+pub fn table_alarms(catalog: &Catalog) -> Value {
+    let mut resources = serde_json::Map::new();
+    let id = |kind: &str, i: usize, parts: &[&str]| {
+        let words: String = parts
+            .iter()
+            .flat_map(|p| p.split(|c: char| !c.is_ascii_alphanumeric()))
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                let mut cs = w.chars();
+                cs.next()
+                    .map(|c| c.to_ascii_uppercase().to_string() + cs.as_str())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let mut id = format!("{kind}{i:03}{words}");
+        id.truncate(200);
+        id
+    };
+    let alarm = |name: String,
+                 description: String,
+                 table: &str,
+                 seconds: u64,
+                 periods: u32,
+                 missing: &str| {
+        json!({
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmName": { "Fn::Sub": format!("${{AWS::StackName}}-{name}") },
+                "AlarmDescription": description,
+                "Namespace": "ferry",
+                "MetricName": "LagMs",
+                "Dimensions": [{ "Name": "Table", "Value": table }],
+                "Statistic": "Minimum",
+                "Period": 300,
+                "EvaluationPeriods": periods,
+                "DatapointsToAlarm": periods,
+                "Threshold": seconds * 1000,
+                "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": missing,
+                "AlarmActions": [{ "Ref": "AlarmTopic" }],
+                "OKActions": [{ "Ref": "AlarmTopic" }],
+            }
+        })
+    };
+    let mut i = 0;
+    for s in catalog.sources() {
+        for t in s.tables.iter().filter(|t| t.enabled) {
+            i += 1;
+            let table = t.source_table();
+            resources.insert(
+                id("Freshness", i, &[&s.name, &table]),
+                alarm(
+                    format!("stale-{}-{table}", s.name),
+                    format!(
+                        "{table} ({}): the newest change loaded has been older than {} minutes for 15 minutes. Idle tables do not fire it. See: ferry status --table {table}; the runbook's \"A stale table\".",
+                        s.name,
+                        FRESHNESS_ALARM_SECONDS / 60
+                    ),
+                    &table,
+                    FRESHNESS_ALARM_SECONDS,
+                    3,
+                    "notBreaching",
+                ),
+            );
+        }
+        if let Some(beat) = &s.heartbeat {
+            i += 1;
+            resources.insert(
+                id("Heartbeat", i, &[&s.name]),
+                alarm(
+                    format!("heartbeat-{}", s.name),
+                    format!(
+                        "Source {}: no heartbeat change ({beat}) was loaded for {} minutes: the DMS task, the bucket events or the loader stopped. See the runbook's \"No heartbeat\".",
+                        s.name,
+                        HEARTBEAT_ALARM_SECONDS / 60
+                    ),
+                    beat,
+                    HEARTBEAT_ALARM_SECONDS,
+                    2,
+                    "breaching",
+                ),
+            );
+        }
+    }
+    Value::Object(resources)
 }
 
 /// The notification id of a source's folder for a stage: `ferry-<stage>-<source>`.
@@ -283,4 +387,66 @@ pub fn merge_bucket_notification(
     kept.extend(ours);
     merged["QueueConfigurations"] = Value::Array(kept);
     Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapping::MappingFile;
+
+    fn catalog(source: &str) -> Catalog {
+        Catalog::from_files(&[MappingFile {
+            path: "mappings/arcade.json".into(),
+            text: format!(
+                r#"{{"source": {source}, "bigquery": {{"project": "arcade-analytics", "dataset": "arcade"}},
+                   "tables": {{"arcade.beat": {{"primary_key": ["id"]}}, "arcade.spins": {{"primary_key": ["id"]}},
+                              "arcade.old": {{"primary_key": ["id"], "enabled": false}}}}}}"#
+            ),
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_freshness_alarm_per_enabled_table_and_a_heartbeat_that_breaches_when_missing() {
+        let plain = table_alarms(&catalog(
+            r#"{"name": "arcade", "bucket": "arcade-dms", "folder": "f"}"#,
+        ));
+        let alarms = plain.as_object().unwrap();
+        assert_eq!(alarms.len(), 2, "no alarm for the disabled table: {plain}");
+        for a in alarms.values() {
+            let p = &a["Properties"];
+            assert_eq!(p["MetricName"], "LagMs");
+            assert_eq!(p["TreatMissingData"], "notBreaching", "idle is not stale");
+            assert_eq!(
+                p["Statistic"], "Minimum",
+                "a backfill's old files do not fire it"
+            );
+            assert_eq!(p["Threshold"], FRESHNESS_ALARM_SECONDS * 1000);
+            assert_eq!(p["AlarmActions"], json!([{"Ref": "AlarmTopic"}]));
+        }
+        let ids: Vec<&String> = alarms.keys().collect();
+        assert!(
+            ids.iter()
+                .all(|k| k.chars().all(|c| c.is_ascii_alphanumeric())),
+            "CloudFormation logical ids: {ids:?}"
+        );
+        let with_beat = table_alarms(&catalog(
+            r#"{"name": "arcade", "bucket": "arcade-dms", "folder": "f", "heartbeat": "arcade.beat"}"#,
+        ));
+        let beats: Vec<&Value> = with_beat
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|a| a["Properties"]["TreatMissingData"] == "breaching")
+            .collect();
+        assert_eq!(beats.len(), 1, "{with_beat}");
+        assert_eq!(
+            beats[0]["Properties"]["Dimensions"],
+            json!([{"Name": "Table", "Value": "arcade.beat"}])
+        );
+        assert_eq!(
+            beats[0]["Properties"]["Threshold"],
+            HEARTBEAT_ALARM_SECONDS * 1000
+        );
+    }
 }
