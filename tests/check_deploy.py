@@ -98,6 +98,33 @@ def active_subscriptions(t):
     return out
 
 
+def kms_problems(t, key=None):
+    """With a KMS key for the DMS bucket, the loader (only) may decrypt with exactly that key,
+    only through S3; without one, no KMS access at all."""
+    problems = []
+    policies = [(name, r) for name, r in resources_of(t, "AWS::IAM::Policy").items()]
+    active = [(n, r) for n, r in policies
+              if r.get("Condition") is None
+              or t["Parameters"].get(ref_name({"Ref": "DmsKmsKeyArn"}), {}).get("Default", "") != ""]
+    if key is None:
+        if active:
+            problems.append(f"KMS access although no bucket key is set: {[n for n, _ in active]}")
+        return problems
+    if len(active) != 1:
+        return [f"expected one KMS decrypt policy for the bucket key, found {[n for n, _ in active]}"]
+    p = active[0][1]["Properties"]
+    if [ref_name(r) for r in p["Roles"]] != ["IamRoleLambdaExecution"]:
+        problems.append(f"the KMS decrypt policy is attached to {p['Roles']}, not the loader's role")
+    for st in p["PolicyDocument"]["Statement"]:
+        if as_list(st["Action"]) != ["kms:Decrypt"]:
+            problems.append(f"KMS access beyond kms:Decrypt: {st['Action']}")
+        if ref_name(st["Resource"]) != "DmsKmsKeyArn" or t["Parameters"]["DmsKmsKeyArn"]["Default"] != key:
+            problems.append(f"KMS access not limited to the bucket's key: {st['Resource']}")
+        if "kms:ViaService" not in json.dumps(st.get("Condition", {})):
+            problems.append("KMS decrypt not limited to requests through S3 (kms:ViaService)")
+    return problems
+
+
 def resources_of(template, kind):
     return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
 
@@ -508,6 +535,7 @@ def main():
             template = package(stage, "--stage", stage)
             if template is None:
                 continue
+            failures.extend(f"{stage}: {p}" for p in kms_problems(template))
             if active_subscriptions(template):
                 failures.append(f"{stage}: an alarm subscription exists although alarmEmail is empty")
             if stage == "dev":
@@ -518,6 +546,21 @@ def main():
             if stage == "dev" and bucket_event_rules(template):
                 failures.append("dev: an EventBridge rule exists although eventSource is notifications")
             print(f"ok: serverless package --stage {stage}, cfn-lint, invariants")
+        # An SSE-KMS bucket: the loader may decrypt with its key, through S3 only.
+        key = "arn:aws:kms:ap-northeast-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+        template = package("bucket KMS key", "--stage", "dev", f"--param=dmsKmsKeyArn={key}")
+        if template is not None:
+            failures.extend(f"bucket KMS key: {p}" for p in kms_problems(template, key))
+            for name, breaker in [
+                ("beyond kms:Decrypt", lambda x: x["Resources"]["LoaderKmsDecryptPolicy"]["Properties"]["PolicyDocument"]["Statement"][0].update(Action=["kms:Decrypt", "kms:Encrypt"])),
+                ("through S3", lambda x: x["Resources"]["LoaderKmsDecryptPolicy"]["Properties"]["PolicyDocument"]["Statement"][0].pop("Condition")),
+                ("not the loader", lambda x: x["Resources"]["LoaderKmsDecryptPolicy"]["Properties"].update(Roles=[{"Ref": "ReconcileRole"}])),
+            ]:
+                broken = copy.deepcopy(template)
+                breaker(broken)
+                if not any(name.lower() in p.lower() for p in kms_problems(broken, key)):
+                    failures.append(f"bucket KMS key: breaking '{name}' went unnoticed")
+            print("ok: serverless package --param dmsKmsKeyArn=... (decrypt with the bucket's key only)")
         # An e-mail subscription, when an address is given (none by default).
         template = package("alarm e-mail", "--stage", "dev", "--param=alarmEmail=oncall@example.com")
         if template is not None:
