@@ -597,14 +597,19 @@ impl TableRun<'_, '_> {
             cached.push(self.source_change(t, with_added, &mut last));
         }
         let dir = self.sim.table_dir();
+        let mut last_load_written = start;
         for (file_no, chunk) in loaded.chunks(self.opts.load_file_rows as usize).enumerate() {
             let written = chunk.last().map_or(start, |(t, _)| *t) + 200_000;
+            last_load_written = last_load_written.max(written);
             let rows: Vec<Change> = chunk.iter().map(|(_, c)| c.clone()).collect();
             let key = format!("{dir}/LOAD{:08X}.parquet", file_no + 1);
             self.write_file(key, minute, false, &rows, written)?;
         }
         if !cached.is_empty() {
-            let written = start + LOAD_MICROS + 2_000_000;
+            // DMS applies the cached changes once the load is complete: their file is written
+            // after every LOAD file, also when rows inserted during the load were read past the
+            // scan's window.
+            let written = (start + LOAD_MICROS + 2_000_000).max(last_load_written + 1_000_000);
             let key = self.cdc_key(written);
             self.write_file(key, minute, true, &cached, written)?;
         }
