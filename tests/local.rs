@@ -1117,12 +1117,19 @@ fn changes_cached_during_a_full_load_are_written_after_it_whatever_the_inserts()
             seed,
             rows: 50,
             minutes: 3,
-            only: vec!["slots_account.withdrawals".into(), "slots_account.players".into()],
+            only: vec![
+                "slots_account.withdrawals".into(),
+                "slots_account.players".into(),
+            ],
             ..SimOptions::default()
         };
         let manifest = simulate(&catalog, &opts, &dir.path().join("bucket")).unwrap();
         let p = dir_pipeline(dir.path(), &catalog, "w.sqlite");
         ferry_local::run(&p, &RunOptions::default(), |_| {}).unwrap();
-        assert_eq!(mismatches(&p, &manifest), Vec::<String>::new(), "seed {seed}");
+        assert_eq!(
+            mismatches(&p, &manifest),
+            Vec::<String>::new(),
+            "seed {seed}"
+        );
     }
 }

@@ -82,7 +82,7 @@ struct Params {
     lanes: usize,
     /// Lambda memory, GB (serverless.yml `memorySize` 1024 MB).
     memory_gb: f64,
-    /// Per object: S3 GET round trips and ferry's CPU (README "Per-object overhead": 4.3 ms CPU,
+    /// Per object: S3 GET round trips and ferry's CPU (docs/performance.md, "Per-object overhead": 4.3 ms CPU,
     /// 12.1 ms wall on moto; 40 ms allowed for S3 in a region: assumption).
     object_overhead_ms: f64,
     /// Load job, insert to DONE: median 3 s, p99 20 s (assumption: BigQuery publishes no load

@@ -200,6 +200,38 @@ where
     }
 }
 
+/// Whether `args` (the first is the program name) is a command line ferry accepts, without
+/// running it: for checking the commands written in the documentation.
+pub fn check_args<I, T>(args: I) -> Result<(), String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(_) => Ok(()),
+        Err(e) if !e.use_stderr() => Ok(()),
+        Err(e) => Err(e.render().to_string()),
+    }
+}
+
+/// Every command's path (`mappings check`, `local run`, …), for the documentation checks.
+pub fn command_paths() -> Vec<String> {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, prefix: &str, out: &mut Vec<String>) {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let path = format!("{prefix}{}", sub.get_name()).trim().to_owned();
+            if sub.has_subcommands() {
+                walk(sub, &format!("{path} "), out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&Cli::command(), "", &mut out);
+    out
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
