@@ -632,10 +632,21 @@ fn hints_that_do_not_fit_and_schema_conflicts() {
             description: None,
         }],
     };
-    let err = convert_bytes(&catalog, CDC_KEY, parquet_bytes(cols), Some(&known)).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "column \"amount\": the table has it as STRING, this file as INT64; BigQuery cannot change a column's type on load"
+    let err = convert_bytes(&catalog, CDC_KEY, parquet_bytes(cols), Some(&known))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "column \"amount\": the table has it as STRING, this file as INT64; BigQuery cannot change a column's type on load. Fix: "
+        ),
+        "{err}"
+    );
+    // The reason names both fixes: a backfill after a corrected hint, or a new column.
+    assert!(
+        err.contains("ferry backfill --source S --table T --direct")
+            && err.contains("\"on_type_change\": \"new_column\"")
+            && err.contains("amount__<type>"),
+        "{err}"
     );
 }
 

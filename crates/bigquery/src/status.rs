@@ -204,6 +204,38 @@ pub struct StatusRow {
     pub verified_through_micros: Option<i64>,
 }
 
+/// The rows of a status query (a view is read within two minutes or not at all).
+async fn rows(
+    client: &crate::Client,
+    sql: &str,
+    location: Option<&str>,
+    request_id: &str,
+) -> Result<Vec<Vec<serde_json::Value>>, crate::BqError> {
+    let result = client
+        .query(
+            sql,
+            location,
+            request_id,
+            std::time::Duration::from_secs(120),
+        )
+        .await?;
+    Ok(result.rows)
+}
+
+/// Cells as the REST API returns them (every value a string or null).
+fn text(v: Option<&serde_json::Value>) -> Option<String> {
+    v.and_then(serde_json::Value::as_str).map(str::to_owned)
+}
+
+fn int(v: Option<&serde_json::Value>) -> Option<i64> {
+    v.and_then(serde_json::Value::as_str)
+        .and_then(|s| s.parse::<i64>().ok())
+}
+
+fn count(v: Option<&serde_json::Value>) -> u64 {
+    int(v).and_then(|n| u64::try_from(n).ok()).unwrap_or(0)
+}
+
 /// Reads `ferry_status.table_status` (one row per mapped table).
 pub async fn read(
     client: &crate::Client,
@@ -215,35 +247,21 @@ pub async fn read(
         "SELECT source, table_name, state, last_job, UNIX_MICROS(last_commit), freshness_seconds, loads_24h, rows_24h, failed_loads_24h, reconcile, UNIX_MICROS(verified_through) FROM {} ORDER BY source, table_name",
         view(project, "table_status")
     );
-    let result = client
-        .query(
-            &sql,
-            location,
-            request_id,
-            std::time::Duration::from_secs(120),
-        )
-        .await?;
-    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-    let int = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<i64>().ok());
-    Ok(result
-        .rows
+    Ok(rows(client, &sql, location, request_id)
+        .await?
         .iter()
-        .map(|r| {
-            let get = |i: usize| r.get(i).unwrap_or(&serde_json::Value::Null);
-            let count = |i: usize| int(get(i)).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-            StatusRow {
-                source: text(get(0)).unwrap_or_default(),
-                table: text(get(1)).unwrap_or_default(),
-                state: text(get(2)).unwrap_or_default(),
-                last_job: text(get(3)),
-                last_commit_micros: int(get(4)),
-                freshness_seconds: get(5).as_str().and_then(|s| s.parse().ok()),
-                loads_24h: count(6),
-                rows_24h: count(7),
-                failed_loads_24h: count(8),
-                reconcile: text(get(9)),
-                verified_through_micros: int(get(10)),
-            }
+        .map(|r| StatusRow {
+            source: text(r.first()).unwrap_or_default(),
+            table: text(r.get(1)).unwrap_or_default(),
+            state: text(r.get(2)).unwrap_or_default(),
+            last_job: text(r.get(3)),
+            last_commit_micros: int(r.get(4)),
+            freshness_seconds: text(r.get(5)).and_then(|s| s.parse().ok()),
+            loads_24h: count(r.get(6)),
+            rows_24h: count(r.get(7)),
+            failed_loads_24h: count(r.get(8)),
+            reconcile: text(r.get(9)),
+            verified_through_micros: int(r.get(10)),
         })
         .collect())
 }
@@ -278,32 +296,13 @@ pub async fn read_hourly(
         "SELECT source, table_name, UNIX_MICROS(hour), row_count, UNIX_MICROS(newest_commit), loads, failed_loads FROM {} ORDER BY source, table_name, hour",
         view(project, "table_status_hourly")
     );
-    let result = client
-        .query(
-            &sql,
-            location,
-            request_id,
-            std::time::Duration::from_secs(120),
-        )
-        .await?;
-    let int = |v: Option<&serde_json::Value>| {
-        v.and_then(serde_json::Value::as_str)
-            .and_then(|s| s.parse::<i64>().ok())
-    };
-    let count =
-        |v: Option<&serde_json::Value>| int(v).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-    let text = |v: Option<&serde_json::Value>| {
-        v.and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    Ok(result
-        .rows
+    Ok(rows(client, &sql, location, request_id)
+        .await?
         .iter()
         .filter_map(|r| {
             Some(HourRow {
-                source: text(r.first()),
-                table: text(r.get(1)),
+                source: text(r.first()).unwrap_or_default(),
+                table: text(r.get(1)).unwrap_or_default(),
                 hour_micros: int(r.get(2))?,
                 rows: count(r.get(3)),
                 newest_commit_micros: int(r.get(4)),

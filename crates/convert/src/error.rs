@@ -49,7 +49,7 @@ pub enum ConvertError {
     },
     /// A column this file has with another type than the table.
     #[error(
-        "column {column:?}: the table has it as {table_type}, this file as {file_type}; BigQuery cannot change a column's type on load. Fix: if a hint was added or corrected after the table was created, drop the table and backfill it (ferry backfill --source S --table T --direct) so that the column is created with the hinted type; if the source's type really changed, \"on_type_change\": \"new_column\" (the default) continues in {column}__<type>"
+        "column {column:?}: the table has it as {table_type}, this file as {file_type}; BigQuery cannot change a column's type on load. Fix: if a hint was added or corrected after the table was created, drop the table and backfill it (ferry backfill --source S --table T --direct) so that the column is created with the hinted type; if the source's type really changed, set \"on_type_change\": \"new_column\" (the default) to continue in {column}__<type>"
     )]
     SchemaConflict {
         /// The column.
