@@ -367,6 +367,21 @@ fn mapping_and_deploy_commands_print_documented_json() {
         (doc[0]["ok"].as_bool(), doc[0]["tables"].as_u64()),
         (Some(true), Some(68))
     );
+    let (code, out, _) = ferry(&["bigquery", "status-views", "--mappings", &m, "--json"]);
+    assert_eq!(code, 0);
+    let views: Vec<String> = shape(&out, &["view", "sql"])
+        .iter()
+        .map(|v| v["view"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        views,
+        [
+            "load_jobs_hourly",
+            "changes_hourly",
+            "table_status",
+            "table_status_hourly"
+        ]
+    );
     let (code, out, _) = ferry(&["dms", "table-mappings", "--mappings", &m]);
     assert_eq!(code, 0);
     let per_source = shape(&out, &["source", "table_mappings"]);

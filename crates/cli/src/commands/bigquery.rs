@@ -38,6 +38,10 @@ pub(crate) struct StatusViewsArgs {
     /// `INFORMATION_SCHEMA.JOBS_BY_PROJECT`; `JOBS_BY_FOLDER` or a copy of the jobs work too).
     #[arg(long, value_name = "TABLE")]
     jobs_source: Option<String>,
+    /// One JSON object per line: each statement (`{"view", "sql"}`), or with --apply
+    /// `{"created", "project", "dataset"}`.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     aws: crate::AwsArgs,
 }
@@ -209,7 +213,17 @@ fn status_views(
     });
     if !args.apply {
         for sql in ferry_bigquery::status::statements(&catalog, &first.project, &jobs, &|_| true) {
-            writeln!(out, "{sql};\n")?;
+            if args.json {
+                // `CREATE OR REPLACE VIEW `p`.`d`.`name` AS ...`: the view's name.
+                let view = sql
+                    .split(" AS")
+                    .next()
+                    .and_then(|head| head.rsplit('`').nth(1))
+                    .unwrap_or_default();
+                writeln!(out, "{}", serde_json::json!({"view": view, "sql": sql}))?;
+            } else {
+                writeln!(out, "{sql};\n")?;
+            }
         }
         return Ok(EXIT_OK);
     }
@@ -231,12 +245,21 @@ fn status_views(
         rt.block_on(client.query(sql, location, &id, std::time::Duration::from_secs(120)))
             .map_err(|e| anyhow::anyhow!(e))?;
     }
-    writeln!(
-        out,
-        "created {} views in {}.{}",
-        statements.len(),
-        first.project,
-        ferry_bigquery::status::DATASET
-    )?;
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"created": statements.len(), "project": first.project,
+                "dataset": ferry_bigquery::status::DATASET})
+        )?;
+    } else {
+        writeln!(
+            out,
+            "created {} views in {}.{}",
+            statements.len(),
+            first.project,
+            ferry_bigquery::status::DATASET
+        )?;
+    }
     Ok(EXIT_OK)
 }
