@@ -607,7 +607,7 @@ def main():
         ("serverless deploy", lambda c, d: d["jobs"]["deploy"]["steps"].pop(4)),
         ("restricted to main", lambda c, d: d["jobs"]["deploy"].pop("if")),
         ("install scripts", lambda c, d: d["jobs"]["deploy"]["steps"][2].update(run="npm ci --prefix infra")),
-        ("require-hashes", lambda c, d: d["jobs"]["build"]["steps"][2].update(run="python3 -m pip install cargo-lambda==1.9.1\ncargo lambda build --release --arm64")),
+        ("require-hashes", lambda c, d: next(s for s in d["jobs"]["build"]["steps"] if "cargo lambda build" in s.get("run", "")).update(run="python3 -m pip install cargo-lambda==1.9.1\ncargo lambda build --release --arm64")),
     ]:
         c, d = copy.deepcopy(wf["ci"]), copy.deepcopy(wf["deploy"])
         breaker(c, d)
