@@ -66,18 +66,12 @@ fn hours(history: &History<'_>, t: &TableStatus, now: i64) -> Hours {
                     h.failures[b] += r.failed_loads;
                 }
             }
-            for (i, lag) in h.lag.iter_mut().enumerate() {
-                let end = (start + (i as i64 + 1) * HOUR).min(now);
-                let newest = mine
-                    .iter()
-                    .filter_map(|r| r.newest_commit_micros)
-                    .filter(|c| *c <= end)
-                    .max();
-                #[allow(clippy::cast_precision_loss)]
-                {
-                    *lag = newest.map(|n| ((end - n).max(0)) as f64 / 1e6);
-                }
-            }
+            let commits: Vec<(i64, i64)> = mine
+                .iter()
+                .filter_map(|r| r.newest_commit_micros)
+                .map(|c| (c, c))
+                .collect();
+            fill_lag(&mut h, &commits, start, now);
             return h;
         }
     };
@@ -104,22 +98,28 @@ fn hours(history: &History<'_>, t: &TableStatus, now: i64) -> Hours {
             Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
         }) {
             let loads: Vec<(i64, i64)> = rows.flatten().collect();
-            for (i, lag) in h.lag.iter_mut().enumerate() {
-                let end = (start + (i as i64 + 1) * HOUR).min(now);
-                let newest = loads
-                    .iter()
-                    .filter(|(at, _)| *at <= end)
-                    .map(|(_, c)| *c)
-                    .max();
-                #[allow(clippy::cast_precision_loss)]
-                {
-                    *lag = newest.map(|n| ((end - n).max(0)) as f64 / 1e6);
-                }
-            }
+            fill_lag(&mut h, &loads, start, now);
         }
         Ok(())
     });
     h
+}
+
+/// Freshness at each hour's end: the end minus the newest commit known by then. `seen` holds
+/// (when it was known, the commit time): the load time locally, the commit itself in production.
+fn fill_lag(h: &mut Hours, seen: &[(i64, i64)], start: i64, now: i64) {
+    for (i, lag) in h.lag.iter_mut().enumerate() {
+        let end = (start + (i as i64 + 1) * HOUR).min(now);
+        let newest = seen
+            .iter()
+            .filter(|(at, _)| *at <= end)
+            .map(|(_, c)| *c)
+            .max();
+        #[allow(clippy::cast_precision_loss)]
+        {
+            *lag = newest.map(|n| ((end - n).max(0)) as f64 / 1e6);
+        }
+    }
 }
 
 /// An inline SVG: rows per hour as bars, freshness as a line (red above `stale_after`).

@@ -145,11 +145,12 @@ pub(crate) fn validate_file(file: &str, stem: &str, text: &str) -> (Option<Sourc
     let under = |p: &str, c: &str| {
         p == c || p.starts_with(&format!("{c}.")) || p.starts_with(&format!("{c}["))
     };
-    let mut i = 0;
-    report.problems.retain(|p| {
-        i += 1;
-        i <= shapes || !cut.iter().any(|c| under(&p.path, c))
-    });
+    let semantic = report.problems.split_off(shapes);
+    report.problems.extend(
+        semantic
+            .into_iter()
+            .filter(|p| !cut.iter().any(|c| under(&p.path, c))),
+    );
     (Some(source), report.problems)
 }
 
